@@ -22,3 +22,5 @@ pub mod session;
 pub mod slot;
 pub mod topology;
 pub mod upstream;
+pub mod proxy;
+pub mod topology_refresh;

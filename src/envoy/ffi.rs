@@ -1,0 +1,84 @@
+//! Hand-written declarations of the Envoy 1.40 dynamic-module ABI functions
+//! this module imports. Only functions exported by *both* Envoy 1.39.3 and
+//! 1.40.0 are declared: a missing symbol makes `dlopen` fail and Envoy
+//! reject the configuration (see `../shared/notes/envoy-abi-1.40.md`).
+
+use std::ffi::c_void;
+
+/// `envoy_dynamic_module_type_envoy_buffer`: bytes owned by Envoy.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct EnvoyBuffer {
+    pub ptr: *const u8,
+    pub length: usize,
+}
+
+/// `envoy_dynamic_module_type_module_buffer`: bytes owned by the module.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ModuleBuffer {
+    pub ptr: *const u8,
+    pub length: usize,
+}
+
+impl ModuleBuffer {
+    pub fn from_slice(s: &[u8]) -> Self {
+        ModuleBuffer {
+            ptr: s.as_ptr(),
+            length: s.len(),
+        }
+    }
+}
+
+pub type FilterEnvoyPtr = *mut c_void;
+pub type ConfigEnvoyPtr = *mut c_void;
+pub type SchedulerPtr = *mut c_void;
+
+// Enum values (C enums are 32-bit ints).
+pub const DATA_STATUS_CONTINUE: i32 = 0;
+pub const DATA_STATUS_STOP_ITERATION: i32 = 1;
+pub const CLOSE_FLUSH_WRITE: i32 = 0;
+pub const CLOSE_NO_FLUSH: i32 = 1;
+
+extern "C" {
+    pub fn envoy_dynamic_module_callback_log(level: i32, msg: ModuleBuffer);
+    pub fn envoy_dynamic_module_callback_log_enabled(level: i32) -> bool;
+    pub fn envoy_dynamic_module_callback_is_validation_mode() -> bool;
+    pub fn envoy_dynamic_module_callback_get_concurrency() -> u32;
+
+    pub fn envoy_dynamic_module_callback_network_filter_get_read_buffer_chunks_size(
+        f: FilterEnvoyPtr,
+    ) -> usize;
+    pub fn envoy_dynamic_module_callback_network_filter_get_read_buffer_chunks(
+        f: FilterEnvoyPtr,
+        out: *mut EnvoyBuffer,
+    ) -> bool;
+    pub fn envoy_dynamic_module_callback_network_filter_drain_read_buffer(
+        f: FilterEnvoyPtr,
+        len: usize,
+    ) -> bool;
+    pub fn envoy_dynamic_module_callback_network_filter_write(
+        f: FilterEnvoyPtr,
+        data: ModuleBuffer,
+        end_stream: bool,
+    );
+    pub fn envoy_dynamic_module_callback_network_filter_close(f: FilterEnvoyPtr, close_type: i32);
+    pub fn envoy_dynamic_module_callback_network_filter_enable_half_close(
+        f: FilterEnvoyPtr,
+        enabled: bool,
+    );
+    pub fn envoy_dynamic_module_callback_network_filter_read_disable(
+        f: FilterEnvoyPtr,
+        disable: bool,
+    ) -> i32;
+    pub fn envoy_dynamic_module_callback_network_filter_get_worker_index(f: FilterEnvoyPtr) -> u32;
+
+    pub fn envoy_dynamic_module_callback_network_filter_scheduler_new(
+        f: FilterEnvoyPtr,
+    ) -> SchedulerPtr;
+    pub fn envoy_dynamic_module_callback_network_filter_scheduler_commit(
+        s: SchedulerPtr,
+        event_id: u64,
+    );
+    pub fn envoy_dynamic_module_callback_network_filter_scheduler_delete(s: SchedulerPtr);
+}

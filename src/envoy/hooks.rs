@@ -1,0 +1,317 @@
+//! The functions Envoy calls. Each one catches panics: a panic closes the one
+//! connection it happened on (or rejects the config) and never unwinds into
+//! Envoy.
+
+use super::ffi::{self, EnvoyBuffer, FilterEnvoyPtr};
+use super::{EnvoyConnection, EnvoyScheduler, Level};
+use crate::config::Config;
+use crate::proxy::Proxy;
+use crate::session::{Downstream, Session};
+use std::cell::{Cell, RefCell};
+use std::ffi::c_void;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+static LOADED: AtomicBool = AtomicBool::new(false);
+
+/// True once Envoy has called `on_program_init`, i.e. the Envoy symbols we
+/// import are really there (false in unit tests).
+pub(super) fn loaded_by_envoy() -> bool {
+    LOADED.load(Ordering::Relaxed)
+}
+
+/// Envoy 1.40's ABI version. Envoy 1.39 expects v0.1.0 and only warns.
+static ABI_VERSION: &[u8] = b"v0.2.0\0";
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const u8 {
+    LOADED.store(true, Ordering::Relaxed);
+    ABI_VERSION.as_ptr()
+}
+
+/// Copy an Envoy-owned buffer, treating `(NULL, 0)` as empty.
+fn buffer_bytes(b: &EnvoyBuffer) -> Vec<u8> {
+    if b.ptr.is_null() || b.length == 0 {
+        return Vec::new();
+    }
+    // SAFETY: Envoy guarantees `ptr` points to `length` readable bytes for the
+    // duration of the hook call; we copy them before returning.
+    unsafe { std::slice::from_raw_parts(b.ptr, b.length) }.to_vec()
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_network_filter_config_new(
+    _config_envoy_ptr: *mut c_void,
+    _name: EnvoyBuffer,
+    config: EnvoyBuffer,
+) -> *const c_void {
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        let raw = buffer_bytes(&config);
+        let cfg = match Config::from_json(&raw) {
+            Ok(c) => c,
+            Err(e) => {
+                super::log(Level::Error, &format!("redis_cluster: invalid filter_config: {e}"));
+                return std::ptr::null();
+            }
+        };
+        // SAFETY: both are main-thread queries and config_new runs on the main thread.
+        let (validating, concurrency) = unsafe {
+            (
+                ffi::envoy_dynamic_module_callback_is_validation_mode(),
+                ffi::envoy_dynamic_module_callback_get_concurrency(),
+            )
+        };
+        // `--mode validate` must have no side effects: no threads, no sockets.
+        let proxy = if validating {
+            Proxy::inert(cfg)
+        } else {
+            Proxy::start(cfg, concurrency.max(1) as usize)
+        };
+        Box::into_raw(Box::new(proxy)) as *const c_void
+    }));
+    result.unwrap_or_else(|_| {
+        super::log(Level::Error, "redis_cluster: panic while loading the config");
+        std::ptr::null()
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_network_filter_config_destroy(config_ptr: *const c_void) {
+    if config_ptr.is_null() {
+        return;
+    }
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: the pointer came from Box::into_raw in config_new and Envoy
+        // destroys each config exactly once, after all its filters.
+        let proxy = unsafe { Box::from_raw(config_ptr as *mut Arc<Proxy>) };
+        proxy.shutdown();
+    }));
+}
+
+/// Per-connection state behind `filter_module_ptr`.
+struct Filter {
+    session: RefCell<Session>,
+    /// Set when a hook panicked: the connection is being closed, ignore it.
+    poisoned: Cell<bool>,
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_network_filter_new(
+    config_ptr: *const c_void,
+    filter_envoy_ptr: FilterEnvoyPtr,
+) -> *const c_void {
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: config_ptr is the live Arc<Proxy> box from config_new.
+        let proxy = unsafe { &*(config_ptr as *const Arc<Proxy>) }.clone();
+        // SAFETY: filter_new runs on the connection's worker thread with a live filter pointer.
+        let (sched, worker) = unsafe {
+            (
+                ffi::envoy_dynamic_module_callback_network_filter_scheduler_new(filter_envoy_ptr),
+                ffi::envoy_dynamic_module_callback_network_filter_get_worker_index(
+                    filter_envoy_ptr,
+                ),
+            )
+        };
+        if sched.is_null() {
+            return std::ptr::null();
+        }
+        let notifier = Box::new(EnvoyScheduler { ptr: sched });
+        let session = Session::new(proxy, worker as usize, notifier);
+        Box::into_raw(Box::new(Filter {
+            session: RefCell::new(session),
+            poisoned: Cell::new(false),
+        })) as *const c_void
+    }));
+    // NULL makes Envoy close the connection.
+    result.unwrap_or(std::ptr::null())
+}
+
+/// Run `f` on the filter's session, catching panics (which close the
+/// connection) and tolerating re-entrant calls (Envoy calls `on_event`
+/// synchronously from inside `close`).
+fn with_session(
+    filter_envoy_ptr: FilterEnvoyPtr,
+    filter_ptr: *const c_void,
+    f: impl FnOnce(&mut Session, &mut EnvoyConnection),
+) {
+    if filter_ptr.is_null() {
+        return;
+    }
+    // SAFETY: filter_ptr came from Box::into_raw in filter_new and stays valid
+    // until filter_destroy; all hooks run on the same worker thread.
+    let filter = unsafe { &*(filter_ptr as *const Filter) };
+    if filter.poisoned.get() {
+        return;
+    }
+    let mut conn = EnvoyConnection {
+        ptr: filter_envoy_ptr,
+    };
+    let Ok(mut session) = filter.session.try_borrow_mut() else {
+        return; // re-entered from our own write/close: nothing to do
+    };
+    let outcome = catch_unwind(AssertUnwindSafe(|| f(&mut session, &mut conn)));
+    drop(session);
+    if outcome.is_err() {
+        filter.poisoned.set(true);
+        super::log(Level::Error, "redis_cluster: internal error, closing the connection");
+        conn.close(false);
+    }
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_network_filter_new_connection(
+    filter_envoy_ptr: FilterEnvoyPtr,
+    _filter_ptr: *const c_void,
+) -> i32 {
+    // Half-close lets a client send commands then FIN and still get every
+    // reply (redis-cli < file does this).
+    // SAFETY: live filter pointer on its worker thread.
+    unsafe {
+        ffi::envoy_dynamic_module_callback_network_filter_enable_half_close(filter_envoy_ptr, true)
+    };
+    ffi::DATA_STATUS_CONTINUE
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_network_filter_read(
+    filter_envoy_ptr: FilterEnvoyPtr,
+    filter_ptr: *const c_void,
+    data_length: usize,
+    end_stream: bool,
+) -> i32 {
+    with_session(filter_envoy_ptr, filter_ptr, |session, conn| {
+        if data_length > 0 {
+            let consumed = read_into_session(filter_envoy_ptr, session, conn);
+            if consumed > 0 {
+                // SAFETY: live filter pointer; consumed <= buffer length.
+                unsafe {
+                    ffi::envoy_dynamic_module_callback_network_filter_drain_read_buffer(
+                        filter_envoy_ptr,
+                        consumed,
+                    )
+                };
+            }
+        }
+        if end_stream {
+            session.on_end_stream(conn);
+        }
+    });
+    ffi::DATA_STATUS_STOP_ITERATION
+}
+
+/// Hand the read buffer to the session: in place when it is one slice (the
+/// common case), else concatenated. Returns the bytes consumed (whole frames).
+fn read_into_session(
+    filter_envoy_ptr: FilterEnvoyPtr,
+    session: &mut Session,
+    conn: &mut EnvoyConnection,
+) -> usize {
+    // SAFETY: live filter pointer during on_read on its worker thread.
+    let n = unsafe {
+        ffi::envoy_dynamic_module_callback_network_filter_get_read_buffer_chunks_size(
+            filter_envoy_ptr,
+        )
+    };
+    if n == 0 {
+        return 0;
+    }
+    let mut chunks = vec![
+        EnvoyBuffer {
+            ptr: std::ptr::null(),
+            length: 0
+        };
+        n
+    ];
+    // SAFETY: `chunks` has room for the `n` slices Envoy reported just now.
+    let ok = unsafe {
+        ffi::envoy_dynamic_module_callback_network_filter_get_read_buffer_chunks(
+            filter_envoy_ptr,
+            chunks.as_mut_ptr(),
+        )
+    };
+    if !ok {
+        return 0;
+    }
+    let slices: Vec<&[u8]> = chunks
+        .iter()
+        .filter(|c| !c.ptr.is_null() && c.length > 0)
+        // SAFETY: each slice stays valid and unchanged until we drain the
+        // buffer, which happens after the session is done with them.
+        .map(|c| unsafe { std::slice::from_raw_parts(c.ptr, c.length) })
+        .collect();
+    if let [one] = slices.as_slice() {
+        session.on_data(one, conn)
+    } else {
+        let joined = slices.concat();
+        session.on_data(&joined, conn)
+    }
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_network_filter_write(
+    _filter_envoy_ptr: FilterEnvoyPtr,
+    _filter_ptr: *const c_void,
+    _data_length: usize,
+    _end_stream: bool,
+) -> i32 {
+    // Called re-entrantly for our own writes: must let them through.
+    ffi::DATA_STATUS_CONTINUE
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_network_filter_event(
+    filter_envoy_ptr: FilterEnvoyPtr,
+    filter_ptr: *const c_void,
+    event: i32,
+) {
+    // 0 = RemoteClose, 1 = LocalClose.
+    if event == 0 || event == 1 {
+        with_session(filter_envoy_ptr, filter_ptr, |session, _| session.on_close());
+    }
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_network_filter_scheduled(
+    filter_envoy_ptr: FilterEnvoyPtr,
+    filter_ptr: *const c_void,
+    _event_id: u64,
+) {
+    with_session(filter_envoy_ptr, filter_ptr, |session, conn| {
+        session.on_scheduled(conn)
+    });
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_network_filter_above_write_buffer_high_watermark(
+    filter_envoy_ptr: FilterEnvoyPtr,
+    filter_ptr: *const c_void,
+) {
+    with_session(filter_envoy_ptr, filter_ptr, |session, conn| {
+        session.on_write_watermark(true, conn)
+    });
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_network_filter_below_write_buffer_low_watermark(
+    filter_envoy_ptr: FilterEnvoyPtr,
+    filter_ptr: *const c_void,
+) {
+    with_session(filter_envoy_ptr, filter_ptr, |session, conn| {
+        session.on_write_watermark(false, conn)
+    });
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_network_filter_destroy(filter_ptr: *const c_void) {
+    if filter_ptr.is_null() {
+        return;
+    }
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: created by Box::into_raw in filter_new; Envoy calls destroy
+        // exactly once, after the last hook for this connection.
+        let filter = unsafe { Box::from_raw(filter_ptr as *mut Filter) };
+        let mut session = filter.session.into_inner();
+        session.on_destroy();
+    }));
+}

@@ -1,0 +1,127 @@
+//! The filter config's runtime: clusters, their refreshers, the upstream
+//! loops, and route lookup. One `Proxy` per filter config, shared by every
+//! connection of every worker.
+
+use crate::config::{Config, ReadPolicy};
+use crate::envoy::Level;
+use crate::log;
+use crate::topology_refresh::ClusterTopology;
+use crate::upstream::{LoopShared, UpstreamLoop};
+use parking_lot::Mutex;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+pub struct Proxy {
+    pub config: Config,
+    names: Vec<String>,
+    clusters: Vec<Arc<ClusterTopology>>,
+    loops: Vec<Arc<LoopShared>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// Where a key goes.
+pub struct Route {
+    pub cluster: usize,
+    pub read_policy: ReadPolicy,
+    /// Bytes to strip from the front of every key (`remove_prefix`).
+    pub strip: usize,
+}
+
+impl Proxy {
+    fn build(config: Config) -> Proxy {
+        let names: Vec<String> = config.clusters.keys().cloned().collect();
+        let clusters = config
+            .clusters
+            .iter()
+            .map(|(name, c)| ClusterTopology::new(name, c.clone()))
+            .collect();
+        Proxy {
+            config,
+            names,
+            clusters,
+            loops: Vec::new(),
+            threads: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// A proxy that starts nothing (`envoy --mode validate`).
+    pub fn inert(config: Config) -> Arc<Proxy> {
+        Arc::new(Proxy::build(config))
+    }
+
+    /// Start one upstream loop per Envoy worker and one refresher per cluster.
+    pub fn start(config: Config, workers: usize) -> Arc<Proxy> {
+        let mut proxy = Proxy::build(config);
+        let mut threads = Vec::new();
+        for i in 0..workers {
+            match UpstreamLoop::new(proxy.config.settings.clone(), &proxy.clusters) {
+                Ok((lp, shared)) => {
+                    for c in &proxy.clusters {
+                        c.add_listener(shared.clone());
+                    }
+                    proxy.loops.push(shared);
+                    let spawned = std::thread::Builder::new()
+                        .name(format!("redis-up-{i}"))
+                        .spawn(move || lp.run());
+                    match spawned {
+                        Ok(h) => threads.push(h),
+                        Err(e) => log!(Level::Error, "redis_cluster: cannot start upstream thread: {e}"),
+                    }
+                }
+                Err(e) => log!(Level::Error, "redis_cluster: cannot create upstream loop: {e}"),
+            }
+        }
+        for c in &proxy.clusters {
+            let c = c.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("redis-topo-{}", c.name()))
+                .spawn(move || c.run());
+            match spawned {
+                Ok(h) => threads.push(h),
+                Err(e) => log!(Level::Error, "redis_cluster: cannot start refresher thread: {e}"),
+            }
+        }
+        *proxy.threads.get_mut() = threads;
+        Arc::new(proxy)
+    }
+
+    /// Stop and join every module thread (config destroy, Envoy shutdown).
+    pub fn shutdown(&self) {
+        for l in &self.loops {
+            l.stop();
+        }
+        for c in &self.clusters {
+            c.stop();
+        }
+        for h in self.threads.lock().drain(..) {
+            let _ = h.join();
+        }
+    }
+
+    pub fn loop_for(&self, worker: usize) -> Option<&Arc<LoopShared>> {
+        if self.loops.is_empty() {
+            return None;
+        }
+        self.loops.get(worker % self.loops.len())
+    }
+
+    pub fn cluster_index(&self, name: &str) -> Option<usize> {
+        self.names.iter().position(|n| n == name)
+    }
+
+    /// The catch-all route's cluster, else the first cluster: where keyless
+    /// commands with a node-independent answer go.
+    pub fn default_cluster(&self) -> Option<usize> {
+        self.route(b"").map(|r| r.cluster).or(if self.names.is_empty() { None } else { Some(0) })
+    }
+
+    /// Longest matching prefix route for `key`, else the catch-all.
+    pub fn route(&self, key: &[u8]) -> Option<Route> {
+        let r = self.config.prefix_routes.route_for(key)?;
+        Some(Route {
+            cluster: self.cluster_index(r.cluster)?,
+            read_policy: r.read_policy.unwrap_or(self.config.settings.read_policy),
+            strip: r.strip,
+        })
+    }
+}

@@ -1,0 +1,404 @@
+//! One client connection, as the Envoy worker sees it.
+//!
+//! A session turns the client's byte stream into commands ([`codec`]),
+//! answers the ones a proxy must answer itself (PING, ECHO, SELECT 0, QUIT,
+//! errors for what cannot work through a cluster), and hands the rest to its
+//! worker's upstream loop in one batch per read. Every command gets a
+//! sequence number and a reply slot in a FIFO; replies (from the loop, in any
+//! order across nodes) fill their slots, and the contiguous ready prefix is
+//! written to the client in one `write` — so a client always gets its replies
+//! in the order it sent the commands.
+//!
+//! Memory is bounded: past `max_pending_requests_per_connection` outstanding
+//! commands, or while Envoy's write buffer is above its high watermark, the
+//! session stops parsing and asks Envoy to stop reading (backpressure).
+
+use crate::codec::{self, Scan};
+use crate::command::{self, Dispatch};
+use crate::proxy::Proxy;
+use crate::slot;
+use crate::upstream::{ClientShared, Request, Target};
+use std::collections::VecDeque;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Instant;
+
+pub use crate::upstream::Notify;
+
+/// What a session needs from the downstream connection.
+pub trait Downstream {
+    fn write(&mut self, data: &[u8]);
+    /// Close, flushing pending writes first when `flush`.
+    fn close(&mut self, flush: bool);
+    fn read_disable(&mut self, disable: bool);
+}
+
+pub struct Session {
+    proxy: Arc<Proxy>,
+    worker: usize,
+    client: Arc<ClientShared>,
+    /// Unparsed bytes (a partial request, or input held back while paused).
+    inbuf: Vec<u8>,
+    /// Don't rescan `inbuf` until it holds this many bytes.
+    need: usize,
+    /// Reply slots for commands `head_seq ..`, in order.
+    slots: VecDeque<Option<Vec<u8>>>,
+    head_seq: u64,
+    out: Vec<u8>,
+    batch: Vec<Request>,
+    delivered: Vec<(u64, Vec<u8>)>,
+    args: Vec<Range<usize>>,
+    keys: Vec<usize>,
+    /// Close once every pending reply is written (QUIT, protocol error, FIN).
+    closing: bool,
+    closed: bool,
+    write_blocked: bool,
+    read_disabled: bool,
+}
+
+impl Session {
+    pub fn new(proxy: Arc<Proxy>, worker: usize, notifier: Box<dyn Notify>) -> Session {
+        Session {
+            proxy,
+            worker,
+            client: ClientShared::new(notifier),
+            inbuf: Vec::new(),
+            need: 0,
+            slots: VecDeque::new(),
+            head_seq: 0,
+            out: Vec::new(),
+            batch: Vec::new(),
+            delivered: Vec::new(),
+            args: Vec::new(),
+            keys: Vec::new(),
+            closing: false,
+            closed: false,
+            write_blocked: false,
+            read_disabled: false,
+        }
+    }
+
+    fn next_seq(&self) -> u64 {
+        self.head_seq + self.slots.len() as u64
+    }
+
+    fn paused(&self) -> bool {
+        self.write_blocked
+            || self.slots.len() >= self.proxy.config.settings.max_pending_requests_per_connection as usize
+    }
+
+    /// New bytes from the client. Always takes all of them (the caller
+    /// drains Envoy's buffer); what is not a whole request yet is kept.
+    pub fn on_data(&mut self, data: &[u8], conn: &mut dyn Downstream) -> usize {
+        if self.closing || self.closed {
+            return data.len();
+        }
+        if self.inbuf.is_empty() && !self.paused() {
+            let used = self.process(data);
+            self.inbuf.extend_from_slice(&data[used..]);
+        } else {
+            self.inbuf.extend_from_slice(data);
+            if self.inbuf.len() >= self.need {
+                self.process_inbuf();
+            }
+        }
+        self.finish(conn);
+        data.len()
+    }
+
+    fn process_inbuf(&mut self) {
+        let buf = std::mem::take(&mut self.inbuf);
+        let used = self.process(&buf);
+        self.inbuf = buf;
+        self.inbuf.drain(..used);
+    }
+
+    /// Parse and handle whole requests from `buf`; returns bytes used.
+    fn process(&mut self, buf: &[u8]) -> usize {
+        let mut pos = 0;
+        let now = Instant::now();
+        while pos < buf.len() && !self.closing && !self.paused() {
+            let mut args = std::mem::take(&mut self.args);
+            let scanned = codec::scan_request(&buf[pos..], &mut args);
+            match scanned {
+                Ok(Scan::Complete(n)) => {
+                    let frame = &buf[pos..pos + n];
+                    let words: Vec<&[u8]> = args.iter().map(|r| &frame[r.clone()]).collect();
+                    self.handle(frame, &words, now);
+                    pos += n;
+                    self.need = 0;
+                }
+                Ok(Scan::Empty(n)) => pos += n,
+                Ok(Scan::Incomplete { need }) => {
+                    self.need = need;
+                    self.args = args;
+                    break;
+                }
+                Err(e) => {
+                    let seq = self.push_slot();
+                    self.fill(seq, codec::error(&format!("ERR Protocol error: {}", e.0)));
+                    self.closing = true;
+                    pos = buf.len();
+                }
+            }
+            self.args = args;
+        }
+        pos
+    }
+
+    fn push_slot(&mut self) -> u64 {
+        let seq = self.next_seq();
+        self.slots.push_back(None);
+        seq
+    }
+
+    fn fill(&mut self, seq: u64, reply: Vec<u8>) {
+        let Some(i) = seq.checked_sub(self.head_seq) else {
+            return;
+        };
+        if let Some(slot) = self.slots.get_mut(i as usize) {
+            *slot = Some(reply);
+        }
+    }
+
+    fn reply_now(&mut self, reply: Vec<u8>) {
+        let seq = self.push_slot();
+        self.fill(seq, reply);
+    }
+
+    /// Handle one request. `frame` is its raw bytes, `args[0]` its name.
+    fn handle(&mut self, frame: &[u8], args: &[&[u8]], now: Instant) {
+        let Some(name) = args.first() else { return };
+        let Some(cmd) = command::lookup(name) else {
+            return self.reply_now(unknown_command(args));
+        };
+        if !command::arity_ok(cmd, args.len()) {
+            let msg = format!("ERR wrong number of arguments for '{}' command", cmd.name);
+            return self.reply_now(codec::error(&msg));
+        }
+        if let Some(reply) = self.local_reply(cmd, args) {
+            return self.reply_now(reply);
+        }
+        let flags = cmd.flags;
+        if flags & (command::BLOCKING | command::PUBSUB | command::TRANSACTION) != 0 {
+            let msg = format!(
+                "ERR '{}' is not supported through this proxy yet (blocking, pub/sub and transaction commands)",
+                cmd.name
+            );
+            return self.reply_now(codec::error(&msg));
+        }
+        let mut keys = std::mem::take(&mut self.keys);
+        keys.clear();
+        let outcome = command::key_indices(cmd, args, &mut keys);
+        let result = match outcome {
+            Err(msg) => Err(codec::error(&msg)),
+            Ok(()) if keys.is_empty() => self.keyless(cmd, frame, args, now),
+            Ok(()) => self.keyed(cmd, frame, args, &keys, now),
+        };
+        self.keys = keys;
+        if let Err(reply) = result {
+            self.reply_now(reply);
+        }
+    }
+
+    /// Commands the proxy answers itself, like the single Redis the client
+    /// believes it talks to.
+    fn local_reply(&self, cmd: &command::Command, args: &[&[u8]]) -> Option<Vec<u8>> {
+        Some(match cmd.name {
+            "ping" => match args.get(1) {
+                Some(msg) => codec::bulk(msg),
+                None => codec::simple("PONG"),
+            },
+            "echo" => codec::bulk(args.get(1)?),
+            "quit" => codec::simple("OK"),
+            "select" => {
+                if args.get(1).is_some_and(|db| *db == b"0") {
+                    codec::simple("OK")
+                } else {
+                    codec::error("ERR DB index is out of range: a Redis Cluster has only database 0")
+                }
+            }
+            "asking" | "readonly" | "readwrite" => codec::simple("OK"),
+            _ => return None,
+        })
+    }
+
+    fn keyless(&mut self, cmd: &command::Command, frame: &[u8], args: &[&[u8]], now: Instant) -> Result<(), Vec<u8>> {
+        match cmd.name {
+            // Same answer from any node.
+            "command" | "time" | "publish" | "lolwut" => {
+                let cluster = self.proxy.default_cluster().ok_or_else(no_route)?;
+                self.forward(cluster, Target::AnyMaster, crate::config::ReadPolicy::Master, encode(frame, args), now);
+                Ok(())
+            }
+            _ => Err(codec::error(&format!(
+                "ERR '{}' is not supported through this proxy yet (keyless command)",
+                cmd.name
+            ))),
+        }
+    }
+
+    fn keyed(
+        &mut self,
+        cmd: &command::Command,
+        frame: &[u8],
+        args: &[&[u8]],
+        keys: &[usize],
+        now: Instant,
+    ) -> Result<(), Vec<u8>> {
+        let first_key = args.get(keys[0]).copied().unwrap_or_default();
+        let route = self.proxy.route(first_key).ok_or_else(no_route)?;
+        let hashtags = self.proxy.config.settings.enable_hashtagging;
+        let mut slot = None;
+        for &k in keys {
+            let key = args.get(k).copied().unwrap_or_default();
+            let key = key.get(route.strip.min(key.len())..).unwrap_or_default();
+            let s = slot::key_slot(key, hashtags);
+            if slot.is_some_and(|prev| prev != s) {
+                return Err(codec::error(match cmd.dispatch {
+                    Dispatch::Fanout(_) => "CROSSSLOT Keys in request don't hash to the same slot (splitting multi-key commands across slots is not supported yet)",
+                    _ => "CROSSSLOT Keys in request don't hash to the same slot",
+                }));
+            }
+            slot = Some(s);
+        }
+        let slot = slot.unwrap_or(0);
+        let data = if route.strip > 0 {
+            let stripped: Vec<&[u8]> = args
+                .iter()
+                .enumerate()
+                .map(|(i, a)| {
+                    if keys.contains(&i) {
+                        a.get(route.strip.min(a.len())..).unwrap_or_default()
+                    } else {
+                        a
+                    }
+                })
+                .collect();
+            codec::command(&stripped)
+        } else {
+            encode(frame, args)
+        };
+        let read = cmd.flags & command::READONLY != 0;
+        self.forward(route.cluster, Target::Slot { slot, read }, route.read_policy, data, now);
+        Ok(())
+    }
+
+    fn forward(&mut self, cluster: usize, target: Target, policy: crate::config::ReadPolicy, data: Vec<u8>, now: Instant) {
+        let seq = self.push_slot();
+        self.batch.push(Request {
+            client: self.client.clone(),
+            seq,
+            cluster,
+            target,
+            policy,
+            data,
+            deadline: now + self.proxy.config.settings.op_timeout,
+            redirects: 0,
+            retry_at: None,
+            wait_gen: None,
+        });
+    }
+
+    /// After handling input or replies: submit, write, apply backpressure.
+    fn finish(&mut self, conn: &mut dyn Downstream) {
+        if !self.batch.is_empty() {
+            match self.proxy.loop_for(self.worker) {
+                Some(l) => l.submit(&mut self.batch),
+                None => {
+                    let reqs = std::mem::take(&mut self.batch);
+                    for r in reqs {
+                        self.fill(r.seq, codec::error("ERR proxy is not running (validation mode)"));
+                    }
+                }
+            }
+        }
+        self.flush(conn);
+        let want_disabled = self.paused();
+        if want_disabled != self.read_disabled && !self.closed {
+            self.read_disabled = want_disabled;
+            conn.read_disable(want_disabled);
+        }
+    }
+
+    fn flush(&mut self, conn: &mut dyn Downstream) {
+        while let Some(Some(_)) = self.slots.front() {
+            if let Some(Some(reply)) = self.slots.pop_front() {
+                self.out.extend_from_slice(&reply);
+            }
+            self.head_seq += 1;
+        }
+        if !self.out.is_empty() && !self.closed {
+            conn.write(&self.out);
+        }
+        self.out.clear();
+        if self.closing && self.slots.is_empty() && !self.closed {
+            self.closed = true;
+            self.client.detach();
+            conn.close(true);
+        }
+    }
+
+    /// Replies arrived from the upstream loop.
+    pub fn on_scheduled(&mut self, conn: &mut dyn Downstream) {
+        let mut delivered = std::mem::take(&mut self.delivered);
+        self.client.take(&mut delivered);
+        for (seq, reply) in delivered.drain(..) {
+            self.fill(seq, reply);
+        }
+        self.delivered = delivered;
+        self.flush(conn);
+        // Room again: parse input held back while paused.
+        if !self.paused() && !self.inbuf.is_empty() && !self.closing {
+            self.process_inbuf();
+        }
+        self.finish(conn);
+    }
+
+    /// The client sent FIN: answer what it asked, then close.
+    pub fn on_end_stream(&mut self, conn: &mut dyn Downstream) {
+        self.closing = true;
+        self.flush(conn);
+    }
+
+    pub fn on_write_watermark(&mut self, above: bool, conn: &mut dyn Downstream) {
+        self.write_blocked = above;
+        if !above && !self.inbuf.is_empty() && !self.closing {
+            self.process_inbuf();
+        }
+        self.finish(conn);
+    }
+
+    pub fn on_close(&mut self) {
+        self.closed = true;
+        self.client.detach();
+    }
+
+    pub fn on_destroy(&mut self) {
+        self.closed = true;
+        self.client.detach();
+    }
+}
+
+/// The raw frame when it is multibulk; inline commands are re-encoded.
+fn encode(frame: &[u8], args: &[&[u8]]) -> Vec<u8> {
+    if frame.first() == Some(&b'*') {
+        frame.to_vec()
+    } else {
+        codec::command(args)
+    }
+}
+
+fn no_route() -> Vec<u8> {
+    codec::error("ERR no route for this key: no prefix route matches and there is no catch_all_route")
+}
+
+/// Redis's wording for an unknown command.
+fn unknown_command(args: &[&[u8]]) -> Vec<u8> {
+    let name = String::from_utf8_lossy(args.first().copied().unwrap_or_default());
+    let mut msg = format!("ERR unknown command '{name}', with args beginning with: ");
+    for a in args.iter().skip(1).take(8) {
+        msg.push_str(&format!("'{}' ", String::from_utf8_lossy(a)));
+    }
+    codec::error(&msg)
+}

@@ -1,0 +1,762 @@
+//! Module-owned upstream I/O: one event loop thread (mio) per Envoy worker.
+//!
+//! The network-filter ABI gives a module no upstream client and no timers, so
+//! each loop owns non-blocking, pipelined TCP connections to the Redis nodes
+//! of every configured cluster. A worker's sessions hand their commands to
+//! that worker's loop in batches ([`LoopShared::submit`]); the loop routes
+//! each one by its slot, writes it to the node, matches replies to commands
+//! in order (Redis answers a connection's commands in order), follows
+//! `MOVED`/`ASK`, enforces `op_timeout`, and delivers each reply to the
+//! client's [`ClientShared`] mailbox, which wakes the client's worker through
+//! Envoy's scheduler once per burst.
+//!
+//! Nothing here touches Envoy: the only link is the [`Notify`] trait.
+
+use crate::codec;
+use crate::config::{ClusterConfig, ReadPolicy, Settings};
+use crate::envoy::Level;
+use crate::log;
+use crate::routing;
+use crate::topology::{self, Redirect, SlotMap};
+use crate::topology_refresh::ClusterTopology;
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token, Waker};
+use parking_lot::Mutex;
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, Read, Write};
+use std::net::ToSocketAddrs;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Wakes the worker that owns a client connection (Envoy's scheduler in
+/// production, a channel in tests). Called from loop threads.
+pub trait Notify: Send + Sync {
+    fn notify(&self);
+}
+
+/// The part of a client connection that loop threads may touch.
+pub struct ClientShared {
+    mailbox: Mutex<Mailbox>,
+}
+
+struct Mailbox {
+    replies: Vec<(u64, Vec<u8>)>,
+    /// `None` once the client is gone: replies are then dropped.
+    notifier: Option<Box<dyn Notify>>,
+    /// A notify is outstanding; coalesces wake-ups to one per burst.
+    pending: bool,
+}
+
+impl ClientShared {
+    pub fn new(notifier: Box<dyn Notify>) -> Arc<Self> {
+        Arc::new(ClientShared {
+            mailbox: Mutex::new(Mailbox {
+                replies: Vec::new(),
+                notifier: Some(notifier),
+                pending: false,
+            }),
+        })
+    }
+
+    /// Hand the reply for command `seq` to the client's worker.
+    pub fn deliver(&self, seq: u64, reply: Vec<u8>) {
+        let mut mb = self.mailbox.lock();
+        let Some(notifier) = mb.notifier.as_ref() else {
+            return;
+        };
+        let first = !mb.pending;
+        if first {
+            notifier.notify();
+        }
+        mb.pending = true;
+        mb.replies.push((seq, reply));
+    }
+
+    /// Take every delivered reply (worker side).
+    pub fn take(&self, out: &mut Vec<(u64, Vec<u8>)>) {
+        let mut mb = self.mailbox.lock();
+        mb.pending = false;
+        if out.is_empty() {
+            std::mem::swap(out, &mut mb.replies);
+        } else {
+            out.append(&mut mb.replies);
+        }
+    }
+
+    /// The client is gone: drop the notifier (Envoy's scheduler) under the
+    /// lock, so no loop thread can use it afterwards.
+    pub fn detach(&self) {
+        let notifier = {
+            let mut mb = self.mailbox.lock();
+            mb.replies.clear();
+            mb.notifier.take()
+        };
+        drop(notifier);
+    }
+
+    pub fn is_detached(&self) -> bool {
+        self.mailbox.lock().notifier.is_none()
+    }
+}
+
+/// Where a command must go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// The shard owning `slot`; `read` commands may use replicas per policy.
+    Slot { slot: u16, read: bool },
+    /// Any master (keyless commands whose answer does not depend on the node).
+    AnyMaster,
+    /// A node named by a redirection.
+    Node { addr: String, slot: u16, asking: bool },
+}
+
+/// One command on its way to a node.
+pub struct Request {
+    pub client: Arc<ClientShared>,
+    pub seq: u64,
+    pub cluster: usize,
+    pub target: Target,
+    pub policy: ReadPolicy,
+    /// The command, encoded as RESP.
+    pub data: Vec<u8>,
+    pub deadline: Instant,
+    pub redirects: u32,
+    /// Not before this instant (TRYAGAIN backoff).
+    pub retry_at: Option<Instant>,
+    /// Waiting for a topology newer than this generation.
+    pub wait_gen: Option<u64>,
+}
+
+/// The submission side of a loop, shared with the sessions of one worker.
+pub struct LoopShared {
+    inbox: Mutex<Vec<Request>>,
+    waker: Waker,
+    wake_pending: AtomicBool,
+    stop: AtomicBool,
+}
+
+impl LoopShared {
+    /// Queue a batch of requests (emptying `batch`) and wake the loop.
+    pub fn submit(&self, batch: &mut Vec<Request>) {
+        if batch.is_empty() {
+            return;
+        }
+        {
+            let mut inbox = self.inbox.lock();
+            if inbox.is_empty() {
+                std::mem::swap(&mut *inbox, batch);
+            } else {
+                inbox.append(batch);
+            }
+        }
+        self.wake();
+    }
+
+    /// Wake the loop (coalesced: one eventfd write per sleep).
+    pub fn wake(&self) {
+        if !self.wake_pending.swap(true, Ordering::AcqRel) {
+            let _ = self.waker.wake();
+        }
+    }
+
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Release);
+        let _ = self.waker.wake();
+    }
+}
+
+const WAKER: Token = Token(0);
+const ASKING: &[u8] = b"*1\r\n$6\r\nASKING\r\n";
+const READONLY: &[u8] = b"*1\r\n$8\r\nREADONLY\r\n";
+const READ_CHUNK: usize = 64 * 1024;
+/// Reconnect backoff to a node that refused or dropped us.
+const BACKOFF_MIN: Duration = Duration::from_millis(20);
+const BACKOFF_MAX: Duration = Duration::from_millis(1000);
+
+struct Inflight {
+    /// `None` for the proxy's own commands (ASKING, READONLY, AUTH).
+    req: Option<Request>,
+    /// Stream offset just past this command's bytes: it reached the node
+    /// whole only if `written >= end`.
+    end: u64,
+    timed_out: bool,
+}
+
+struct Conn {
+    cluster: usize,
+    addr: String,
+    stream: TcpStream,
+    connected: bool,
+    opened: Instant,
+    out: Vec<u8>,
+    out_pos: usize,
+    queued: u64,
+    written: u64,
+    inflight: VecDeque<Inflight>,
+    inbuf: Vec<u8>,
+    in_start: usize,
+}
+
+struct Down {
+    since: Instant,
+    next_attempt: Instant,
+    backoff: Duration,
+}
+
+struct ClusterView {
+    topo: Arc<ClusterTopology>,
+    gen: u64,
+    map: Option<Arc<SlotMap>>,
+    cfg: ClusterConfig,
+}
+
+/// A loop's thread state.
+pub struct UpstreamLoop {
+    poll: Poll,
+    shared: Arc<LoopShared>,
+    settings: Settings,
+    clusters: Vec<ClusterView>,
+    conns: Vec<Option<Conn>>,
+    free: Vec<usize>,
+    by_addr: HashMap<(usize, String), usize>,
+    down: HashMap<(usize, String), Down>,
+    parked: Vec<Request>,
+    dirty: Vec<usize>,
+    rr: usize,
+}
+
+impl UpstreamLoop {
+    /// Create a loop (no thread yet) and its shared submission handle.
+    pub fn new(
+        settings: Settings,
+        clusters: &[Arc<ClusterTopology>],
+    ) -> io::Result<(UpstreamLoop, Arc<LoopShared>)> {
+        let poll = Poll::new()?;
+        let waker = Waker::new(poll.registry(), WAKER)?;
+        let shared = Arc::new(LoopShared {
+            inbox: Mutex::new(Vec::new()),
+            waker,
+            wake_pending: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+        });
+        let clusters = clusters
+            .iter()
+            .map(|t| ClusterView {
+                topo: t.clone(),
+                gen: 0,
+                map: None,
+                cfg: t.config().clone(),
+            })
+            .collect();
+        let lp = UpstreamLoop {
+            poll,
+            shared: shared.clone(),
+            settings,
+            clusters,
+            conns: Vec::new(),
+            free: Vec::new(),
+            by_addr: HashMap::new(),
+            down: HashMap::new(),
+            parked: Vec::new(),
+            dirty: Vec::new(),
+            rr: 0,
+        };
+        Ok((lp, shared))
+    }
+
+    /// The thread body: runs until [`LoopShared::stop`].
+    pub fn run(mut self) {
+        let mut events = Events::with_capacity(256);
+        let mut batch = Vec::new();
+        while !self.shared.stop.load(Ordering::Acquire) {
+            let busy = !self.parked.is_empty() || self.conns.iter().flatten().any(|c| !c.inflight.is_empty() || !c.connected);
+            let timeout = if busy { Some(Duration::from_millis(5)) } else { Some(Duration::from_millis(250)) };
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    log!(Level::Error, "redis_cluster: upstream poll failed: {e}");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                continue;
+            }
+            for ev in events.iter() {
+                let tok = ev.token();
+                if tok == WAKER {
+                    continue;
+                }
+                let idx = tok.0 - 1;
+                if ev.is_writable() {
+                    self.on_writable(idx);
+                }
+                if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                    self.on_readable(idx);
+                }
+            }
+            // New requests from the sessions.
+            self.shared.wake_pending.store(false, Ordering::Release);
+            std::mem::swap(&mut batch, &mut *self.shared.inbox.lock());
+            let now = Instant::now();
+            self.refresh_views();
+            for req in batch.drain(..) {
+                self.dispatch(req, now);
+            }
+            self.retry_parked(now);
+            self.check_timeouts(now);
+            self.flush_dirty();
+        }
+        // Shutdown: fail what is left so no reply slot stays empty.
+        for c in self.conns.iter_mut().flatten() {
+            for f in c.inflight.drain(..) {
+                if let Some(r) = f.req {
+                    r.client.deliver(r.seq, codec::error("ERR proxy is shutting down"));
+                }
+            }
+        }
+        for r in self.parked.drain(..) {
+            r.client.deliver(r.seq, codec::error("ERR proxy is shutting down"));
+        }
+    }
+
+    /// Pick up new topology generations published by the refreshers.
+    fn refresh_views(&mut self) {
+        for v in &mut self.clusters {
+            let gen = v.topo.generation();
+            if gen != v.gen {
+                v.gen = gen;
+                v.map = v.topo.current();
+            }
+        }
+    }
+
+    fn park(&mut self, mut req: Request, why: &str) {
+        let view = &self.clusters[req.cluster];
+        req.wait_gen = Some(view.gen);
+        view.topo.request_refresh(why);
+        self.parked.push(req);
+    }
+
+    fn retry_parked(&mut self, now: Instant) {
+        if self.parked.is_empty() {
+            return;
+        }
+        let parked = std::mem::take(&mut self.parked);
+        for mut req in parked {
+            if req.client.is_detached() {
+                continue;
+            }
+            if now >= req.deadline {
+                let msg = format!(
+                    "ERR operation timed out after {} ms waiting for the cluster",
+                    self.settings.op_timeout.as_millis()
+                );
+                req.client.deliver(req.seq, codec::error(&msg));
+                continue;
+            }
+            let gen_ready = req.wait_gen.is_none_or(|g| self.clusters[req.cluster].gen > g);
+            let time_ready = req.retry_at.is_none_or(|t| now >= t);
+            if gen_ready && time_ready {
+                req.wait_gen = None;
+                req.retry_at = None;
+                self.dispatch(req, now);
+            } else {
+                self.parked.push(req);
+            }
+        }
+    }
+
+    /// Route a request to a node and queue it on that node's connection.
+    fn dispatch(&mut self, req: Request, now: Instant) {
+        if req.client.is_detached() {
+            return;
+        }
+        let view = &self.clusters[req.cluster];
+        let Some(map) = view.map.clone() else {
+            // No topology yet (start-up): wait for the first refresh.
+            return self.park(req, "no topology yet");
+        };
+        let (addr, asking) = match &req.target {
+            Target::Node { addr, asking, .. } => (addr.clone(), *asking),
+            Target::AnyMaster => match map.shards.first() {
+                Some(s) => (s.master.clone(), false),
+                None => return self.park(req, "empty topology"),
+            },
+            Target::Slot { slot, read } => {
+                let Some(shard) = map.shard_for_slot(*slot) else {
+                    return self.park(req, "slot not covered");
+                };
+                let policy = if *read { req.policy } else { ReadPolicy::Master };
+                let cluster = req.cluster;
+                let down = &self.down;
+                let healthy = |a: &str| !down.contains_key(&(cluster, a.to_string()));
+                self.rr = self.rr.wrapping_add(1);
+                match routing::pick_node(shard, policy, healthy, self.rr) {
+                    Ok(a) => (a.to_string(), false),
+                    Err(msg) => {
+                        return req.client.deliver(req.seq, codec::error(&msg));
+                    }
+                }
+            }
+        };
+        self.send_to(req, addr, asking, now);
+    }
+
+    fn send_to(&mut self, req: Request, addr: String, asking: bool, now: Instant) {
+        let key = (req.cluster, addr);
+        if let Some(d) = self.down.get(&key) {
+            if now < d.next_attempt {
+                // Down for longer than op_timeout with no failover: fail fast
+                // rather than make every command wait its full timeout.
+                if now.duration_since(d.since) > self.settings.op_timeout {
+                    let msg = format!("ERR node {} is unreachable", key.1);
+                    return req.client.deliver(req.seq, codec::error(&msg));
+                }
+                return self.park(req, "node down");
+            }
+        }
+        let idx = match self.by_addr.get(&key) {
+            Some(&i) => i,
+            None => match self.connect(key.0, &key.1, now) {
+                Ok(i) => i,
+                Err(e) => {
+                    self.mark_down(key.0, &key.1, now);
+                    log!(Level::Debug, "redis_cluster: connect to {} failed: {e}", key.1);
+                    return self.park(req, "connect failed");
+                }
+            },
+        };
+        let Some(conn) = self.conns[idx].as_mut() else {
+            return;
+        };
+        if asking {
+            conn.out.extend_from_slice(ASKING);
+            conn.queued += ASKING.len() as u64;
+            conn.inflight.push_back(Inflight { req: None, end: conn.queued, timed_out: false });
+        }
+        conn.out.extend_from_slice(&req.data);
+        conn.queued += req.data.len() as u64;
+        let end = conn.queued;
+        conn.inflight.push_back(Inflight { req: Some(req), end, timed_out: false });
+        if conn.connected && !self.dirty.contains(&idx) {
+            self.dirty.push(idx);
+        }
+    }
+
+    fn connect(&mut self, cluster: usize, addr: &str, now: Instant) -> io::Result<usize> {
+        let sa = addr
+            .to_socket_addrs()?
+            .next()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address"))?;
+        let mut stream = TcpStream::connect(sa)?;
+        let _ = stream.set_nodelay(true);
+        let idx = self.free.pop().unwrap_or_else(|| {
+            self.conns.push(None);
+            self.conns.len() - 1
+        });
+        self.poll.registry().register(
+            &mut stream,
+            Token(idx + 1),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        let mut conn = Conn {
+            cluster,
+            addr: addr.to_string(),
+            stream,
+            connected: false,
+            opened: now,
+            out: Vec::new(),
+            out_pos: 0,
+            queued: 0,
+            written: 0,
+            inflight: VecDeque::new(),
+            inbuf: Vec::new(),
+            in_start: 0,
+        };
+        // Every connection first authenticates (if configured) and sends
+        // READONLY so replica reads are allowed; both are harmless on
+        // masters and their replies are consumed here.
+        let cfg = &self.clusters[cluster].cfg;
+        if let Some(pass) = &cfg.auth_password {
+            let auth = match &cfg.auth_username {
+                Some(u) => codec::command(&[b"AUTH", u.as_bytes(), pass.as_bytes()]),
+                None => codec::command(&[b"AUTH", pass.as_bytes()]),
+            };
+            conn.out.extend_from_slice(&auth);
+            conn.queued += auth.len() as u64;
+            conn.inflight.push_back(Inflight { req: None, end: conn.queued, timed_out: false });
+        }
+        conn.out.extend_from_slice(READONLY);
+        conn.queued += READONLY.len() as u64;
+        conn.inflight.push_back(Inflight { req: None, end: conn.queued, timed_out: false });
+        self.conns[idx] = Some(conn);
+        self.by_addr.insert((cluster, addr.to_string()), idx);
+        Ok(idx)
+    }
+
+    fn mark_down(&mut self, cluster: usize, addr: &str, now: Instant) {
+        let d = self.down.entry((cluster, addr.to_string())).or_insert(Down {
+            since: now,
+            next_attempt: now,
+            backoff: BACKOFF_MIN / 2,
+        });
+        d.backoff = (d.backoff * 2).min(BACKOFF_MAX);
+        d.next_attempt = now + d.backoff;
+        self.clusters[cluster].topo.request_refresh("node unreachable");
+    }
+
+    fn on_writable(&mut self, idx: usize) {
+        let Some(conn) = self.conns.get_mut(idx).and_then(|c| c.as_mut()) else {
+            return;
+        };
+        if !conn.connected {
+            match conn.stream.take_error() {
+                Ok(None) => {}
+                Ok(Some(e)) | Err(e) => return self.fail_conn(idx, &format!("connect: {e}")),
+            }
+            match conn.stream.peer_addr() {
+                Ok(_) => {
+                    conn.connected = true;
+                    let key = (conn.cluster, conn.addr.clone());
+                    if self.down.remove(&key).is_some() {
+                        log!(Level::Info, "redis_cluster: node {} is reachable again", key.1);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
+                Err(e) => return self.fail_conn(idx, &format!("connect: {e}")),
+            }
+        }
+        self.flush(idx);
+    }
+
+    fn flush_dirty(&mut self) {
+        let dirty = std::mem::take(&mut self.dirty);
+        for idx in &dirty {
+            self.flush(*idx);
+        }
+        self.dirty = dirty;
+        self.dirty.clear();
+    }
+
+    fn flush(&mut self, idx: usize) {
+        let Some(conn) = self.conns.get_mut(idx).and_then(|c| c.as_mut()) else {
+            return;
+        };
+        if !conn.connected {
+            return;
+        }
+        while conn.out_pos < conn.out.len() {
+            match conn.stream.write(&conn.out[conn.out_pos..]) {
+                Ok(0) => return self.fail_conn(idx, "write returned 0"),
+                Ok(n) => {
+                    conn.out_pos += n;
+                    conn.written += n as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return self.fail_conn(idx, &format!("write: {e}")),
+            }
+        }
+        if conn.out_pos == conn.out.len() {
+            conn.out.clear();
+            conn.out_pos = 0;
+        } else if conn.out_pos > 1 << 20 {
+            conn.out.drain(..conn.out_pos);
+            conn.out_pos = 0;
+        }
+    }
+
+    fn on_readable(&mut self, idx: usize) {
+        let mut redo: Vec<Request> = Vec::new();
+        let mut failure: Option<String> = None;
+        {
+            let Some(conn) = self.conns.get_mut(idx).and_then(|c| c.as_mut()) else {
+                return;
+            };
+            loop {
+                let len = conn.inbuf.len();
+                conn.inbuf.resize(len + READ_CHUNK, 0);
+                match conn.stream.read(&mut conn.inbuf[len..]) {
+                    Ok(0) => {
+                        conn.inbuf.truncate(len);
+                        failure = Some("closed by node".into());
+                        break;
+                    }
+                    Ok(n) => {
+                        conn.inbuf.truncate(len + n);
+                        if n < READ_CHUNK {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        conn.inbuf.truncate(len);
+                        match e.kind() {
+                            io::ErrorKind::WouldBlock => break,
+                            io::ErrorKind::Interrupted => continue,
+                            _ => {
+                                failure = Some(format!("read: {e}"));
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+            // Match complete replies to commands, in order.
+            loop {
+                let buf = &conn.inbuf[conn.in_start..];
+                let n = match codec::reply_len(buf) {
+                    Ok(Some(n)) => n,
+                    Ok(None) => break,
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
+                };
+                let Some(entry) = conn.inflight.pop_front() else {
+                    failure = Some("reply without a request".into());
+                    break;
+                };
+                let reply = &buf[..n];
+                conn.in_start += n;
+                let Some(req) = entry.req else {
+                    if let Some(err) = codec::error_text(reply) {
+                        // READONLY on a standalone node errors; that is fine.
+                        if !err.starts_with(b"ERR This instance has cluster support disabled") {
+                            log!(Level::Warn, "redis_cluster: node {} refused setup command: {}", conn.addr, String::from_utf8_lossy(err));
+                        }
+                    }
+                    continue;
+                };
+                if entry.timed_out {
+                    continue;
+                }
+                match classify(reply, &conn.addr, &self.settings, &req) {
+                    Outcome::Deliver => req.client.deliver(req.seq, reply.to_vec()),
+                    Outcome::Redirect(r) => redo.push(redirected(req, r)),
+                    Outcome::Retry { refresh, delay } => {
+                        let mut req = req;
+                        if refresh {
+                            self.clusters[req.cluster].topo.request_refresh("cluster error reply");
+                            req.wait_gen = Some(self.clusters[req.cluster].gen);
+                        }
+                        // Bounded by the request's deadline (op_timeout).
+                        req.retry_at = Some(Instant::now() + delay);
+                        self.parked.push(req);
+                    }
+                }
+            }
+            if conn.in_start == conn.inbuf.len() {
+                conn.inbuf.clear();
+                conn.in_start = 0;
+            } else if conn.in_start > READ_CHUNK {
+                conn.inbuf.drain(..conn.in_start);
+                conn.in_start = 0;
+            }
+        }
+        if let Some(why) = failure {
+            self.fail_conn(idx, &why);
+        }
+        let now = Instant::now();
+        for req in redo {
+            if let Target::Node { asking: false, .. } = req.target {
+                self.clusters[req.cluster].topo.request_refresh("MOVED");
+            }
+            self.dispatch(req, now);
+        }
+    }
+
+    /// Drop a broken connection. Commands that never reached the node whole
+    /// are safe to send again and wait for a fresh topology; those that did
+    /// may have run, so their clients get an error (never a silent retry of
+    /// a write).
+    fn fail_conn(&mut self, idx: usize, why: &str) {
+        let Some(mut conn) = self.conns.get_mut(idx).and_then(|c| c.take()) else {
+            return;
+        };
+        let _ = self.poll.registry().deregister(&mut conn.stream);
+        self.by_addr.remove(&(conn.cluster, conn.addr.clone()));
+        self.free.push(idx);
+        let now = Instant::now();
+        self.mark_down(conn.cluster, &conn.addr, now);
+        log!(Level::Info, "redis_cluster: connection to {} lost: {why}", conn.addr);
+        for f in conn.inflight.drain(..) {
+            let Some(req) = f.req else { continue };
+            if f.timed_out {
+                continue;
+            }
+            if f.end > conn.written {
+                self.park(req, "connection lost");
+            } else {
+                let msg = format!("ERR connection to {} lost: {why}", conn.addr);
+                req.client.deliver(req.seq, codec::error(&msg));
+            }
+        }
+    }
+
+    fn check_timeouts(&mut self, now: Instant) {
+        let connect_timeouts: Vec<usize> = self
+            .conns
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| {
+                let c = c.as_ref()?;
+                let limit = self.clusters[c.cluster].cfg.connect_timeout;
+                (!c.connected && now.duration_since(c.opened) > limit).then_some(i)
+            })
+            .collect();
+        for i in connect_timeouts {
+            self.fail_conn(i, "connect timeout");
+        }
+        let op_ms = self.settings.op_timeout.as_millis();
+        for conn in self.conns.iter_mut().flatten() {
+            for f in conn.inflight.iter_mut() {
+                if f.timed_out {
+                    continue;
+                }
+                let Some(req) = f.req.as_ref() else { continue };
+                if req.deadline > now {
+                    break;
+                }
+                f.timed_out = true;
+                let msg = format!("ERR upstream timeout: no reply from {} within {op_ms} ms", conn.addr);
+                req.client.deliver(req.seq, codec::error(&msg));
+            }
+        }
+    }
+}
+
+enum Outcome {
+    Deliver,
+    Redirect(Redirect),
+    Retry { refresh: bool, delay: Duration },
+}
+
+/// Decide what a node's reply means for the command that caused it.
+fn classify(reply: &[u8], addr: &str, settings: &Settings, req: &Request) -> Outcome {
+    let Some(err) = codec::error_text(reply) else {
+        return Outcome::Deliver;
+    };
+    if settings.enable_redirection
+        && req.redirects < settings.max_redirects
+        && (err.starts_with(b"MOVED ") || err.starts_with(b"ASK "))
+    {
+        if let Some(r) = topology::parse_redirect(err, addr) {
+            return Outcome::Redirect(r);
+        }
+    }
+    // The command did not run: safe to retry after a pause / a refresh.
+    if err.starts_with(b"TRYAGAIN") {
+        return Outcome::Retry { refresh: false, delay: Duration::from_millis(10) };
+    }
+    if err.starts_with(b"CLUSTERDOWN") || err.starts_with(b"MASTERDOWN") || err.starts_with(b"LOADING") || err.starts_with(b"READONLY") {
+        return Outcome::Retry { refresh: true, delay: Duration::from_millis(50) };
+    }
+    Outcome::Deliver
+}
+
+fn redirected(mut req: Request, r: Redirect) -> Request {
+    req.redirects += 1;
+    req.target = match r {
+        Redirect::Moved { slot, addr } => Target::Node { addr, slot, asking: false },
+        Redirect::Ask { slot, addr } => Target::Node { addr, slot, asking: true },
+    };
+    req
+}
