@@ -113,6 +113,7 @@ cluster-config-file $d/nodes.conf
 cluster-node-timeout 2000
 cluster-require-full-coverage no
 repl-ping-replica-period 1
+repl-diskless-sync-delay 0
 save ""
 appendonly no
 dir $d
