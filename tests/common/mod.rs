@@ -724,10 +724,7 @@ pub fn envoy_bin() -> PathBuf {
 pub fn module_dir() -> PathBuf {
     let dir = match std::env::var("MODULE_DIR") {
         Ok(d) if !d.is_empty() => PathBuf::from(d),
-        _ => target_tmp()
-            .parent()
-            .expect("target dir")
-            .join("debug"),
+        _ => target_tmp().parent().expect("target dir").join("debug"),
     };
     let so = dir.join(format!("lib{MODULE_NAME}.so"));
     assert!(
@@ -845,6 +842,23 @@ pub fn module_bootstrap(filter_config: Json, port: u16, admin_port: u16) -> Json
     })
 }
 
+/// "200ms" / "1.5s" / "2m" → protobuf JSON's seconds form ("0.200s").
+fn proto_duration(t: &str) -> String {
+    let (num, scale) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = t.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        return t.to_string();
+    };
+    match num.trim().parse::<f64>() {
+        Ok(v) => format!("{:.3}s", v * scale),
+        Err(_) => t.to_string(),
+    }
+}
+
 /// The built-in `redis_proxy` equivalent of a module filter config: the same
 /// settings and routes, each module cluster becoming an `envoy.clusters.redis`
 /// cluster whose endpoints are the seeds.
@@ -852,6 +866,9 @@ pub fn builtin_bootstrap(filter_config: &Json, port: u16, admin_port: u16) -> Js
     let mut settings = filter_config["settings"].clone();
     if settings.is_null() {
         settings = json!({ "op_timeout": "5s" });
+    }
+    if let Some(t) = settings.get("op_timeout").and_then(Json::as_str) {
+        settings["op_timeout"] = json!(proto_duration(t));
     }
     let mut clusters = Vec::new();
     if let Some(map) = filter_config["clusters"].as_object() {
@@ -872,8 +889,8 @@ pub fn builtin_bootstrap(filter_config: &Json, port: u16, admin_port: u16) -> Js
                 "@type": "type.googleapis.com/envoy.extensions.clusters.redis.v3.RedisClusterConfig",
             });
             for k in ["cluster_refresh_rate", "cluster_refresh_timeout"] {
-                if !c[k].is_null() {
-                    redis_cfg[k] = c[k].clone();
+                if let Some(t) = c[k].as_str() {
+                    redis_cfg[k] = json!(proto_duration(t));
                 }
             }
             clusters.push(json!({
@@ -936,7 +953,13 @@ impl Envoy {
         let mut cmd = command(&envoy_bin());
         cmd.arg("-c")
             .arg(&config)
-            .args(["--disable-hot-restart", "-l", "warning", "--concurrency", "2"])
+            .args([
+                "--disable-hot-restart",
+                "-l",
+                "warning",
+                "--concurrency",
+                "2",
+            ])
             .stdin(Stdio::null())
             .stdout(log_file(&log_path))
             .stderr(log_file(&log_path));
@@ -1114,7 +1137,9 @@ impl Drop for Envoy {
                 self.kind,
                 self.port,
                 self.admin_port,
-                crashed.map(|s| format!(", EXITED: {s}")).unwrap_or_default(),
+                crashed
+                    .map(|s| format!(", EXITED: {s}"))
+                    .unwrap_or_default(),
                 self.log_path.display(),
                 tail(&self.log_path, 60)
             );
