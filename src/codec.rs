@@ -75,7 +75,9 @@ fn read_header(buf: &[u8], pos: usize, what: &str) -> Result<Option<(i64, usize)
 
 fn scan_multibulk(buf: &[u8], args: &mut Vec<Range<usize>>) -> Result<Scan, ProtocolError> {
     let Some((count, mut pos)) = read_header(buf, 0, "mbulk")? else {
-        return Ok(Scan::Incomplete { need: buf.len() + 1 });
+        return Ok(Scan::Incomplete {
+            need: buf.len() + 1,
+        });
     };
     if count > MAX_ARGS as i64 {
         return Err(ProtocolError("invalid multibulk length".into()));
@@ -98,7 +100,9 @@ fn scan_multibulk(buf: &[u8], args: &mut Vec<Range<usize>>) -> Result<Scan, Prot
             }
         }
         let Some((len, start)) = read_header(buf, pos, "bulk")? else {
-            return Ok(Scan::Incomplete { need: buf.len() + 1 });
+            return Ok(Scan::Incomplete {
+                need: buf.len() + 1,
+            });
         };
         if len < 0 || len as u64 > MAX_BULK_LEN as u64 {
             return Err(ProtocolError("invalid bulk length".into()));
@@ -121,7 +125,9 @@ fn scan_inline(buf: &[u8], args: &mut Vec<Range<usize>>) -> Result<Scan, Protoco
         if buf.len() > MAX_INLINE_LEN {
             return Err(ProtocolError("too big inline request".into()));
         }
-        return Ok(Scan::Incomplete { need: buf.len() + 1 });
+        return Ok(Scan::Incomplete {
+            need: buf.len() + 1,
+        });
     };
     if nl > MAX_INLINE_LEN {
         return Err(ProtocolError("too big inline request".into()));
@@ -328,14 +334,20 @@ mod tests {
         hdr.extend(vec![b'1'; MAX_INLINE_LEN + 10]);
         assert!(scan(&hdr).0.is_err());
         // Within limits but incomplete: waits.
-        assert!(matches!(scan(b"*1\r\n$500000000\r\n").0, Ok(Scan::Incomplete { .. })));
+        assert!(matches!(
+            scan(b"*1\r\n$500000000\r\n").0,
+            Ok(Scan::Incomplete { .. })
+        ));
     }
 
     #[test]
     fn inline_commands() {
         let (r, words) = scan(b"SET k \"hello world\"\r\n");
         assert_eq!(r, Ok(Scan::Complete(21)));
-        assert_eq!(words, vec![b"SET".to_vec(), b"k".to_vec(), b"hello world".to_vec()]);
+        assert_eq!(
+            words,
+            vec![b"SET".to_vec(), b"k".to_vec(), b"hello world".to_vec()]
+        );
         let (r, words) = scan(b"PING\n");
         assert_eq!(r, Ok(Scan::Complete(5)));
         assert_eq!(words, vec![b"PING".to_vec()]);
@@ -369,6 +381,9 @@ mod tests {
         assert_eq!(error_text(b"+OK\r\n"), None);
         assert_eq!(error("ERR a\r\nb"), b"-ERR a  b\r\n".to_vec());
         assert_eq!(bulk(b"ab"), b"$2\r\nab\r\n".to_vec());
-        assert_eq!(command(&[b"GET", b"k"]), b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n".to_vec());
+        assert_eq!(
+            command(&[b"GET", b"k"]),
+            b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n".to_vec()
+        );
     }
 }

@@ -65,10 +65,16 @@ impl Proxy {
                         .spawn(move || lp.run());
                     match spawned {
                         Ok(h) => threads.push(h),
-                        Err(e) => log!(Level::Error, "redis_cluster: cannot start upstream thread: {e}"),
+                        Err(e) => log!(
+                            Level::Error,
+                            "redis_cluster: cannot start upstream thread: {e}"
+                        ),
                     }
                 }
-                Err(e) => log!(Level::Error, "redis_cluster: cannot create upstream loop: {e}"),
+                Err(e) => log!(
+                    Level::Error,
+                    "redis_cluster: cannot create upstream loop: {e}"
+                ),
             }
         }
         for c in &proxy.clusters {
@@ -78,7 +84,10 @@ impl Proxy {
                 .spawn(move || c.run());
             match spawned {
                 Ok(h) => threads.push(h),
-                Err(e) => log!(Level::Error, "redis_cluster: cannot start refresher thread: {e}"),
+                Err(e) => log!(
+                    Level::Error,
+                    "redis_cluster: cannot start refresher thread: {e}"
+                ),
             }
         }
         *proxy.threads.get_mut() = threads;
@@ -112,7 +121,9 @@ impl Proxy {
     /// The catch-all route's cluster, else the first cluster: where keyless
     /// commands with a node-independent answer go.
     pub fn default_cluster(&self) -> Option<usize> {
-        self.route(b"").map(|r| r.cluster).or(if self.names.is_empty() { None } else { Some(0) })
+        self.route(b"")
+            .map(|r| r.cluster)
+            .or(if self.names.is_empty() { None } else { Some(0) })
     }
 
     /// Longest matching prefix route for `key`, else the catch-all.

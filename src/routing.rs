@@ -34,9 +34,7 @@ pub fn pick_node<'a>(
             }
         }
         ReadPolicy::Replica => pick_replica(true).ok_or_else(|| {
-            format!(
-                "ERR no healthy replica for the shard of master {master} (read_policy REPLICA)"
-            )
+            format!("ERR no healthy replica for the shard of master {master} (read_policy REPLICA)")
         }),
         ReadPolicy::PreferReplica => Ok(pick_replica(true).unwrap_or(master)),
         ReadPolicy::Any => {
@@ -84,9 +82,18 @@ mod tests {
     #[test]
     fn fallbacks() {
         let s = shard();
-        assert_eq!(pick_node(&s, ReadPolicy::PreferReplica, |a| a == "m:1", 0), Ok("m:1"));
-        assert_eq!(pick_node(&s, ReadPolicy::PreferMaster, |a| a != "m:1", 0), Ok("r:1"));
-        assert_eq!(pick_node(&s, ReadPolicy::PreferMaster, |_| true, 0), Ok("m:1"));
+        assert_eq!(
+            pick_node(&s, ReadPolicy::PreferReplica, |a| a == "m:1", 0),
+            Ok("m:1")
+        );
+        assert_eq!(
+            pick_node(&s, ReadPolicy::PreferMaster, |a| a != "m:1", 0),
+            Ok("r:1")
+        );
+        assert_eq!(
+            pick_node(&s, ReadPolicy::PreferMaster, |_| true, 0),
+            Ok("m:1")
+        );
         let any: Vec<_> = (0..3)
             .map(|rr| pick_node(&s, ReadPolicy::Any, |_| true, rr).unwrap())
             .collect();

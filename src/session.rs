@@ -84,7 +84,12 @@ impl Session {
 
     fn paused(&self) -> bool {
         self.write_blocked
-            || self.slots.len() >= self.proxy.config.settings.max_pending_requests_per_connection as usize
+            || self.slots.len()
+                >= self
+                    .proxy
+                    .config
+                    .settings
+                    .max_pending_requests_per_connection as usize
     }
 
     /// New bytes from the client. Always takes all of them (the caller
@@ -215,7 +220,9 @@ impl Session {
                 if args.get(1).is_some_and(|db| *db == b"0") {
                     codec::simple("OK")
                 } else {
-                    codec::error("ERR DB index is out of range: a Redis Cluster has only database 0")
+                    codec::error(
+                        "ERR DB index is out of range: a Redis Cluster has only database 0",
+                    )
                 }
             }
             "asking" | "readonly" | "readwrite" => codec::simple("OK"),
@@ -223,12 +230,24 @@ impl Session {
         })
     }
 
-    fn keyless(&mut self, cmd: &command::Command, frame: &[u8], args: &[&[u8]], now: Instant) -> Result<(), Vec<u8>> {
+    fn keyless(
+        &mut self,
+        cmd: &command::Command,
+        frame: &[u8],
+        args: &[&[u8]],
+        now: Instant,
+    ) -> Result<(), Vec<u8>> {
         match cmd.name {
             // Same answer from any node.
             "command" | "time" | "publish" | "lolwut" => {
                 let cluster = self.proxy.default_cluster().ok_or_else(no_route)?;
-                self.forward(cluster, Target::AnyMaster, crate::config::ReadPolicy::Master, encode(frame, args), now);
+                self.forward(
+                    cluster,
+                    Target::AnyMaster,
+                    crate::config::ReadPolicy::Master,
+                    encode(frame, args),
+                    now,
+                );
                 Ok(())
             }
             _ => Err(codec::error(&format!(
@@ -279,12 +298,25 @@ impl Session {
         } else {
             encode(frame, args)
         };
-        let read = cmd.flags & command::READONLY != 0;
-        self.forward(route.cluster, Target::Slot { slot, read }, route.read_policy, data, now);
+        let read = command::effective_flags(cmd, args) & command::READONLY != 0;
+        self.forward(
+            route.cluster,
+            Target::Slot { slot, read },
+            route.read_policy,
+            data,
+            now,
+        );
         Ok(())
     }
 
-    fn forward(&mut self, cluster: usize, target: Target, policy: crate::config::ReadPolicy, data: Vec<u8>, now: Instant) {
+    fn forward(
+        &mut self,
+        cluster: usize,
+        target: Target,
+        policy: crate::config::ReadPolicy,
+        data: Vec<u8>,
+        now: Instant,
+    ) {
         let seq = self.push_slot();
         self.batch.push(Request {
             client: self.client.clone(),
@@ -308,7 +340,10 @@ impl Session {
                 None => {
                     let reqs = std::mem::take(&mut self.batch);
                     for r in reqs {
-                        self.fill(r.seq, codec::error("ERR proxy is not running (validation mode)"));
+                        self.fill(
+                            r.seq,
+                            codec::error("ERR proxy is not running (validation mode)"),
+                        );
                     }
                 }
             }
@@ -390,7 +425,9 @@ fn encode(frame: &[u8], args: &[&[u8]]) -> Vec<u8> {
 }
 
 fn no_route() -> Vec<u8> {
-    codec::error("ERR no route for this key: no prefix route matches and there is no catch_all_route")
+    codec::error(
+        "ERR no route for this key: no prefix route matches and there is no catch_all_route",
+    )
 }
 
 /// Redis's wording for an unknown command.

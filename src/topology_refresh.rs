@@ -83,7 +83,11 @@ impl ClusterTopology {
         let mut r = self.requested.lock();
         if !*r {
             *r = true;
-            log!(Level::Debug, "redis_cluster: cluster {}: refresh requested ({why})", self.name);
+            log!(
+                Level::Debug,
+                "redis_cluster: cluster {}: refresh requested ({why})",
+                self.name
+            );
             self.cv.notify_one();
         }
     }
@@ -121,7 +125,11 @@ impl ClusterTopology {
                     first = false;
                 }
                 Err(e) => {
-                    log!(Level::Warn, "redis_cluster: cluster {}: topology refresh failed: {e}", self.name);
+                    log!(
+                        Level::Warn,
+                        "redis_cluster: cluster {}: topology refresh failed: {e}",
+                        self.name
+                    );
                     // Still a completed attempt: lets waiting commands
                     // re-evaluate (and fail fast if the node stays down).
                     self.generation.fetch_add(1, Ordering::AcqRel);
@@ -240,7 +248,10 @@ impl ClusterTopology {
             pos += len;
             if i + 1 < expect {
                 if let Some(e) = codec::error_text(reply) {
-                    return Err(FetchError::Other(format!("AUTH failed: {}", String::from_utf8_lossy(e))));
+                    return Err(FetchError::Other(format!(
+                        "AUTH failed: {}",
+                        String::from_utf8_lossy(e)
+                    )));
                 }
                 continue;
             }

@@ -108,7 +108,11 @@ pub enum Target {
     /// Any master (keyless commands whose answer does not depend on the node).
     AnyMaster,
     /// A node named by a redirection.
-    Node { addr: String, slot: u16, asking: bool },
+    Node {
+        addr: String,
+        slot: u16,
+        asking: bool,
+    },
 }
 
 /// One command on its way to a node.
@@ -270,8 +274,17 @@ impl UpstreamLoop {
         let mut events = Events::with_capacity(256);
         let mut batch = Vec::new();
         while !self.shared.stop.load(Ordering::Acquire) {
-            let busy = !self.parked.is_empty() || self.conns.iter().flatten().any(|c| !c.inflight.is_empty() || !c.connected);
-            let timeout = if busy { Some(Duration::from_millis(5)) } else { Some(Duration::from_millis(250)) };
+            let busy = !self.parked.is_empty()
+                || self
+                    .conns
+                    .iter()
+                    .flatten()
+                    .any(|c| !c.inflight.is_empty() || !c.connected);
+            let timeout = if busy {
+                Some(Duration::from_millis(5))
+            } else {
+                Some(Duration::from_millis(250))
+            };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     log!(Level::Error, "redis_cluster: upstream poll failed: {e}");
@@ -308,12 +321,14 @@ impl UpstreamLoop {
         for c in self.conns.iter_mut().flatten() {
             for f in c.inflight.drain(..) {
                 if let Some(r) = f.req {
-                    r.client.deliver(r.seq, codec::error("ERR proxy is shutting down"));
+                    r.client
+                        .deliver(r.seq, codec::error("ERR proxy is shutting down"));
                 }
             }
         }
         for r in self.parked.drain(..) {
-            r.client.deliver(r.seq, codec::error("ERR proxy is shutting down"));
+            r.client
+                .deliver(r.seq, codec::error("ERR proxy is shutting down"));
         }
     }
 
@@ -352,7 +367,9 @@ impl UpstreamLoop {
                 req.client.deliver(req.seq, codec::error(&msg));
                 continue;
             }
-            let gen_ready = req.wait_gen.is_none_or(|g| self.clusters[req.cluster].gen > g);
+            let gen_ready = req
+                .wait_gen
+                .is_none_or(|g| self.clusters[req.cluster].gen > g);
             let time_ready = req.retry_at.is_none_or(|t| now >= t);
             if gen_ready && time_ready {
                 req.wait_gen = None;
@@ -384,7 +401,11 @@ impl UpstreamLoop {
                 let Some(shard) = map.shard_for_slot(*slot) else {
                     return self.park(req, "slot not covered");
                 };
-                let policy = if *read { req.policy } else { ReadPolicy::Master };
+                let policy = if *read {
+                    req.policy
+                } else {
+                    ReadPolicy::Master
+                };
                 let cluster = req.cluster;
                 let down = &self.down;
                 let healthy = |a: &str| !down.contains_key(&(cluster, a.to_string()));
@@ -419,7 +440,11 @@ impl UpstreamLoop {
                 Ok(i) => i,
                 Err(e) => {
                     self.mark_down(key.0, &key.1, now);
-                    log!(Level::Debug, "redis_cluster: connect to {} failed: {e}", key.1);
+                    log!(
+                        Level::Debug,
+                        "redis_cluster: connect to {} failed: {e}",
+                        key.1
+                    );
                     return self.park(req, "connect failed");
                 }
             },
@@ -430,12 +455,20 @@ impl UpstreamLoop {
         if asking {
             conn.out.extend_from_slice(ASKING);
             conn.queued += ASKING.len() as u64;
-            conn.inflight.push_back(Inflight { req: None, end: conn.queued, timed_out: false });
+            conn.inflight.push_back(Inflight {
+                req: None,
+                end: conn.queued,
+                timed_out: false,
+            });
         }
         conn.out.extend_from_slice(&req.data);
         conn.queued += req.data.len() as u64;
         let end = conn.queued;
-        conn.inflight.push_back(Inflight { req: Some(req), end, timed_out: false });
+        conn.inflight.push_back(Inflight {
+            req: Some(req),
+            end,
+            timed_out: false,
+        });
         if conn.connected && !self.dirty.contains(&idx) {
             self.dirty.push(idx);
         }
@@ -482,25 +515,38 @@ impl UpstreamLoop {
             };
             conn.out.extend_from_slice(&auth);
             conn.queued += auth.len() as u64;
-            conn.inflight.push_back(Inflight { req: None, end: conn.queued, timed_out: false });
+            conn.inflight.push_back(Inflight {
+                req: None,
+                end: conn.queued,
+                timed_out: false,
+            });
         }
         conn.out.extend_from_slice(READONLY);
         conn.queued += READONLY.len() as u64;
-        conn.inflight.push_back(Inflight { req: None, end: conn.queued, timed_out: false });
+        conn.inflight.push_back(Inflight {
+            req: None,
+            end: conn.queued,
+            timed_out: false,
+        });
         self.conns[idx] = Some(conn);
         self.by_addr.insert((cluster, addr.to_string()), idx);
         Ok(idx)
     }
 
     fn mark_down(&mut self, cluster: usize, addr: &str, now: Instant) {
-        let d = self.down.entry((cluster, addr.to_string())).or_insert(Down {
-            since: now,
-            next_attempt: now,
-            backoff: BACKOFF_MIN / 2,
-        });
+        let d = self
+            .down
+            .entry((cluster, addr.to_string()))
+            .or_insert(Down {
+                since: now,
+                next_attempt: now,
+                backoff: BACKOFF_MIN / 2,
+            });
         d.backoff = (d.backoff * 2).min(BACKOFF_MAX);
         d.next_attempt = now + d.backoff;
-        self.clusters[cluster].topo.request_refresh("node unreachable");
+        self.clusters[cluster]
+            .topo
+            .request_refresh("node unreachable");
     }
 
     fn on_writable(&mut self, idx: usize) {
@@ -517,7 +563,11 @@ impl UpstreamLoop {
                     conn.connected = true;
                     let key = (conn.cluster, conn.addr.clone());
                     if self.down.remove(&key).is_some() {
-                        log!(Level::Info, "redis_cluster: node {} is reachable again", key.1);
+                        log!(
+                            Level::Info,
+                            "redis_cluster: node {} is reachable again",
+                            key.1
+                        );
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
@@ -620,7 +670,12 @@ impl UpstreamLoop {
                     if let Some(err) = codec::error_text(reply) {
                         // READONLY on a standalone node errors; that is fine.
                         if !err.starts_with(b"ERR This instance has cluster support disabled") {
-                            log!(Level::Warn, "redis_cluster: node {} refused setup command: {}", conn.addr, String::from_utf8_lossy(err));
+                            log!(
+                                Level::Warn,
+                                "redis_cluster: node {} refused setup command: {}",
+                                conn.addr,
+                                String::from_utf8_lossy(err)
+                            );
                         }
                     }
                     continue;
@@ -634,7 +689,9 @@ impl UpstreamLoop {
                     Outcome::Retry { refresh, delay } => {
                         let mut req = req;
                         if refresh {
-                            self.clusters[req.cluster].topo.request_refresh("cluster error reply");
+                            self.clusters[req.cluster]
+                                .topo
+                                .request_refresh("cluster error reply");
                             req.wait_gen = Some(self.clusters[req.cluster].gen);
                         }
                         // Bounded by the request's deadline (op_timeout).
@@ -676,7 +733,11 @@ impl UpstreamLoop {
         self.free.push(idx);
         let now = Instant::now();
         self.mark_down(conn.cluster, &conn.addr, now);
-        log!(Level::Info, "redis_cluster: connection to {} lost: {why}", conn.addr);
+        log!(
+            Level::Info,
+            "redis_cluster: connection to {} lost: {why}",
+            conn.addr
+        );
         for f in conn.inflight.drain(..) {
             let Some(req) = f.req else { continue };
             if f.timed_out {
@@ -716,7 +777,10 @@ impl UpstreamLoop {
                     break;
                 }
                 f.timed_out = true;
-                let msg = format!("ERR upstream timeout: no reply from {} within {op_ms} ms", conn.addr);
+                let msg = format!(
+                    "ERR upstream timeout: no reply from {} within {op_ms} ms",
+                    conn.addr
+                );
                 req.client.deliver(req.seq, codec::error(&msg));
             }
         }
@@ -744,10 +808,20 @@ fn classify(reply: &[u8], addr: &str, settings: &Settings, req: &Request) -> Out
     }
     // The command did not run: safe to retry after a pause / a refresh.
     if err.starts_with(b"TRYAGAIN") {
-        return Outcome::Retry { refresh: false, delay: Duration::from_millis(10) };
+        return Outcome::Retry {
+            refresh: false,
+            delay: Duration::from_millis(10),
+        };
     }
-    if err.starts_with(b"CLUSTERDOWN") || err.starts_with(b"MASTERDOWN") || err.starts_with(b"LOADING") || err.starts_with(b"READONLY") {
-        return Outcome::Retry { refresh: true, delay: Duration::from_millis(50) };
+    if err.starts_with(b"CLUSTERDOWN")
+        || err.starts_with(b"MASTERDOWN")
+        || err.starts_with(b"LOADING")
+        || err.starts_with(b"READONLY")
+    {
+        return Outcome::Retry {
+            refresh: true,
+            delay: Duration::from_millis(50),
+        };
     }
     Outcome::Deliver
 }
@@ -755,8 +829,16 @@ fn classify(reply: &[u8], addr: &str, settings: &Settings, req: &Request) -> Out
 fn redirected(mut req: Request, r: Redirect) -> Request {
     req.redirects += 1;
     req.target = match r {
-        Redirect::Moved { slot, addr } => Target::Node { addr, slot, asking: false },
-        Redirect::Ask { slot, addr } => Target::Node { addr, slot, asking: true },
+        Redirect::Moved { slot, addr } => Target::Node {
+            addr,
+            slot,
+            asking: false,
+        },
+        Redirect::Ask { slot, addr } => Target::Node {
+            addr,
+            slot,
+            asking: true,
+        },
     };
     req
 }

@@ -51,7 +51,10 @@ pub extern "C" fn envoy_dynamic_module_on_network_filter_config_new(
         let cfg = match Config::from_json(&raw) {
             Ok(c) => c,
             Err(e) => {
-                super::log(Level::Error, &format!("redis_cluster: invalid filter_config: {e}"));
+                super::log(
+                    Level::Error,
+                    &format!("redis_cluster: invalid filter_config: {e}"),
+                );
                 return std::ptr::null();
             }
         };
@@ -71,7 +74,10 @@ pub extern "C" fn envoy_dynamic_module_on_network_filter_config_new(
         Box::into_raw(Box::new(proxy)) as *const c_void
     }));
     result.unwrap_or_else(|_| {
-        super::log(Level::Error, "redis_cluster: panic while loading the config");
+        super::log(
+            Level::Error,
+            "redis_cluster: panic while loading the config",
+        );
         std::ptr::null()
     })
 }
@@ -154,7 +160,10 @@ fn with_session(
     drop(session);
     if outcome.is_err() {
         filter.poisoned.set(true);
-        super::log(Level::Error, "redis_cluster: internal error, closing the connection");
+        super::log(
+            Level::Error,
+            "redis_cluster: internal error, closing the connection",
+        );
         conn.close(false);
     }
 }
@@ -267,7 +276,9 @@ pub extern "C" fn envoy_dynamic_module_on_network_filter_event(
 ) {
     // 0 = RemoteClose, 1 = LocalClose.
     if event == 0 || event == 1 {
-        with_session(filter_envoy_ptr, filter_ptr, |session, _| session.on_close());
+        with_session(filter_envoy_ptr, filter_ptr, |session, _| {
+            session.on_close()
+        });
     }
 }
 

@@ -108,7 +108,8 @@ pub fn log(level: Level, msg: &str) {
 /// Cheap check to skip formatting a message nobody will see.
 pub fn log_enabled(level: Level) -> bool {
     // SAFETY: thread-safe query of Envoy's log level.
-    hooks::loaded_by_envoy() && unsafe { ffi::envoy_dynamic_module_callback_log_enabled(level as i32) }
+    hooks::loaded_by_envoy()
+        && unsafe { ffi::envoy_dynamic_module_callback_log_enabled(level as i32) }
 }
 
 /// `log!(Level::Info, "x {}", y)`: formats only when the level is enabled.
