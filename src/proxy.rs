@@ -2,7 +2,7 @@
 //! loops, and route lookup. One `Proxy` per filter config, shared by every
 //! connection of every worker.
 
-use crate::config::{Config, ReadPolicy};
+use crate::config::{Config, MirrorPolicy, ReadPolicy};
 use crate::envoy::Level;
 use crate::log;
 use crate::topology_refresh::ClusterTopology;
@@ -20,11 +20,13 @@ pub struct Proxy {
 }
 
 /// Where a key goes.
-pub struct Route {
+pub struct Route<'a> {
     pub cluster: usize,
     pub read_policy: ReadPolicy,
     /// Bytes to strip from the front of every key (`remove_prefix`).
     pub strip: usize,
+    /// Where copies of the command go (fire and forget).
+    pub mirrors: &'a [MirrorPolicy],
 }
 
 impl Proxy {
@@ -127,12 +129,13 @@ impl Proxy {
     }
 
     /// Longest matching prefix route for `key`, else the catch-all.
-    pub fn route(&self, key: &[u8]) -> Option<Route> {
+    pub fn route(&self, key: &[u8]) -> Option<Route<'_>> {
         let r = self.config.prefix_routes.route_for(key)?;
         Some(Route {
             cluster: self.cluster_index(r.cluster)?,
             read_policy: r.read_policy.unwrap_or(self.config.settings.read_policy),
             strip: r.strip,
+            mirrors: r.mirrors,
         })
     }
 }

@@ -54,6 +54,7 @@ pub struct Session {
     closed: bool,
     write_blocked: bool,
     read_disabled: bool,
+    rng: u64,
 }
 
 impl Session {
@@ -75,6 +76,7 @@ impl Session {
             closed: false,
             write_blocked: false,
             read_disabled: false,
+            rng: seed(),
         }
     }
 
@@ -266,7 +268,8 @@ impl Session {
         now: Instant,
     ) -> Result<(), Vec<u8>> {
         let first_key = args.get(keys[0]).copied().unwrap_or_default();
-        let route = self.proxy.route(first_key).ok_or_else(no_route)?;
+        let proxy = self.proxy.clone();
+        let route = proxy.route(first_key).ok_or_else(no_route)?;
         let hashtags = self.proxy.config.settings.enable_hashtagging;
         let mut slot = None;
         for &k in keys {
@@ -299,6 +302,34 @@ impl Session {
             encode(frame, args)
         };
         let read = command::effective_flags(cmd, args) & command::READONLY != 0;
+        let deadline = now + self.proxy.config.settings.op_timeout;
+        for m in route.mirrors {
+            if m.exclude_read_commands && read {
+                continue;
+            }
+            if let Some(f) = &m.runtime_fraction {
+                if !f.sampled(self.next_random()) {
+                    continue;
+                }
+            }
+            let Some(cluster) = self.proxy.cluster_index(&m.cluster) else {
+                continue;
+            };
+            // Fire and forget: no reply slot; the loop drops the reply.
+            self.batch.push(Request {
+                client: self.client.clone(),
+                seq: u64::MAX,
+                cluster,
+                target: Target::Slot { slot, read },
+                policy: crate::config::ReadPolicy::Master,
+                data: data.clone(),
+                deadline,
+                redirects: 0,
+                retry_at: None,
+                wait_gen: None,
+                mirror: true,
+            });
+        }
         self.forward(
             route.cluster,
             Target::Slot { slot, read },
@@ -329,7 +360,18 @@ impl Session {
             redirects: 0,
             retry_at: None,
             wait_gen: None,
+            mirror: false,
         });
+    }
+
+    /// xorshift64*: cheap, good enough to sample mirrored commands.
+    fn next_random(&mut self) -> u32 {
+        let mut x = self.rng;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng = x;
+        (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 32) as u32
     }
 
     /// After handling input or replies: submit, write, apply backpressure.
@@ -413,6 +455,13 @@ impl Session {
         self.closed = true;
         self.client.detach();
     }
+}
+
+fn seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(0x9E37_79B9_7F4A_7C15);
+    h.finish() | 1
 }
 
 /// The raw frame when it is multibulk; inline commands are re-encoded.

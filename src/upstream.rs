@@ -130,6 +130,18 @@ pub struct Request {
     pub retry_at: Option<Instant>,
     /// Waiting for a topology newer than this generation.
     pub wait_gen: Option<u64>,
+    /// A mirrored copy: its reply is discarded, and it is dropped rather
+    /// than ever delaying anything (no parking, bounded queue).
+    pub mirror: bool,
+}
+
+impl Request {
+    /// Answer the client (mirrored copies have no one to answer).
+    fn respond(&self, reply: Vec<u8>) {
+        if !self.mirror {
+            self.client.deliver(self.seq, reply);
+        }
+    }
 }
 
 /// The submission side of a loop, shared with the sessions of one worker.
@@ -174,6 +186,10 @@ const WAKER: Token = Token(0);
 const ASKING: &[u8] = b"*1\r\n$6\r\nASKING\r\n";
 const READONLY: &[u8] = b"*1\r\n$8\r\nREADONLY\r\n";
 const READ_CHUNK: usize = 64 * 1024;
+/// Most commands in flight on one connection before mirrored copies to it
+/// are dropped (a slow mirror must never grow memory without bound).
+const MIRROR_QUEUE_MAX: usize = 10_000;
+const MIRROR_LOG_EVERY: Duration = Duration::from_secs(10);
 /// Reconnect backoff to a node that refused or dropped us.
 const BACKOFF_MIN: Duration = Duration::from_millis(20);
 const BACKOFF_MAX: Duration = Duration::from_millis(1000);
@@ -228,6 +244,8 @@ pub struct UpstreamLoop {
     parked: Vec<Request>,
     dirty: Vec<usize>,
     rr: usize,
+    mirror_dropped: u64,
+    mirror_logged: Instant,
 }
 
 impl UpstreamLoop {
@@ -265,6 +283,8 @@ impl UpstreamLoop {
             parked: Vec::new(),
             dirty: Vec::new(),
             rr: 0,
+            mirror_dropped: 0,
+            mirror_logged: Instant::now() - MIRROR_LOG_EVERY,
         };
         Ok((lp, shared))
     }
@@ -321,14 +341,12 @@ impl UpstreamLoop {
         for c in self.conns.iter_mut().flatten() {
             for f in c.inflight.drain(..) {
                 if let Some(r) = f.req {
-                    r.client
-                        .deliver(r.seq, codec::error("ERR proxy is shutting down"));
+                    r.respond(codec::error("ERR proxy is shutting down"));
                 }
             }
         }
         for r in self.parked.drain(..) {
-            r.client
-                .deliver(r.seq, codec::error("ERR proxy is shutting down"));
+            r.respond(codec::error("ERR proxy is shutting down"));
         }
     }
 
@@ -344,6 +362,9 @@ impl UpstreamLoop {
     }
 
     fn park(&mut self, mut req: Request, why: &str) {
+        if req.mirror {
+            return self.drop_mirror();
+        }
         let view = &self.clusters[req.cluster];
         req.wait_gen = Some(view.gen);
         view.topo.request_refresh(why);
@@ -364,7 +385,7 @@ impl UpstreamLoop {
                     "ERR operation timed out after {} ms waiting for the cluster",
                     self.settings.op_timeout.as_millis()
                 );
-                req.client.deliver(req.seq, codec::error(&msg));
+                req.respond(codec::error(&msg));
                 continue;
             }
             let gen_ready = req
@@ -383,7 +404,7 @@ impl UpstreamLoop {
 
     /// Route a request to a node and queue it on that node's connection.
     fn dispatch(&mut self, req: Request, now: Instant) {
-        if req.client.is_detached() {
+        if !req.mirror && req.client.is_detached() {
             return;
         }
         let view = &self.clusters[req.cluster];
@@ -413,7 +434,7 @@ impl UpstreamLoop {
                 match routing::pick_node(shard, policy, healthy, self.rr) {
                     Ok(a) => (a.to_string(), false),
                     Err(msg) => {
-                        return req.client.deliver(req.seq, codec::error(&msg));
+                        return req.respond(codec::error(&msg));
                     }
                 }
             }
@@ -429,7 +450,7 @@ impl UpstreamLoop {
                 // rather than make every command wait its full timeout.
                 if now.duration_since(d.since) > self.settings.op_timeout {
                     let msg = format!("ERR node {} is unreachable", key.1);
-                    return req.client.deliver(req.seq, codec::error(&msg));
+                    return req.respond(codec::error(&msg));
                 }
                 return self.park(req, "node down");
             }
@@ -452,6 +473,9 @@ impl UpstreamLoop {
         let Some(conn) = self.conns[idx].as_mut() else {
             return;
         };
+        if req.mirror && conn.inflight.len() >= MIRROR_QUEUE_MAX {
+            return self.drop_mirror();
+        }
         if asking {
             conn.out.extend_from_slice(ASKING);
             conn.queued += ASKING.len() as u64;
@@ -531,6 +555,21 @@ impl UpstreamLoop {
         self.conns[idx] = Some(conn);
         self.by_addr.insert((cluster, addr.to_string()), idx);
         Ok(idx)
+    }
+
+    /// A mirrored command that could not be sent at once is dropped; drops
+    /// are counted and logged at most every few seconds.
+    fn drop_mirror(&mut self) {
+        self.mirror_dropped += 1;
+        let now = Instant::now();
+        if now.duration_since(self.mirror_logged) >= MIRROR_LOG_EVERY {
+            log!(
+                Level::Warn,
+                "redis_cluster: mirror unavailable or slow: {} mirrored commands dropped so far",
+                self.mirror_dropped
+            );
+            self.mirror_logged = now;
+        }
     }
 
     fn mark_down(&mut self, cluster: usize, addr: &str, now: Instant) {
@@ -684,7 +723,7 @@ impl UpstreamLoop {
                     continue;
                 }
                 match classify(reply, &conn.addr, &self.settings, &req) {
-                    Outcome::Deliver => req.client.deliver(req.seq, reply.to_vec()),
+                    Outcome::Deliver => req.respond(reply.to_vec()),
                     Outcome::Redirect(r) => redo.push(redirected(req, r)),
                     Outcome::Retry { refresh, delay } => {
                         let mut req = req;
@@ -747,7 +786,7 @@ impl UpstreamLoop {
                 self.park(req, "connection lost");
             } else {
                 let msg = format!("ERR connection to {} lost: {why}", conn.addr);
-                req.client.deliver(req.seq, codec::error(&msg));
+                req.respond(codec::error(&msg));
             }
         }
     }
@@ -781,7 +820,7 @@ impl UpstreamLoop {
                     "ERR upstream timeout: no reply from {} within {op_ms} ms",
                     conn.addr
                 );
-                req.client.deliver(req.seq, codec::error(&msg));
+                req.respond(codec::error(&msg));
             }
         }
     }
