@@ -429,7 +429,13 @@ impl UpstreamLoop {
                 };
                 let cluster = req.cluster;
                 let down = &self.down;
-                let healthy = |a: &str| !down.contains_key(&(cluster, a.to_string()));
+                // A down node becomes eligible again when its backoff ends,
+                // so a recovered node is found even when a policy would
+                // otherwise route around it forever.
+                let healthy = |a: &str| {
+                    down.get(&(cluster, a.to_string()))
+                        .is_none_or(|d| now >= d.next_attempt)
+                };
                 self.rr = self.rr.wrapping_add(1);
                 match routing::pick_node(shard, policy, healthy, self.rr) {
                     Ok(a) => (a.to_string(), false),
@@ -782,7 +788,10 @@ impl UpstreamLoop {
             if f.timed_out {
                 continue;
             }
-            if f.end > conn.written {
+            // Unsent commands and reads are safe to run again elsewhere.
+            let unsent = f.end > conn.written;
+            let read = matches!(req.target, Target::Slot { read: true, .. });
+            if unsent || read {
                 self.park(req, "connection lost");
             } else {
                 let msg = format!("ERR connection to {} lost: {why}", conn.addr);

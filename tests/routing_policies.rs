@@ -1,0 +1,401 @@
+//! Read/write splitting, request mirroring and prefix routes (issue #3), end
+//! to end: real Redis Cluster, real Envoy with the module, real clients.
+//! Traffic per node is counted with `INFO commandstats` deltas.
+
+mod common;
+
+use common::*;
+use redis::Commands;
+use serde_json::{json, Value as Json};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A standalone (non-cluster) Redis, e.g. a mirror; killed on drop.
+struct Standalone {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Standalone {
+    fn start() -> Standalone {
+        let port = alloc_port();
+        let mut s = Standalone { port, child: None };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        self.child = Some(child);
+        let port = self.port;
+        assert!(wait_until(Duration::from_secs(10), || try_connect(port).is_ok()));
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn conn(&self) -> redis::Connection {
+        connect(self.port)
+    }
+}
+
+impl Drop for Standalone {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// `cmdstat_<cmd>` calls on one node.
+fn calls(port: u16, cmd: &str) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut connect(port))
+        .unwrap_or_default();
+    let needle = format!("cmdstat_{cmd}:calls=");
+    info.lines()
+        .find_map(|l| l.strip_prefix(&needle))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+fn reset_stats(ports: &[u16]) {
+    for &p in ports {
+        let _: () = redis::cmd("CONFIG")
+            .arg("RESETSTAT")
+            .query(&mut connect(p))
+            .unwrap();
+    }
+}
+
+fn role(port: u16) -> String {
+    let info: String = redis::cmd("INFO")
+        .arg("replication")
+        .query(&mut connect(port))
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("role:"))
+        .unwrap_or("")
+        .trim()
+        .to_string()
+}
+
+fn config_with_policy(cluster: &Cluster, policy: &str) -> Json {
+    module_config(cluster, json!({ "read_policy": policy }))
+}
+
+/// GETs through the proxy land exactly where each read policy says; writes
+/// always reach masters.
+#[test]
+fn read_policies_send_reads_exactly_where_they_say() {
+    let cluster = Cluster::start(3, 2);
+    let masters = cluster.master_ports();
+    let replicas: Vec<u16> = cluster
+        .ports()
+        .into_iter()
+        .filter(|p| !masters.contains(p))
+        .collect();
+    assert_eq!(replicas.len(), 6);
+    let keys: Vec<String> = (0..60).map(|i| format!("rp:{i}")).collect();
+    for policy in [
+        "MASTER",
+        "PREFER_MASTER",
+        "REPLICA",
+        "PREFER_REPLICA",
+        "ANY",
+    ] {
+        let envoy = Envoy::start(config_with_policy(&cluster, policy));
+        let mut c = connect(envoy.port());
+        for k in &keys {
+            let _: () = c.set(k, policy).unwrap();
+        }
+        // Replicas must have the writes before we read from them.
+        let _: i64 = redis::cmd("WAIT")
+            .arg(2)
+            .arg(2000)
+            .query(&mut connect(masters[0]))
+            .unwrap_or(0);
+        std::thread::sleep(Duration::from_millis(200));
+        reset_stats(&cluster.ports());
+        for _ in 0..5 {
+            for k in &keys {
+                let v: String = c.get(k).unwrap();
+                assert_eq!(v, policy, "{policy}: GET {k}");
+            }
+        }
+        let on_masters: u64 = masters.iter().map(|&p| calls(p, "get")).sum();
+        let per_replica: Vec<u64> = replicas.iter().map(|&p| calls(p, "get")).collect();
+        let on_replicas: u64 = per_replica.iter().sum();
+        assert_eq!(
+            on_masters + on_replicas,
+            300,
+            "{policy}: every GET reached exactly one node"
+        );
+        match policy {
+            "MASTER" | "PREFER_MASTER" => assert_eq!(on_replicas, 0, "{policy}: reads on replicas"),
+            "REPLICA" | "PREFER_REPLICA" => {
+                assert_eq!(on_masters, 0, "{policy}: reads reached a master");
+                assert!(
+                    per_replica.iter().all(|&n| n > 0),
+                    "{policy}: reads not spread over all replicas: {per_replica:?}"
+                );
+            }
+            "ANY" => assert!(
+                on_masters > 0 && on_replicas > 0,
+                "ANY: masters {on_masters} replicas {on_replicas}"
+            ),
+            _ => unreachable!(),
+        }
+        // Writes go to masters whatever the read policy.
+        reset_stats(&cluster.ports());
+        for k in &keys {
+            let _: () = c.set(k, "w").unwrap();
+        }
+        let sets_on_masters: u64 = masters.iter().map(|&p| calls(p, "set")).sum();
+        assert_eq!(sets_on_masters, 60, "{policy}: SETs must all go to masters");
+    }
+}
+
+/// PREFER_REPLICA falls back to the master when the shard's replica dies;
+/// PREFER_MASTER falls back to the replica when the master dies.
+#[test]
+fn preferred_read_policies_fall_back_when_a_node_dies() {
+    let mut cluster = Cluster::start(3, 1);
+    let key = "fallback:{a}";
+    let master = cluster.node_for_key(key.as_bytes());
+    let replica = cluster
+        .ports()
+        .into_iter()
+        .find(|&p| {
+            p != master && role(p) == "slave" && {
+                let info: String = redis::cmd("INFO")
+                    .arg("replication")
+                    .query(&mut connect(p))
+                    .unwrap();
+                info.contains(&format!("master_port:{master}"))
+            }
+        })
+        .expect("replica of the key's master");
+
+    // PREFER_REPLICA: kill the replica, reads keep working from the master.
+    {
+        let envoy = Envoy::start(config_with_policy(&cluster, "PREFER_REPLICA"));
+        let mut c = connect(envoy.port());
+        let _: () = c.set(key, "v1").unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let v: String = c.get(key).unwrap();
+        assert_eq!(v, "v1");
+        cluster.kill_node(replica);
+        reset_stats(&[master]);
+        for i in 0..50 {
+            let v: redis::RedisResult<String> = c.get(key);
+            assert_eq!(
+                v.as_deref(),
+                Ok("v1"),
+                "PREFER_REPLICA read {i} after replica death"
+            );
+        }
+        assert!(
+            calls(master, "get") >= 50,
+            "reads did not fall back to the master"
+        );
+        cluster.restart_node(replica);
+        cluster.wait_healthy(Duration::from_secs(30));
+    }
+
+    // PREFER_MASTER: kill the master, reads keep working (from the replica,
+    // then from the promoted replica).
+    {
+        let envoy = Envoy::start(config_with_policy(&cluster, "PREFER_MASTER"));
+        let mut c = connect(envoy.port());
+        let _: () = c.set(key, "v2").unwrap();
+        let _: i64 = redis::cmd("WAIT")
+            .arg(1)
+            .arg(2000)
+            .query(&mut connect(master))
+            .unwrap_or(0);
+        let v: String = c.get(key).unwrap();
+        assert_eq!(v, "v2");
+        cluster.kill_node(master);
+        let mut errors = Vec::new();
+        let until = Instant::now() + Duration::from_secs(2);
+        let mut n = 0;
+        while Instant::now() < until {
+            match c.get::<_, String>(key) {
+                Ok(v) if v == "v2" => {}
+                other => errors.push(format!("{other:?}")),
+            }
+            n += 1;
+        }
+        assert!(n > 20, "too few reads: {n}");
+        assert!(
+            errors.is_empty(),
+            "PREFER_MASTER reads failed after master death: {errors:?}"
+        );
+    }
+}
+
+fn mirror_config(cluster: &Cluster, mirror_port: u16) -> Json {
+    let mut cfg = module_config(cluster, json!({}));
+    cfg["clusters"]["mirror"] = json!({ "seeds": [format!("127.0.0.1:{mirror_port}")] });
+    cfg["prefix_routes"] = json!({
+        "routes": [
+            { "prefix": "all:", "cluster": "main",
+              "request_mirror_policy": [ { "cluster": "mirror" } ] },
+            { "prefix": "half:", "cluster": "main",
+              "request_mirror_policy": [ { "cluster": "mirror", "exclude_read_commands": true,
+                  "runtime_fraction": { "default_value": { "numerator": 50, "denominator": "HUNDRED" } } } ] },
+        ],
+        "catch_all_route": { "cluster": "main",
+            "request_mirror_policy": [ { "cluster": "mirror", "exclude_read_commands": true } ] },
+    });
+    cfg
+}
+
+/// Writes are mirrored, reads only where asked; a dead mirror costs the
+/// client nothing, and mirroring resumes when it comes back.
+#[test]
+fn mirroring_is_fire_and_forget_and_resumes() {
+    let cluster = Cluster::start(3, 0);
+    let mut mirror = Standalone::start();
+    let envoy = Envoy::start(mirror_config(&cluster, mirror.port));
+    let mut c = connect(envoy.port());
+
+    for i in 0..50 {
+        let _: () = c.set(format!("w:{i}"), i).unwrap();
+        let _: i64 = c.get(format!("w:{i}")).unwrap();
+    }
+    for i in 0..20 {
+        let _: () = c.set(format!("all:{i}"), i).unwrap();
+        let _: i64 = c.get(format!("all:{i}")).unwrap();
+    }
+    for i in 0..400 {
+        let _: () = c.set(format!("half:{i}"), i).unwrap();
+    }
+    let mut m = mirror.conn();
+    assert!(wait_until(Duration::from_secs(5), || {
+        let n: i64 = redis::cmd("DBSIZE").query(&mut mirror.conn()).unwrap();
+        n >= 70
+    }));
+    // Reads mirrored only on the "all:" route: 20 GETs (counted before this
+    // test reads the mirror itself).
+    assert_eq!(
+        calls(mirror.port, "get"),
+        20,
+        "mirror saw reads it should not"
+    );
+    for i in 0..50 {
+        let v: Option<i64> = m.get(format!("w:{i}")).unwrap();
+        assert_eq!(v, Some(i), "write w:{i} not mirrored");
+    }
+    // Sampling: about half of the "half:" writes.
+    let half: Vec<String> = m.keys("half:*").unwrap();
+    assert!(
+        (120..=280).contains(&half.len()),
+        "50% sampling mirrored {} of 400",
+        half.len()
+    );
+
+    // Baseline latency, then with the mirror dead.
+    let time_sets = |c: &mut redis::Connection, tag: &str| -> (Duration, usize) {
+        let mut errors = 0;
+        let start = Instant::now();
+        for i in 0..300 {
+            if c.set::<_, _, ()>(format!("{tag}:{i}"), i).is_err() {
+                errors += 1;
+            }
+        }
+        (start.elapsed(), errors)
+    };
+    let (base, e0) = time_sets(&mut c, "base");
+    assert_eq!(e0, 0);
+    mirror.kill();
+    let (dead, e1) = time_sets(&mut c, "dead");
+    assert_eq!(e1, 0, "client saw errors while the mirror was down");
+    assert!(
+        dead < base * 3 + Duration::from_millis(300),
+        "mirror down slowed the client: {dead:?} vs {base:?}"
+    );
+
+    // Mirror back on the same port: mirroring resumes by itself.
+    mirror.spawn();
+    let resumed = wait_until(Duration::from_secs(10), || {
+        let _: () = c.set("after:restart", 1).unwrap();
+        let v: Option<i64> = mirror.conn().get("after:restart").unwrap_or(None);
+        v == Some(1)
+    });
+    assert!(
+        resumed,
+        "mirroring did not resume after the mirror restarted"
+    );
+}
+
+/// Longest prefix wins, case-insensitively when asked, remove_prefix strips
+/// the prefix, and a key with no route gets a clear error.
+#[test]
+fn prefix_routes_pick_the_longest_prefix_and_strip_it() {
+    let cluster = Cluster::start(3, 0);
+    let side = Standalone::start();
+    let mut cfg = module_config(&cluster, json!({}));
+    cfg["clusters"]["side"] = json!({ "seeds": [format!("127.0.0.1:{}", side.port)] });
+    cfg["prefix_routes"] = json!({
+        "case_insensitive": true,
+        "routes": [
+            { "prefix": "side:", "cluster": "side", "remove_prefix": true },
+            { "prefix": "side:long:", "cluster": "main" },
+            { "prefix": "main:", "cluster": "main" },
+        ],
+    });
+    let envoy = Envoy::start(cfg);
+    let mut c = connect(envoy.port());
+
+    let _: () = c.set("side:k1", "a").unwrap();
+    let _: () = c.set("SIDE:k2", "b").unwrap();
+    let _: () = c.set("side:long:k3", "c").unwrap();
+    let _: () = c.set("main:k4", "d").unwrap();
+    let mut s = side.conn();
+    assert_eq!(
+        s.get::<_, Option<String>>("k1").unwrap().as_deref(),
+        Some("a"),
+        "remove_prefix"
+    );
+    assert_eq!(
+        s.get::<_, Option<String>>("k2").unwrap().as_deref(),
+        Some("b"),
+        "case_insensitive"
+    );
+    assert_eq!(s.get::<_, Option<String>>("side:long:k3").unwrap(), None);
+    let owner = cluster.node_for_key(b"side:long:k3");
+    let v: Option<String> = connect(owner).get("side:long:k3").unwrap();
+    assert_eq!(v.as_deref(), Some("c"), "longest prefix must win");
+    let owner = cluster.node_for_key(b"main:k4");
+    let v: Option<String> = connect(owner).get("main:k4").unwrap();
+    assert_eq!(v.as_deref(), Some("d"));
+    // Through the proxy, the stripped key reads back under its full name.
+    let v: String = c.get("side:k1").unwrap();
+    assert_eq!(v, "a");
+
+    let err = c.get::<_, String>("nowhere").unwrap_err();
+    assert!(err.to_string().contains("no route"), "unexpected: {err}");
+    // The connection is still fine afterwards.
+    let v: String = c.get("main:k4").unwrap();
+    assert_eq!(v, "d");
+}
