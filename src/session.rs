@@ -184,6 +184,8 @@ impl Session {
             return self.reply_now(codec::error(&msg));
         }
         if let Some(reply) = self.local_reply(cmd, args) {
+            // QUIT: answer, then close once earlier replies are out.
+            self.closing |= cmd.name == "quit";
             return self.reply_now(reply);
         }
         let flags = cmd.flags;
