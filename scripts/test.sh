@@ -7,6 +7,11 @@
 # Envoy through ENVOY_BIN, set here from scripts/envoy-bin.sh, and the module in
 # target/debug (override with MODULE_DIR). Extra arguments go to `cargo test`,
 # e.g. scripts/test.sh --test proxy_core -- --nocapture
+#
+# Envoy versions: ENVOY_VERSIONS (default "1.40.0 1.39.3"). The whole suite
+# runs against the first; a smoke set (loading, sharding, pipelining,
+# redis-cli, local commands, prefix routes, mirroring) against each other one,
+# with the same .so. SMOKE_ONLY_VERSIONS="" skips the smoke runs.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -19,7 +24,11 @@ step() { echo; echo "=== $* ($(($(date +%s) - start)) s)"; }
 
 step "install"
 bash "$here/install.sh"
-ENVOY_BIN="$(bash "$here/envoy-bin.sh" "${ENVOY_VERSION:-1.40.0}")"
+read -r -a versions <<< "${ENVOY_VERSIONS:-1.40.0 1.39.3}"
+for v in "${versions[@]}"; do
+    ENVOY_VERSION="$v" bash "$here/install.sh" >/dev/null
+done
+ENVOY_BIN="$(bash "$here/envoy-bin.sh" "${versions[0]}")"
 export ENVOY_BIN
 "$ENVOY_BIN" --version
 
@@ -34,10 +43,21 @@ cargo build
 export MODULE_DIR="${MODULE_DIR:-$repo/target/debug}"
 ls -l "$MODULE_DIR/libenvoy_redis_cluster.so"
 
+step "ABI symbol check (Envoy ${versions[*]})"
+bash "$here/check-symbols.sh" "$MODULE_DIR/libenvoy_redis_cluster.so" "${versions[@]}"
+
 step "cargo test"
 # Integration tests start Redis nodes and Envoys; two at a time keeps a
 # 2-core machine from timing out its own tests.
 export RUST_TEST_THREADS="${RUST_TEST_THREADS:-2}"
 cargo test "$@"
+
+for v in "${versions[@]:1}"; do
+    step "smoke tests against Envoy $v (same .so)"
+    ENVOY_BIN="$(bash "$here/envoy-bin.sh" "$v")" cargo test \
+        --test proxy_core --test routing_policies -- \
+        keys_land ten_thousand redis_cli local_commands plain_redis bad_configs \
+        prefix_routes mirroring
+done
 
 step "done"
