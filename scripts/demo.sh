@@ -69,7 +69,8 @@ cat <<EOF
     redis-cli -p $PROXY_PORT ping
     redis-cli -p $PROXY_PORT set foo bar
     redis-cli -p $PROXY_PORT get foo
-    redis-cli -p $PROXY_PORT mset a 1 b 2 c 3     # keys on different nodes
+    redis-cli -p $PROXY_PORT incr visits
+    redis-cli -p $PROXY_PORT mset {user1}:name ann {user1}:age 7   # one {hash tag}, one slot
 
   Which node holds a key:
     redis-cli -p 7001 cluster keyslot foo         # the key's hash slot (12182)
@@ -80,7 +81,7 @@ cat <<EOF
 
   State:
     scripts/cluster.sh status
-    curl -s 127.0.0.1:$ADMIN_PORT/stats | grep redis     # Envoy's and the module's stats
+    curl -s 127.0.0.1:$ADMIN_PORT/stats | grep -e dynamicmodules -e _$PROXY_PORT   # stats
     less .run/envoy/envoy.log
 
 EOF
