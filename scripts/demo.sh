@@ -25,6 +25,16 @@ stop_all() {
     bash "$here/cluster.sh" stop || true
 }
 
+# Stop first, print after, and never die of SIGPIPE on the way (if our
+# output goes through a pipe, Ctrl-C may have killed its reader already).
+# shellcheck disable=SC2317 # invoked by the EXIT trap
+on_exit() {
+    trap "" PIPE
+    local msg
+    msg="$(stop_all 2>&1)"
+    { echo; echo "$msg"; echo "[demo] stopped Envoy and the cluster"; } >&2 || true
+}
+
 mode=foreground
 case "${1:-}" in
     "") ;;
@@ -42,7 +52,7 @@ fi
 
 if [ "$mode" = foreground ]; then
     # From here on, Ctrl-C (or any failure) stops Envoy and the cluster.
-    trap 'echo; log "stopping"; stop_all' EXIT
+    trap on_exit EXIT
     trap 'exit 130' INT TERM
 fi
 
