@@ -200,10 +200,17 @@ pub fn reply_len(buf: &[u8]) -> Result<Option<usize>, String> {
         }
         _ => {}
     }
-    match redis_protocol::resp3::decode::complete::decode_range(buf) {
+    // Aggregates: RESP2 first (its decoder accepts `$-1` nulls, which the
+    // RESP3 decoder rejects); a RESP3-only type byte makes it fail, and
+    // then the RESP3 decoder frames the reply.
+    match redis_protocol::resp2::decode::decode_range(buf) {
         Ok(Some((_, len))) => Ok(Some(len)),
         Ok(None) => Ok(None),
-        Err(e) => Err(format!("invalid reply from node: {e:?}")),
+        Err(_) => match redis_protocol::resp3::decode::complete::decode_range(buf) {
+            Ok(Some((_, len))) => Ok(Some(len)),
+            Ok(None) => Ok(None),
+            Err(e) => Err(format!("invalid reply from node: {e:?}")),
+        },
     }
 }
 
@@ -366,6 +373,11 @@ mod tests {
         assert_eq!(reply_len(b"$3\r\nab"), Ok(None));
         assert_eq!(reply_len(b"*2\r\n$1\r\na\r\n:1\r\n"), Ok(Some(15)));
         assert_eq!(reply_len(b"*2\r\n$1\r\na\r\n"), Ok(None));
+        // RESP2 nulls inside arrays (MGET of a missing key).
+        assert_eq!(reply_len(b"*2\r\n$-1\r\n$1\r\na\r\n"), Ok(Some(16)));
+        assert_eq!(reply_len(b"*1\r\n*-1\r\n"), Ok(Some(9)));
+        // RESP3 inside an array.
+        assert_eq!(reply_len(b"*2\r\n_\r\n%1\r\n+a\r\n:1\r\n"), Ok(Some(19)));
         // RESP3: map, null, double, push.
         assert_eq!(reply_len(b"%1\r\n+a\r\n:1\r\n"), Ok(Some(12)));
         assert_eq!(reply_len(b"_\r\n"), Ok(Some(3)));

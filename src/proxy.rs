@@ -116,6 +116,11 @@ impl Proxy {
         self.loops.get(worker % self.loops.len())
     }
 
+    /// The cluster's current slot map, if one was fetched yet.
+    pub fn topology(&self, cluster: usize) -> Option<Arc<crate::topology::SlotMap>> {
+        self.clusters.get(cluster)?.current()
+    }
+
     pub fn cluster_index(&self, name: &str) -> Option<usize> {
         self.names.iter().position(|n| n == name)
     }

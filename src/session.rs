@@ -14,12 +14,17 @@
 //! session stops parsing and asks Envoy to stop reading (backpressure).
 
 use crate::codec::{self, Scan};
+use crate::command::Fanout;
 use crate::command::{self, Dispatch};
+use crate::config::{MirrorPolicy, ReadPolicy};
+use crate::local::{self, ConnState};
 use crate::proxy::Proxy;
 use crate::slot;
-use crate::upstream::{ClientShared, Request, Target};
-use std::collections::VecDeque;
+use crate::splitter::{self, Gather, Merge};
+use crate::upstream::{ClientShared, Delivery, Request, Target, WHOLE};
+use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -32,6 +37,9 @@ pub trait Downstream {
     fn close(&mut self, flush: bool);
     fn read_disable(&mut self, disable: bool);
 }
+
+/// Connection ids for CLIENT ID, unique per process.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 pub struct Session {
     proxy: Arc<Proxy>,
@@ -46,7 +54,10 @@ pub struct Session {
     head_seq: u64,
     out: Vec<u8>,
     batch: Vec<Request>,
-    delivered: Vec<(u64, Vec<u8>)>,
+    delivered: Vec<Delivery>,
+    /// Split commands waiting for their parts, by sequence number.
+    gathers: HashMap<u64, Gather>,
+    state: ConnState,
     args: Vec<Range<usize>>,
     keys: Vec<usize>,
     /// Close once every pending reply is written (QUIT, protocol error, FIN).
@@ -70,6 +81,11 @@ impl Session {
             out: Vec::new(),
             batch: Vec::new(),
             delivered: Vec::new(),
+            gathers: HashMap::new(),
+            state: ConnState {
+                id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+                ..ConnState::default()
+            },
             args: Vec::new(),
             keys: Vec::new(),
             closing: false,
@@ -212,7 +228,7 @@ impl Session {
 
     /// Commands the proxy answers itself, like the single Redis the client
     /// believes it talks to.
-    fn local_reply(&self, cmd: &command::Command, args: &[&[u8]]) -> Option<Vec<u8>> {
+    fn local_reply(&mut self, cmd: &command::Command, args: &[&[u8]]) -> Option<Vec<u8>> {
         Some(match cmd.name {
             "ping" => match args.get(1) {
                 Some(msg) => codec::bulk(msg),
@@ -230,6 +246,18 @@ impl Session {
                 }
             }
             "asking" | "readonly" | "readwrite" => codec::simple("OK"),
+            "hello" => local::hello(&mut self.state, args),
+            "client" => local::client(&mut self.state, args),
+            "cluster" => local::cluster(
+                &self.state,
+                args,
+                self.proxy.config.settings.enable_hashtagging,
+            ),
+            "reset" => {
+                self.state.resp3 = false;
+                self.state.name = None;
+                codec::simple("RESET")
+            }
             _ => return None,
         })
     }
@@ -241,24 +269,146 @@ impl Session {
         args: &[&[u8]],
         now: Instant,
     ) -> Result<(), Vec<u8>> {
+        let cluster = self.proxy.default_cluster().ok_or_else(no_route)?;
+        let data = encode(frame, args);
         match cmd.name {
             // Same answer from any node.
-            "command" | "time" | "publish" | "lolwut" => {
-                let cluster = self.proxy.default_cluster().ok_or_else(no_route)?;
-                self.forward(
+            "command" | "time" | "publish" | "lolwut" | "lastsave" | "eval" | "evalsha"
+            | "eval_ro" | "evalsha_ro" | "fcall" | "fcall_ro" => {
+                let seq = self.push_slot();
+                let target = Target::AnyMaster;
+                self.send(
+                    seq,
+                    WHOLE,
                     cluster,
-                    Target::AnyMaster,
-                    crate::config::ReadPolicy::Master,
-                    encode(frame, args),
+                    &[],
+                    target,
+                    ReadPolicy::Master,
+                    data,
                     now,
                 );
                 Ok(())
             }
+            "dbsize" => self.broadcast(cluster, data, |_| Merge::Sum, now),
+            "keys" => self.broadcast(cluster, data, |_| Merge::Concat, now),
+            "flushall" | "flushdb" | "script" | "function" => {
+                self.broadcast(cluster, data, |_| Merge::AllOk, now)
+            }
+            "wait" => self.broadcast(cluster, data, |_| Merge::Min, now),
+            "randomkey" => {
+                let start = self.next_random();
+                self.broadcast(
+                    cluster,
+                    data,
+                    |n| Merge::FirstNonNil {
+                        start: start % n.len().max(1) as u32,
+                    },
+                    now,
+                )
+            }
+            "info" => self.broadcast(
+                cluster,
+                data,
+                |n| Merge::Info {
+                    nodes: n.to_vec(),
+                    header: local::info_header(n.len()),
+                },
+                now,
+            ),
+            "scan" => self.scan(cluster, args, now),
             _ => Err(codec::error(&format!(
-                "ERR '{}' is not supported through this proxy yet (keyless command)",
+                "ERR '{}' is not supported through this proxy (keyless command)",
                 cmd.name
             ))),
         }
+    }
+
+    /// Masters of a cluster, ordered by the first slot they own (stable
+    /// across failovers, which matters for SCAN cursors).
+    fn masters(&self, cluster: usize) -> Result<Vec<String>, Vec<u8>> {
+        let map = self.proxy.topology(cluster).ok_or_else(|| {
+            codec::error("CLUSTERDOWN the proxy has not fetched the cluster topology yet")
+        })?;
+        let mut first: Vec<Option<u16>> = vec![None; map.shards.len()];
+        for slot in 0..crate::slot::SLOT_COUNT {
+            if let Some(i) = map.shard_index(slot) {
+                if let Some(f) = first.get_mut(i) {
+                    f.get_or_insert(slot);
+                }
+            }
+        }
+        let mut order: Vec<(u16, String)> = map
+            .shards
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| Some((first.get(i).copied().flatten()?, s.master.clone())))
+            .collect();
+        order.sort();
+        Ok(order.into_iter().map(|(_, m)| m).collect())
+    }
+
+    /// Send `data` to every master and merge the replies.
+    fn broadcast(
+        &mut self,
+        cluster: usize,
+        data: Vec<u8>,
+        merge: impl FnOnce(&[String]) -> Merge,
+        now: Instant,
+    ) -> Result<(), Vec<u8>> {
+        let masters = self.masters(cluster)?;
+        let seq = self.push_slot();
+        self.gathers
+            .insert(seq, Gather::new(merge(&masters), masters.len()));
+        for (i, addr) in masters.into_iter().enumerate() {
+            let target = Target::Node {
+                addr,
+                slot: 0,
+                asking: false,
+            };
+            let d = data.clone();
+            self.send(
+                seq,
+                i as u32,
+                cluster,
+                &[],
+                target,
+                ReadPolicy::Master,
+                d,
+                now,
+            );
+        }
+        Ok(())
+    }
+
+    /// `SCAN cursor [MATCH p] [COUNT n] [TYPE t]` across all masters.
+    fn scan(&mut self, cluster: usize, args: &[&[u8]], now: Instant) -> Result<(), Vec<u8>> {
+        let cursor: u64 = std::str::from_utf8(args.get(1).copied().unwrap_or_default())
+            .ok()
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| codec::error("ERR invalid cursor"))?;
+        let masters = self.masters(cluster)?;
+        let (shard, upstream) = splitter::decode_scan_cursor(cursor);
+        let addr = masters
+            .get(shard as usize)
+            .cloned()
+            .ok_or_else(|| codec::error("ERR invalid cursor"))?;
+        let upstream = upstream.to_string();
+        let mut sub: Vec<&[u8]> = vec![b"SCAN", upstream.as_bytes()];
+        sub.extend_from_slice(args.get(2..).unwrap_or_default());
+        let seq = self.push_slot();
+        let merge = Merge::Scan {
+            shard,
+            shards: masters.len() as u32,
+        };
+        self.gathers.insert(seq, Gather::new(merge, 1));
+        let target = Target::Node {
+            addr,
+            slot: 0,
+            asking: false,
+        };
+        let data = codec::command(&sub);
+        self.send(seq, 0, cluster, &[], target, ReadPolicy::Master, data, now);
+        Ok(())
     }
 
     fn keyed(
@@ -272,40 +422,145 @@ impl Session {
         let first_key = args.get(keys[0]).copied().unwrap_or_default();
         let proxy = self.proxy.clone();
         let route = proxy.route(first_key).ok_or_else(no_route)?;
-        let hashtags = self.proxy.config.settings.enable_hashtagging;
-        let mut slot = None;
-        for &k in keys {
-            let key = args.get(k).copied().unwrap_or_default();
-            let key = key.get(route.strip.min(key.len())..).unwrap_or_default();
-            let s = slot::key_slot(key, hashtags);
-            if slot.is_some_and(|prev| prev != s) {
-                return Err(codec::error(match cmd.dispatch {
-                    Dispatch::Fanout(_) => "CROSSSLOT Keys in request don't hash to the same slot (splitting multi-key commands across slots is not supported yet)",
-                    _ => "CROSSSLOT Keys in request don't hash to the same slot",
-                }));
-            }
-            slot = Some(s);
+        let hashtags = proxy.config.settings.enable_hashtagging;
+        let strip = |a: &'_ [u8]| -> Vec<u8> {
+            a.get(route.strip.min(a.len())..)
+                .unwrap_or_default()
+                .to_vec()
+        };
+        let slots: Vec<u16> = keys
+            .iter()
+            .map(|&k| slot::key_slot(&strip(args.get(k).copied().unwrap_or_default()), hashtags))
+            .collect();
+        let read = command::effective_flags(cmd, args) & command::READONLY != 0;
+        let same_slot = slots.windows(2).all(|w| w[0] == w[1]);
+        if !same_slot {
+            let Dispatch::Fanout(kind) = &cmd.dispatch else {
+                return Err(codec::error(
+                    "CROSSSLOT Keys in request don't hash to the same slot",
+                ));
+            };
+            return self.fanout(kind, args, keys, &slots, &route, read, now);
         }
-        let slot = slot.unwrap_or(0);
+        let slot = slots.first().copied().unwrap_or(0);
         let data = if route.strip > 0 {
-            let stripped: Vec<&[u8]> = args
+            let stripped: Vec<Vec<u8>> = args
                 .iter()
                 .enumerate()
                 .map(|(i, a)| {
                     if keys.contains(&i) {
-                        a.get(route.strip.min(a.len())..).unwrap_or_default()
+                        strip(a)
                     } else {
-                        a
+                        a.to_vec()
                     }
                 })
                 .collect();
-            codec::command(&stripped)
+            let refs: Vec<&[u8]> = stripped.iter().map(|v| v.as_slice()).collect();
+            codec::command(&refs)
         } else {
             encode(frame, args)
         };
-        let read = command::effective_flags(cmd, args) & command::READONLY != 0;
+        let seq = self.push_slot();
+        let target = Target::Slot { slot, read };
+        self.send(
+            seq,
+            WHOLE,
+            route.cluster,
+            route.mirrors,
+            target,
+            route.read_policy,
+            data,
+            now,
+        );
+        Ok(())
+    }
+
+    /// Split a cross-slot multi-key command into one command per slot.
+    #[allow(clippy::too_many_arguments)]
+    fn fanout(
+        &mut self,
+        kind: &Fanout,
+        args: &[&[u8]],
+        keys: &[usize],
+        slots: &[u16],
+        route: &crate::proxy::Route<'_>,
+        read: bool,
+        now: Instant,
+    ) -> Result<(), Vec<u8>> {
+        // Arguments that travel with each key: MSET's value.
+        let width = if matches!(kind, Fanout::Mset) { 2 } else { 1 };
+        let mut groups: Vec<(u16, Vec<&[u8]>)> = Vec::new();
+        let mut order = Vec::with_capacity(keys.len());
+        for (n, &k) in keys.iter().enumerate() {
+            let slot = slots[n];
+            let g = match groups.iter().position(|(s, _)| *s == slot) {
+                Some(g) => g,
+                None => {
+                    groups.push((slot, vec![args[0]]));
+                    groups.len() - 1
+                }
+            };
+            let words = &mut groups[g].1;
+            order.push((g as u32, ((words.len() - 1) / width) as u32));
+            for a in args.get(k..k + width).unwrap_or_default() {
+                words.push(a);
+            }
+        }
+        let merge = match kind {
+            Fanout::Mget => Merge::Mget { order },
+            Fanout::Mset => Merge::AllOk,
+            Fanout::SumIntegers => Merge::Sum,
+        };
+        let seq = self.push_slot();
+        self.gathers.insert(seq, Gather::new(merge, groups.len()));
+        for (i, (slot, words)) in groups.into_iter().enumerate() {
+            let stripped: Vec<Vec<u8>> = words
+                .iter()
+                .enumerate()
+                .map(|(j, w)| {
+                    let is_key = j > 0 && (j - 1) % width == 0;
+                    if is_key && route.strip > 0 {
+                        w.get(route.strip.min(w.len())..)
+                            .unwrap_or_default()
+                            .to_vec()
+                    } else {
+                        w.to_vec()
+                    }
+                })
+                .collect();
+            let refs: Vec<&[u8]> = stripped.iter().map(|v| v.as_slice()).collect();
+            let data = codec::command(&refs);
+            let target = Target::Slot { slot, read };
+            self.send(
+                seq,
+                i as u32,
+                route.cluster,
+                route.mirrors,
+                target,
+                route.read_policy,
+                data,
+                now,
+            );
+        }
+        Ok(())
+    }
+
+    /// Queue a command (and its mirrored copies) for the upstream loop.
+    #[allow(clippy::too_many_arguments)]
+    fn send(
+        &mut self,
+        seq: u64,
+        part: u32,
+        cluster: usize,
+        mirrors: &[MirrorPolicy],
+        target: Target,
+        policy: ReadPolicy,
+        data: Vec<u8>,
+        now: Instant,
+    ) {
         let deadline = now + self.proxy.config.settings.op_timeout;
-        for m in route.mirrors {
+        let read = matches!(target, Target::Slot { read: true, .. });
+        for m in mirrors {
             if m.exclude_read_commands && read {
                 continue;
             }
@@ -314,55 +569,40 @@ impl Session {
                     continue;
                 }
             }
-            let Some(cluster) = self.proxy.cluster_index(&m.cluster) else {
+            let Some(mirror_cluster) = self.proxy.cluster_index(&m.cluster) else {
                 continue;
             };
-            // Fire and forget: no reply slot; the loop drops the reply.
+            // Fire and forget: the loop drops the reply.
             self.batch.push(Request {
                 client: self.client.clone(),
-                seq: u64::MAX,
-                cluster,
-                target: Target::Slot { slot, read },
-                policy: crate::config::ReadPolicy::Master,
+                seq,
+                part,
+                cluster: mirror_cluster,
+                target: target.clone(),
+                policy: ReadPolicy::Master,
                 data: data.clone(),
                 deadline,
                 redirects: 0,
                 retry_at: None,
                 wait_gen: None,
                 mirror: true,
+                resp3: self.state.resp3,
             });
         }
-        self.forward(
-            route.cluster,
-            Target::Slot { slot, read },
-            route.read_policy,
-            data,
-            now,
-        );
-        Ok(())
-    }
-
-    fn forward(
-        &mut self,
-        cluster: usize,
-        target: Target,
-        policy: crate::config::ReadPolicy,
-        data: Vec<u8>,
-        now: Instant,
-    ) {
-        let seq = self.push_slot();
         self.batch.push(Request {
             client: self.client.clone(),
             seq,
+            part,
             cluster,
             target,
             policy,
             data,
-            deadline: now + self.proxy.config.settings.op_timeout,
+            deadline,
             redirects: 0,
             retry_at: None,
             wait_gen: None,
             mirror: false,
+            resp3: self.state.resp3,
         });
     }
 
@@ -422,8 +662,15 @@ impl Session {
     pub fn on_scheduled(&mut self, conn: &mut dyn Downstream) {
         let mut delivered = std::mem::take(&mut self.delivered);
         self.client.take(&mut delivered);
-        for (seq, reply) in delivered.drain(..) {
-            self.fill(seq, reply);
+        for d in delivered.drain(..) {
+            if d.part == WHOLE {
+                self.fill(d.seq, d.reply);
+            } else if let Some(g) = self.gathers.get_mut(&d.seq) {
+                if let Some(merged) = g.add(d.part, d.reply) {
+                    self.gathers.remove(&d.seq);
+                    self.fill(d.seq, merged);
+                }
+            }
         }
         self.delivered = delivered;
         self.flush(conn);
@@ -446,6 +693,12 @@ impl Session {
             self.process_inbuf();
         }
         self.finish(conn);
+    }
+
+    /// The proxy's listener address as this client reached it (for the
+    /// CLUSTER replies that name the proxy as the only node).
+    pub fn set_local_address(&mut self, ip: String, port: u16) {
+        self.state.local_addr = Some((ip, port));
     }
 
     pub fn on_close(&mut self) {

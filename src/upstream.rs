@@ -35,13 +35,24 @@ pub trait Notify: Send + Sync {
     fn notify(&self);
 }
 
+/// A node's reply to (part of) a client command.
+pub struct Delivery {
+    pub seq: u64,
+    /// Which sub-command of a split command ([`WHOLE`] when not split).
+    pub part: u32,
+    pub reply: Vec<u8>,
+}
+
+/// The part number of a command that was not split.
+pub const WHOLE: u32 = u32::MAX;
+
 /// The part of a client connection that loop threads may touch.
 pub struct ClientShared {
     mailbox: Mutex<Mailbox>,
 }
 
 struct Mailbox {
-    replies: Vec<(u64, Vec<u8>)>,
+    replies: Vec<Delivery>,
     /// `None` once the client is gone: replies are then dropped.
     notifier: Option<Box<dyn Notify>>,
     /// A notify is outstanding; coalesces wake-ups to one per burst.
@@ -59,8 +70,8 @@ impl ClientShared {
         })
     }
 
-    /// Hand the reply for command `seq` to the client's worker.
-    pub fn deliver(&self, seq: u64, reply: Vec<u8>) {
+    /// Hand the reply for part `part` of command `seq` to the client's worker.
+    pub fn deliver(&self, seq: u64, part: u32, reply: Vec<u8>) {
         let mut mb = self.mailbox.lock();
         let Some(notifier) = mb.notifier.as_ref() else {
             return;
@@ -70,11 +81,11 @@ impl ClientShared {
             notifier.notify();
         }
         mb.pending = true;
-        mb.replies.push((seq, reply));
+        mb.replies.push(Delivery { seq, part, reply });
     }
 
     /// Take every delivered reply (worker side).
-    pub fn take(&self, out: &mut Vec<(u64, Vec<u8>)>) {
+    pub fn take(&self, out: &mut Vec<Delivery>) {
         let mut mb = self.mailbox.lock();
         mb.pending = false;
         if out.is_empty() {
@@ -119,6 +130,8 @@ pub enum Target {
 pub struct Request {
     pub client: Arc<ClientShared>,
     pub seq: u64,
+    /// Sub-command index when the session split the command, else [`WHOLE`].
+    pub part: u32,
     pub cluster: usize,
     pub target: Target,
     pub policy: ReadPolicy,
@@ -133,13 +146,15 @@ pub struct Request {
     /// A mirrored copy: its reply is discarded, and it is dropped rather
     /// than ever delaying anything (no parking, bounded queue).
     pub mirror: bool,
+    /// The client speaks RESP3: use connections that did `HELLO 3`.
+    pub resp3: bool,
 }
 
 impl Request {
     /// Answer the client (mirrored copies have no one to answer).
     fn respond(&self, reply: Vec<u8>) {
         if !self.mirror {
-            self.client.deliver(self.seq, reply);
+            self.client.deliver(self.seq, self.part, reply);
         }
     }
 }
@@ -206,6 +221,7 @@ struct Inflight {
 struct Conn {
     cluster: usize,
     addr: String,
+    resp3: bool,
     stream: TcpStream,
     connected: bool,
     opened: Instant,
@@ -239,7 +255,8 @@ pub struct UpstreamLoop {
     clusters: Vec<ClusterView>,
     conns: Vec<Option<Conn>>,
     free: Vec<usize>,
-    by_addr: HashMap<(usize, String), usize>,
+    /// Connections by (cluster, node, RESP3?): RESP3 clients get their own.
+    by_addr: HashMap<(usize, String, bool), usize>,
     down: HashMap<(usize, String), Down>,
     parked: Vec<Request>,
     dirty: Vec<usize>,
@@ -461,9 +478,10 @@ impl UpstreamLoop {
                 return self.park(req, "node down");
             }
         }
-        let idx = match self.by_addr.get(&key) {
+        let resp3 = req.resp3;
+        let idx = match self.by_addr.get(&(key.0, key.1.clone(), resp3)) {
             Some(&i) => i,
-            None => match self.connect(key.0, &key.1, now) {
+            None => match self.connect(key.0, &key.1, resp3, now) {
                 Ok(i) => i,
                 Err(e) => {
                     self.mark_down(key.0, &key.1, now);
@@ -504,7 +522,13 @@ impl UpstreamLoop {
         }
     }
 
-    fn connect(&mut self, cluster: usize, addr: &str, now: Instant) -> io::Result<usize> {
+    fn connect(
+        &mut self,
+        cluster: usize,
+        addr: &str,
+        resp3: bool,
+        now: Instant,
+    ) -> io::Result<usize> {
         let sa = addr
             .to_socket_addrs()?
             .next()
@@ -523,6 +547,7 @@ impl UpstreamLoop {
         let mut conn = Conn {
             cluster,
             addr: addr.to_string(),
+            resp3,
             stream,
             connected: false,
             opened: now,
@@ -538,13 +563,24 @@ impl UpstreamLoop {
         // READONLY so replica reads are allowed; both are harmless on
         // masters and their replies are consumed here.
         let cfg = &self.clusters[cluster].cfg;
-        if let Some(pass) = &cfg.auth_password {
-            let auth = match &cfg.auth_username {
-                Some(u) => codec::command(&[b"AUTH", u.as_bytes(), pass.as_bytes()]),
-                None => codec::command(&[b"AUTH", pass.as_bytes()]),
-            };
-            conn.out.extend_from_slice(&auth);
-            conn.queued += auth.len() as u64;
+        let mut setup: Vec<&[u8]> = Vec::new();
+        if resp3 {
+            setup.extend_from_slice(&[b"HELLO", b"3"]);
+            if let Some(pass) = &cfg.auth_password {
+                let user = cfg.auth_username.as_deref().unwrap_or("default");
+                setup.extend_from_slice(&[b"AUTH", user.as_bytes(), pass.as_bytes()]);
+            }
+        } else if let Some(pass) = &cfg.auth_password {
+            setup.push(b"AUTH");
+            if let Some(u) = &cfg.auth_username {
+                setup.push(u.as_bytes());
+            }
+            setup.push(pass.as_bytes());
+        }
+        if !setup.is_empty() {
+            let cmd = codec::command(&setup);
+            conn.out.extend_from_slice(&cmd);
+            conn.queued += cmd.len() as u64;
             conn.inflight.push_back(Inflight {
                 req: None,
                 end: conn.queued,
@@ -559,7 +595,7 @@ impl UpstreamLoop {
             timed_out: false,
         });
         self.conns[idx] = Some(conn);
-        self.by_addr.insert((cluster, addr.to_string()), idx);
+        self.by_addr.insert((cluster, addr.to_string(), resp3), idx);
         Ok(idx)
     }
 
@@ -774,7 +810,8 @@ impl UpstreamLoop {
             return;
         };
         let _ = self.poll.registry().deregister(&mut conn.stream);
-        self.by_addr.remove(&(conn.cluster, conn.addr.clone()));
+        self.by_addr
+            .remove(&(conn.cluster, conn.addr.clone(), conn.resp3));
         self.free.push(idx);
         let now = Instant::now();
         self.mark_down(conn.cluster, &conn.addr, now);

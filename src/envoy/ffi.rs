@@ -72,6 +72,11 @@ extern "C" {
         disable: bool,
     ) -> i32;
     pub fn envoy_dynamic_module_callback_network_filter_get_worker_index(f: FilterEnvoyPtr) -> u32;
+    pub fn envoy_dynamic_module_callback_network_filter_get_local_address(
+        f: FilterEnvoyPtr,
+        address_out: *mut EnvoyBuffer,
+        port_out: *mut u32,
+    ) -> bool;
 
     pub fn envoy_dynamic_module_callback_network_filter_scheduler_new(
         f: FilterEnvoyPtr,

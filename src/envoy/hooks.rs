@@ -171,7 +171,7 @@ fn with_session(
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_network_filter_new_connection(
     filter_envoy_ptr: FilterEnvoyPtr,
-    _filter_ptr: *const c_void,
+    filter_ptr: *const c_void,
 ) -> i32 {
     // Half-close lets a client send commands then FIN and still get every
     // reply (redis-cli < file does this).
@@ -179,6 +179,26 @@ pub extern "C" fn envoy_dynamic_module_on_network_filter_new_connection(
     unsafe {
         ffi::envoy_dynamic_module_callback_network_filter_enable_half_close(filter_envoy_ptr, true)
     };
+    let mut addr = EnvoyBuffer {
+        ptr: std::ptr::null(),
+        length: 0,
+    };
+    let mut port = 0u32;
+    // SAFETY: live filter pointer; Envoy fills `addr` with a string it owns
+    // that stays valid during this call, which we copy at once.
+    let ok = unsafe {
+        ffi::envoy_dynamic_module_callback_network_filter_get_local_address(
+            filter_envoy_ptr,
+            &mut addr,
+            &mut port,
+        )
+    };
+    if ok {
+        let ip = String::from_utf8_lossy(&buffer_bytes(&addr)).into_owned();
+        with_session(filter_envoy_ptr, filter_ptr, |session, _| {
+            session.set_local_address(ip, port as u16)
+        });
+    }
     ffi::DATA_STATUS_CONTINUE
 }
 

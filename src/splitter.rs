@@ -1,0 +1,360 @@
+//! Splitting one client command into several node commands, and merging
+//! their replies into exactly the reply one Redis would have given.
+//!
+//! - Multi-key commands across slots (`MGET`, `MSET`, `DEL`, `UNLINK`,
+//!   `EXISTS`, `TOUCH`): one sub-command per slot, keys in their original
+//!   order within each; `MGET` values are put back in key order, counts are
+//!   summed, `MSET` is `OK` when every part is.
+//! - Cluster-wide keyless commands (`DBSIZE`, `KEYS`, `FLUSHALL`, `INFO`,
+//!   `RANDOMKEY`, `WAIT`): one sub-command per master.
+//! - `SCAN`: one master at a time; the client's cursor encodes which master
+//!   (low [`SCAN_SHARD_BITS`] bits, masters ordered by their first slot) and
+//!   that master's own cursor (the rest), so a full iteration visits every
+//!   master once and keeps the SCAN guarantee on each.
+//!
+//! If any part fails, the client gets that error: a partial answer is never
+//! passed off as a whole one.
+
+use crate::codec;
+
+/// Bits of a proxy SCAN cursor that select the master.
+pub const SCAN_SHARD_BITS: u32 = 10;
+
+/// How the parts' replies combine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Merge {
+    /// `order[i] = (part, index in that part's array)` for the i-th key.
+    Mget { order: Vec<(u32, u32)> },
+    /// `+OK` when every part said OK.
+    AllOk,
+    /// Sum of integer replies.
+    Sum,
+    /// Minimum of integer replies (`WAIT`).
+    Min,
+    /// Concatenation of array replies (`KEYS`).
+    Concat,
+    /// First non-nil reply, trying parts from `start` on (`RANDOMKEY`).
+    FirstNonNil { start: u32 },
+    /// One part: a `SCAN` reply from master `shard` of `shards`.
+    Scan { shard: u32, shards: u32 },
+    /// `INFO` from each node, labelled; `header` is the proxy's own section.
+    Info { nodes: Vec<String>, header: String },
+}
+
+/// Replies gathered so far for one split command.
+pub struct Gather {
+    merge: Merge,
+    parts: Vec<Option<Vec<u8>>>,
+    missing: usize,
+}
+
+impl Gather {
+    pub fn new(merge: Merge, parts: usize) -> Gather {
+        Gather {
+            merge,
+            parts: vec![None; parts],
+            missing: parts,
+        }
+    }
+
+    /// Record a part's reply; returns the merged reply once all are in.
+    pub fn add(&mut self, part: u32, reply: Vec<u8>) -> Option<Vec<u8>> {
+        let slot = self.parts.get_mut(part as usize)?;
+        if slot.is_none() {
+            self.missing -= 1;
+        }
+        *slot = Some(reply);
+        if self.missing > 0 {
+            return None;
+        }
+        let parts: Vec<&[u8]> = self
+            .parts
+            .iter()
+            .map(|p| p.as_deref().unwrap_or_default())
+            .collect();
+        Some(merge(&self.merge, &parts))
+    }
+}
+
+/// Merge complete part replies (RESP2 or RESP3).
+pub fn merge(how: &Merge, parts: &[&[u8]]) -> Vec<u8> {
+    if let Some(err) = parts.iter().find(|p| codec::error_text(p).is_some()) {
+        return err.to_vec();
+    }
+    let bad = || codec::error("ERR proxy could not merge the nodes' replies");
+    match how {
+        Merge::AllOk => codec::simple("OK"),
+        Merge::Sum | Merge::Min => {
+            let mut values = Vec::with_capacity(parts.len());
+            for p in parts {
+                match integer(p) {
+                    Some(v) => values.push(v),
+                    None => return bad(),
+                }
+            }
+            let v = if *how == Merge::Sum {
+                values.iter().sum()
+            } else {
+                values.iter().copied().min().unwrap_or(0)
+            };
+            codec::integer(v)
+        }
+        Merge::Concat => {
+            let mut elems = Vec::new();
+            for p in parts {
+                match array_elements(p) {
+                    Some(e) => elems.extend(e),
+                    None => return bad(),
+                }
+            }
+            array(&elems)
+        }
+        Merge::Mget { order } => {
+            let mut per_part = Vec::with_capacity(parts.len());
+            for p in parts {
+                match array_elements(p) {
+                    Some(e) => per_part.push(e),
+                    None => return bad(),
+                }
+            }
+            let mut elems = Vec::with_capacity(order.len());
+            for &(part, idx) in order {
+                match per_part
+                    .get(part as usize)
+                    .and_then(|e| e.get(idx as usize))
+                {
+                    Some(e) => elems.push(*e),
+                    None => return bad(),
+                }
+            }
+            array(&elems)
+        }
+        Merge::FirstNonNil { start } => {
+            let n = parts.len();
+            (0..n)
+                .map(|i| parts[(*start as usize + i) % n])
+                .find(|p| !is_nil(p))
+                .or(parts.first().copied())
+                .map_or_else(bad, |p| p.to_vec())
+        }
+        Merge::Scan { shard, shards } => {
+            let Some(p) = parts.first() else { return bad() };
+            let Some(elems) = array_elements(p) else {
+                return bad();
+            };
+            let [cursor, keys] = elems.as_slice() else {
+                return bad();
+            };
+            let Some(next) = bulk_u64(cursor) else {
+                return bad();
+            };
+            let proxy_cursor = if next != 0 {
+                match encode_scan_cursor(next, *shard) {
+                    Some(c) => c,
+                    None => return bad(),
+                }
+            } else if shard + 1 < *shards {
+                u64::from(shard + 1)
+            } else {
+                0
+            };
+            let mut out = b"*2\r\n".to_vec();
+            out.extend(codec::bulk(proxy_cursor.to_string().as_bytes()));
+            out.extend_from_slice(keys);
+            out
+        }
+        Merge::Info { nodes, header } => {
+            let mut text = header.clone();
+            for (node, p) in nodes.iter().zip(parts) {
+                text.push_str(&format!("\r\n# Node {node}\r\n"));
+                if let Some(body) = string_body(p) {
+                    text.push_str(&String::from_utf8_lossy(body));
+                }
+            }
+            codec::bulk(text.as_bytes())
+        }
+    }
+}
+
+/// A proxy SCAN cursor from a master's cursor and the master's index.
+pub fn encode_scan_cursor(upstream: u64, shard: u32) -> Option<u64> {
+    if upstream >> (64 - SCAN_SHARD_BITS) != 0 || shard >= 1 << SCAN_SHARD_BITS {
+        return None;
+    }
+    Some(upstream << SCAN_SHARD_BITS | u64::from(shard))
+}
+
+/// (master index, that master's cursor) from a proxy SCAN cursor.
+pub fn decode_scan_cursor(cursor: u64) -> (u32, u64) {
+    (
+        (cursor & ((1 << SCAN_SHARD_BITS) - 1)) as u32,
+        cursor >> SCAN_SHARD_BITS,
+    )
+}
+
+fn array(elems: &[&[u8]]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", elems.len()).into_bytes();
+    for e in elems {
+        out.extend_from_slice(e);
+    }
+    out
+}
+
+/// The raw elements of an array (or RESP3 set/push) reply.
+pub fn array_elements(reply: &[u8]) -> Option<Vec<&[u8]>> {
+    if !matches!(reply.first(), Some(b'*' | b'~' | b'>')) {
+        return None;
+    }
+    let nl = reply.iter().position(|&b| b == b'\n')?;
+    let n: i64 = std::str::from_utf8(reply.get(1..nl.checked_sub(1)?)?)
+        .ok()?
+        .parse()
+        .ok()?;
+    let mut pos = nl + 1;
+    let mut out = Vec::with_capacity(n.max(0) as usize);
+    for _ in 0..n.max(0) {
+        let len = codec::reply_len(reply.get(pos..)?).ok()??;
+        out.push(&reply[pos..pos + len]);
+        pos += len;
+    }
+    Some(out)
+}
+
+fn integer(reply: &[u8]) -> Option<i64> {
+    let body = reply.strip_prefix(b":")?.strip_suffix(b"\r\n")?;
+    std::str::from_utf8(body).ok()?.parse().ok()
+}
+
+fn is_nil(reply: &[u8]) -> bool {
+    reply == b"$-1\r\n" || reply == b"*-1\r\n" || reply == b"_\r\n"
+}
+
+/// Body of a bulk (`$`) or RESP3 verbatim (`=`, after its `txt:` tag) string.
+fn string_body(reply: &[u8]) -> Option<&[u8]> {
+    let nl = reply.iter().position(|&b| b == b'\n')?;
+    let body = reply.get(nl + 1..reply.len().checked_sub(2)?)?;
+    match reply.first() {
+        Some(b'$') => Some(body),
+        Some(b'=') => body.get(4..),
+        _ => None,
+    }
+}
+
+fn bulk_u64(reply: &[u8]) -> Option<u64> {
+    std::str::from_utf8(string_body(reply)?).ok()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mget_values_come_back_in_key_order() {
+        // Keys a,b,c,d; a and c in part 0, b and d in part 1.
+        let how = Merge::Mget {
+            order: vec![(0, 0), (1, 0), (0, 1), (1, 1)],
+        };
+        let p0 = b"*2\r\n$1\r\nA\r\n$-1\r\n".to_vec();
+        let p1 = b"*2\r\n$1\r\nB\r\n$1\r\nD\r\n".to_vec();
+        let mut g = Gather::new(how, 2);
+        assert_eq!(g.add(1, p1), None);
+        let merged = g.add(0, p0).unwrap();
+        assert_eq!(
+            merged,
+            b"*4\r\n$1\r\nA\r\n$1\r\nB\r\n$-1\r\n$1\r\nD\r\n".to_vec()
+        );
+    }
+
+    #[test]
+    fn sums_oks_and_errors() {
+        assert_eq!(
+            merge(&Merge::Sum, &[b":2\r\n", b":3\r\n"]),
+            b":5\r\n".to_vec()
+        );
+        assert_eq!(
+            merge(&Merge::Min, &[b":2\r\n", b":1\r\n"]),
+            b":1\r\n".to_vec()
+        );
+        assert_eq!(
+            merge(&Merge::AllOk, &[b"+OK\r\n", b"+OK\r\n"]),
+            b"+OK\r\n".to_vec()
+        );
+        assert_eq!(
+            merge(&Merge::Sum, &[b":2\r\n", b"-ERR boom\r\n"]),
+            b"-ERR boom\r\n".to_vec()
+        );
+        assert!(merge(&Merge::Sum, &[b"+OK\r\n"]).starts_with(b"-ERR"));
+    }
+
+    #[test]
+    fn concat_and_first_non_nil() {
+        let merged = merge(
+            &Merge::Concat,
+            &[b"*1\r\n$1\r\na\r\n", b"*0\r\n", b"*1\r\n$1\r\nb\r\n"],
+        );
+        assert_eq!(merged, b"*2\r\n$1\r\na\r\n$1\r\nb\r\n".to_vec());
+        let r = merge(
+            &Merge::FirstNonNil { start: 1 },
+            &[b"$1\r\nx\r\n", b"$-1\r\n", b"_\r\n"],
+        );
+        assert_eq!(r, b"$1\r\nx\r\n".to_vec());
+    }
+
+    #[test]
+    fn scan_cursor_walks_every_master() {
+        assert_eq!(decode_scan_cursor(0), (0, 0));
+        let c = encode_scan_cursor(12345, 2).unwrap();
+        assert_eq!(decode_scan_cursor(c), (2, 12345));
+        assert_eq!(encode_scan_cursor(u64::MAX, 0), None);
+        let reply = b"*2\r\n$2\r\n17\r\n*1\r\n$1\r\nk\r\n";
+        let out = merge(
+            &Merge::Scan {
+                shard: 1,
+                shards: 3,
+            },
+            &[reply],
+        );
+        let expect = encode_scan_cursor(17, 1).unwrap().to_string();
+        assert!(out.starts_with(format!("*2\r\n${}\r\n{expect}\r\n", expect.len()).as_bytes()));
+        assert!(out.ends_with(b"*1\r\n$1\r\nk\r\n"));
+        // Master 1 finished: continue with master 2 at cursor 0.
+        let done = b"*2\r\n$1\r\n0\r\n*0\r\n";
+        assert_eq!(
+            merge(
+                &Merge::Scan {
+                    shard: 1,
+                    shards: 3
+                },
+                &[done]
+            ),
+            b"*2\r\n$1\r\n2\r\n*0\r\n".to_vec()
+        );
+        // Last master finished: cursor 0 ends the iteration.
+        assert_eq!(
+            merge(
+                &Merge::Scan {
+                    shard: 2,
+                    shards: 3
+                },
+                &[done]
+            ),
+            b"*2\r\n$1\r\n0\r\n*0\r\n".to_vec()
+        );
+    }
+
+    #[test]
+    fn info_is_labelled_per_node() {
+        let how = Merge::Info {
+            nodes: vec!["n1".into(), "n2".into()],
+            header: "# Proxy\r\nx:1\r\n".into(),
+        };
+        let out = merge(&how, &[b"$5\r\na:1\r\n\r\n", b"=9\r\ntxt:b:2\r\n\r\n"]);
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains("# Proxy")
+                && text.contains("# Node n1\r\na:1")
+                && text.contains("# Node n2\r\nb:2"),
+            "{text}"
+        );
+    }
+}
