@@ -38,6 +38,49 @@ pub trait Downstream {
     fn read_disable(&mut self, disable: bool);
 }
 
+/// A transaction in progress (WATCH and/or MULTI).
+struct Txn {
+    /// Id of the dedicated upstream connection.
+    pin: u64,
+    cluster: Option<usize>,
+    slot: Option<u16>,
+    multi: bool,
+    watched: bool,
+    /// An error while queueing: EXEC answers EXECABORT.
+    aborted: bool,
+    queued: Vec<u8>,
+    count: u32,
+}
+
+impl Txn {
+    fn new() -> Txn {
+        Txn {
+            pin: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            cluster: None,
+            slot: None,
+            multi: false,
+            watched: false,
+            aborted: false,
+            queued: Vec::new(),
+            count: 0,
+        }
+    }
+
+    /// Routing facts only (for sending WATCH without moving the queue).
+    fn clone_header(&self) -> Txn {
+        Txn {
+            pin: self.pin,
+            cluster: self.cluster,
+            slot: self.slot,
+            multi: self.multi,
+            watched: self.watched,
+            aborted: self.aborted,
+            queued: Vec::new(),
+            count: self.count,
+        }
+    }
+}
+
 /// Connection ids for CLIENT ID, unique per process.
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -58,6 +101,7 @@ pub struct Session {
     /// Split commands waiting for their parts, by sequence number.
     gathers: HashMap<u64, Gather>,
     state: ConnState,
+    txn: Option<Txn>,
     args: Vec<Range<usize>>,
     keys: Vec<usize>,
     /// Close once every pending reply is written (QUIT, protocol error, FIN).
@@ -82,6 +126,7 @@ impl Session {
             batch: Vec::new(),
             delivered: Vec::new(),
             gathers: HashMap::new(),
+            txn: None,
             state: ConnState {
                 id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
                 ..ConnState::default()
@@ -193,11 +238,27 @@ impl Session {
     fn handle(&mut self, frame: &[u8], args: &[&[u8]], now: Instant) {
         let Some(name) = args.first() else { return };
         let Some(cmd) = command::lookup(name) else {
+            self.abort_multi();
             return self.reply_now(unknown_command(args));
         };
         if !command::arity_ok(cmd, args.len()) {
+            self.abort_multi();
             let msg = format!("ERR wrong number of arguments for '{}' command", cmd.name);
             return self.reply_now(codec::error(&msg));
+        }
+        if matches!(cmd.name, "multi" | "exec" | "discard" | "watch" | "unwatch") {
+            let reply = self.transaction(cmd, args, now);
+            if let Err(e) = reply {
+                self.reply_now(e);
+            }
+            return;
+        }
+        if self.txn.as_ref().is_some_and(|t| t.multi) {
+            if let Err(e) = self.queue_in_multi(cmd, frame, args) {
+                self.abort_multi();
+                self.reply_now(e);
+            }
+            return;
         }
         if let Some(reply) = self.local_reply(cmd, args) {
             // QUIT: answer, then close once earlier replies are out.
@@ -205,9 +266,9 @@ impl Session {
             return self.reply_now(reply);
         }
         let flags = cmd.flags;
-        if flags & (command::BLOCKING | command::PUBSUB | command::TRANSACTION) != 0 {
+        if flags & (command::BLOCKING | command::PUBSUB) != 0 {
             let msg = format!(
-                "ERR '{}' is not supported through this proxy yet (blocking, pub/sub and transaction commands)",
+                "ERR '{}' is not supported through this proxy yet (blocking and pub/sub commands)",
                 cmd.name
             );
             return self.reply_now(codec::error(&msg));
@@ -545,6 +606,242 @@ impl Session {
         Ok(())
     }
 
+    fn abort_multi(&mut self) {
+        if let Some(t) = self.txn.as_mut() {
+            if t.multi {
+                t.aborted = true;
+            }
+        }
+    }
+
+    /// The slot and cluster of a command's keys, with the bytes to send.
+    fn locate(
+        &self,
+        cmd: &command::Command,
+        frame: &[u8],
+        args: &[&[u8]],
+    ) -> Result<Option<(usize, u16, Vec<u8>)>, Vec<u8>> {
+        let mut keys = Vec::new();
+        command::key_indices(cmd, args, &mut keys).map_err(|m| codec::error(&m))?;
+        let Some(&first) = keys.first() else {
+            return Ok(None);
+        };
+        let route = self
+            .proxy
+            .route(args.get(first).copied().unwrap_or_default())
+            .ok_or_else(no_route)?;
+        let strip = |a: &[u8]| {
+            a.get(route.strip.min(a.len())..)
+                .unwrap_or_default()
+                .to_vec()
+        };
+        let hashtags = self.proxy.config.settings.enable_hashtagging;
+        let slots: Vec<u16> = keys
+            .iter()
+            .map(|&k| slot::key_slot(&strip(args.get(k).copied().unwrap_or_default()), hashtags))
+            .collect();
+        if slots.windows(2).any(|w| w[0] != w[1]) {
+            return Err(codec::error(
+                "CROSSSLOT Keys in request don't hash to the same slot",
+            ));
+        }
+        let data = if route.strip > 0 {
+            let words: Vec<Vec<u8>> = args
+                .iter()
+                .enumerate()
+                .map(|(i, a)| {
+                    if keys.contains(&i) {
+                        strip(a)
+                    } else {
+                        a.to_vec()
+                    }
+                })
+                .collect();
+            let refs: Vec<&[u8]> = words.iter().map(|w| w.as_slice()).collect();
+            codec::command(&refs)
+        } else {
+            encode(frame, args)
+        };
+        Ok(Some((route.cluster, slots[0], data)))
+    }
+
+    /// MULTI / EXEC / DISCARD / WATCH / UNWATCH. A transaction runs on a
+    /// connection of its own to the master of its slot, so WATCH really
+    /// guards EXEC; the queued commands are held here and sent as one
+    /// MULTI … EXEC batch, whose EXEC reply is the client's.
+    fn transaction(
+        &mut self,
+        cmd: &command::Command,
+        args: &[&[u8]],
+        now: Instant,
+    ) -> Result<(), Vec<u8>> {
+        let in_multi = self.txn.as_ref().is_some_and(|t| t.multi);
+        match cmd.name {
+            "multi" => {
+                if in_multi {
+                    return Err(codec::error("ERR MULTI calls can not be nested"));
+                }
+                self.txn.get_or_insert_with(Txn::new).multi = true;
+                self.reply_now(codec::simple("OK"));
+            }
+            "discard" => {
+                if !in_multi {
+                    return Err(codec::error("ERR DISCARD without MULTI"));
+                }
+                self.end_txn(now);
+                self.reply_now(codec::simple("OK"));
+            }
+            "exec" => {
+                let Some(t) = self.txn.as_ref().filter(|t| t.multi) else {
+                    return Err(codec::error("ERR EXEC without MULTI"));
+                };
+                if t.aborted {
+                    self.end_txn(now);
+                    return Err(codec::error(
+                        "EXECABORT Transaction discarded because of previous errors.",
+                    ));
+                }
+                if t.count == 0 && !t.watched {
+                    self.txn = None;
+                    self.reply_now(b"*0\r\n".to_vec());
+                    return Ok(());
+                }
+                let Some(t) = self.txn.take() else {
+                    return Ok(());
+                };
+                let mut data = codec::command(&[b"MULTI"]);
+                data.extend_from_slice(&t.queued);
+                data.extend(codec::command(&[b"EXEC"]));
+                let seq = self.push_slot();
+                self.send_pinned(seq, &t, data, t.count + 1, true, now);
+            }
+            "watch" => {
+                if in_multi {
+                    return Err(codec::error("ERR WATCH inside MULTI is not allowed"));
+                }
+                let Some((cluster, slot, data)) = self.locate(cmd, &[], args)? else {
+                    return Err(codec::error(
+                        "ERR wrong number of arguments for 'watch' command",
+                    ));
+                };
+                let t = self.txn.get_or_insert_with(Txn::new);
+                if t.slot.is_some_and(|s| s != slot) || t.cluster.is_some_and(|c| c != cluster) {
+                    return Err(codec::error(
+                        "CROSSSLOT Keys in request don't hash to the same slot (a transaction's keys must share one slot)",
+                    ));
+                }
+                t.slot = Some(slot);
+                t.cluster = Some(cluster);
+                t.watched = true;
+                let t = t.clone_header();
+                let seq = self.push_slot();
+                self.send_pinned(seq, &t, data, 0, false, now);
+            }
+            _ => {
+                // UNWATCH outside MULTI: forget the watches with the connection.
+                if self.txn.as_ref().is_some_and(|t| t.watched) {
+                    self.end_txn(now);
+                } else {
+                    self.txn = None;
+                }
+                self.reply_now(codec::simple("OK"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Inside MULTI: check and hold a command, answer +QUEUED.
+    fn queue_in_multi(
+        &mut self,
+        cmd: &command::Command,
+        frame: &[u8],
+        args: &[&[u8]],
+    ) -> Result<(), Vec<u8>> {
+        if cmd.flags & command::PUBSUB != 0 {
+            return Err(codec::error(&format!(
+                "ERR '{}' is not allowed in a transaction",
+                cmd.name
+            )));
+        }
+        let located = self.locate(cmd, frame, args)?;
+        let Some(t) = self.txn.as_mut() else {
+            return Ok(());
+        };
+        match located {
+            Some((cluster, slot, data)) => {
+                if t.slot.is_some_and(|s| s != slot) || t.cluster.is_some_and(|c| c != cluster) {
+                    return Err(codec::error(
+                        "CROSSSLOT Keys in request don't hash to the same slot (a transaction's keys must share one slot)",
+                    ));
+                }
+                t.slot = Some(slot);
+                t.cluster = Some(cluster);
+                t.queued.extend_from_slice(&data);
+            }
+            None => {
+                // Keyless commands whose answer is the same on any node.
+                if !matches!(cmd.name, "ping" | "echo" | "time" | "publish" | "lastsave") {
+                    return Err(codec::error(&format!(
+                        "ERR '{}' cannot be used inside a transaction through the proxy",
+                        cmd.name
+                    )));
+                }
+                t.queued.extend(encode(frame, args));
+            }
+        }
+        t.count += 1;
+        self.reply_now(codec::simple("QUEUED"));
+        Ok(())
+    }
+
+    /// Drop the transaction; a WATCH connection is released (an UNWATCH
+    /// whose reply nobody waits for closes it).
+    fn end_txn(&mut self, now: Instant) {
+        if let Some(t) = self.txn.take() {
+            if t.watched {
+                let data = codec::command(&[b"UNWATCH"]);
+                self.send_pinned(u64::MAX, &t, data, 0, true, now);
+            }
+        }
+    }
+
+    fn send_pinned(
+        &mut self,
+        seq: u64,
+        t: &Txn,
+        data: Vec<u8>,
+        swallow: u32,
+        release: bool,
+        now: Instant,
+    ) {
+        let cluster = t
+            .cluster
+            .or_else(|| self.proxy.default_cluster())
+            .unwrap_or(0);
+        let target = match t.slot {
+            Some(slot) => Target::Slot { slot, read: false },
+            None => Target::AnyMaster,
+        };
+        self.batch.push(Request {
+            client: self.client.clone(),
+            seq,
+            part: WHOLE,
+            cluster,
+            target,
+            policy: ReadPolicy::Master,
+            data,
+            deadline: now + self.proxy.config.settings.op_timeout,
+            redirects: 0,
+            retry_at: None,
+            wait_gen: None,
+            mirror: false,
+            resp3: self.state.resp3,
+            pin: Some(t.pin),
+            release_pin: release,
+            swallow,
+        });
+    }
+
     /// Queue a command (and its mirrored copies) for the upstream loop.
     #[allow(clippy::too_many_arguments)]
     fn send(
@@ -587,6 +884,9 @@ impl Session {
                 wait_gen: None,
                 mirror: true,
                 resp3: self.state.resp3,
+                pin: None,
+                release_pin: false,
+                swallow: 0,
             });
         }
         self.batch.push(Request {
@@ -603,6 +903,9 @@ impl Session {
             wait_gen: None,
             mirror: false,
             resp3: self.state.resp3,
+            pin: None,
+            release_pin: false,
+            swallow: 0,
         });
     }
 

@@ -148,6 +148,14 @@ pub struct Request {
     pub mirror: bool,
     /// The client speaks RESP3: use connections that did `HELLO 3`.
     pub resp3: bool,
+    /// Transactions: run on the client's own dedicated connection `pin`
+    /// (WATCH state lives on a connection), never retried elsewhere.
+    pub pin: Option<u64>,
+    /// Close the pinned connection once this command's reply is in.
+    pub release_pin: bool,
+    /// Replies before this command's own that belong to it and are
+    /// swallowed (MULTI's +OK and each +QUEUED of an EXEC batch).
+    pub swallow: u32,
 }
 
 impl Request {
@@ -222,6 +230,10 @@ struct Conn {
     cluster: usize,
     addr: String,
     resp3: bool,
+    /// A client's dedicated connection (transactions), not shared.
+    pin: Option<u64>,
+    /// The client owning a pinned connection: closed when it goes away.
+    owner: Option<Arc<ClientShared>>,
     stream: TcpStream,
     connected: bool,
     opened: Instant,
@@ -257,6 +269,8 @@ pub struct UpstreamLoop {
     free: Vec<usize>,
     /// Connections by (cluster, node, RESP3?): RESP3 clients get their own.
     by_addr: HashMap<(usize, String, bool), usize>,
+    /// Pinned (transaction) connections by pin id.
+    pinned: HashMap<u64, usize>,
     down: HashMap<(usize, String), Down>,
     parked: Vec<Request>,
     dirty: Vec<usize>,
@@ -296,6 +310,7 @@ impl UpstreamLoop {
             conns: Vec::new(),
             free: Vec::new(),
             by_addr: HashMap::new(),
+            pinned: HashMap::new(),
             down: HashMap::new(),
             parked: Vec::new(),
             dirty: Vec::new(),
@@ -424,6 +439,11 @@ impl UpstreamLoop {
         if !req.mirror && req.client.is_detached() {
             return;
         }
+        if let Some(pin) = req.pin {
+            if let Some(&idx) = self.pinned.get(&pin) {
+                return self.enqueue(idx, req, false);
+            }
+        }
         let view = &self.clusters[req.cluster];
         let Some(map) = view.map.clone() else {
             // No topology yet (start-up): wait for the first refresh.
@@ -479,9 +499,13 @@ impl UpstreamLoop {
             }
         }
         let resp3 = req.resp3;
-        let idx = match self.by_addr.get(&(key.0, key.1.clone(), resp3)) {
-            Some(&i) => i,
-            None => match self.connect(key.0, &key.1, resp3, now) {
+        let existing = match req.pin {
+            Some(_) => None,
+            None => self.by_addr.get(&(key.0, key.1.clone(), resp3)).copied(),
+        };
+        let idx = match existing {
+            Some(i) => i,
+            None => match self.connect(key.0, &key.1, resp3, req.pin, now) {
                 Ok(i) => i,
                 Err(e) => {
                     self.mark_down(key.0, &key.1, now);
@@ -490,10 +514,25 @@ impl UpstreamLoop {
                         "redis_cluster: connect to {} failed: {e}",
                         key.1
                     );
+                    if req.pin.is_some() {
+                        let msg = format!("ERR cannot connect to {} for the transaction", key.1);
+                        return req.respond(codec::error(&msg));
+                    }
                     return self.park(req, "connect failed");
                 }
             },
         };
+        if let Some(pin) = req.pin {
+            self.pinned.insert(pin, idx);
+            if let Some(c) = self.conns[idx].as_mut() {
+                c.owner = Some(req.client.clone());
+            }
+        }
+        self.enqueue(idx, req, asking);
+    }
+
+    /// Append a request to a connection's output and in-flight queue.
+    fn enqueue(&mut self, idx: usize, req: Request, asking: bool) {
         let Some(conn) = self.conns[idx].as_mut() else {
             return;
         };
@@ -511,6 +550,13 @@ impl UpstreamLoop {
         }
         conn.out.extend_from_slice(&req.data);
         conn.queued += req.data.len() as u64;
+        for _ in 0..req.swallow {
+            conn.inflight.push_back(Inflight {
+                req: None,
+                end: conn.queued,
+                timed_out: false,
+            });
+        }
         let end = conn.queued;
         conn.inflight.push_back(Inflight {
             req: Some(req),
@@ -527,6 +573,7 @@ impl UpstreamLoop {
         cluster: usize,
         addr: &str,
         resp3: bool,
+        pin: Option<u64>,
         now: Instant,
     ) -> io::Result<usize> {
         let sa = addr
@@ -548,6 +595,8 @@ impl UpstreamLoop {
             cluster,
             addr: addr.to_string(),
             resp3,
+            pin,
+            owner: None,
             stream,
             connected: false,
             opened: now,
@@ -595,7 +644,9 @@ impl UpstreamLoop {
             timed_out: false,
         });
         self.conns[idx] = Some(conn);
-        self.by_addr.insert((cluster, addr.to_string(), resp3), idx);
+        if pin.is_none() {
+            self.by_addr.insert((cluster, addr.to_string(), resp3), idx);
+        }
         Ok(idx)
     }
 
@@ -698,6 +749,7 @@ impl UpstreamLoop {
     fn on_readable(&mut self, idx: usize) {
         let mut redo: Vec<Request> = Vec::new();
         let mut failure: Option<String> = None;
+        let mut release = false;
         {
             let Some(conn) = self.conns.get_mut(idx).and_then(|c| c.as_mut()) else {
                 return;
@@ -750,7 +802,11 @@ impl UpstreamLoop {
                 let Some(req) = entry.req else {
                     if let Some(err) = codec::error_text(reply) {
                         // READONLY on a standalone node errors; that is fine.
-                        if !err.starts_with(b"ERR This instance has cluster support disabled") {
+                        // On a pinned connection these are a transaction's
+                        // queued commands: EXEC's reply tells the client.
+                        if conn.pin.is_none()
+                            && !err.starts_with(b"ERR This instance has cluster support disabled")
+                        {
                             log!(
                                 Level::Warn,
                                 "redis_cluster: node {} refused setup command: {}",
@@ -764,7 +820,15 @@ impl UpstreamLoop {
                 if entry.timed_out {
                     continue;
                 }
-                match classify(reply, &conn.addr, &self.settings, &req) {
+                if req.release_pin {
+                    release = true;
+                }
+                let outcome = if req.pin.is_some() {
+                    Outcome::Deliver // a transaction is never redirected piecemeal
+                } else {
+                    classify(reply, &conn.addr, &self.settings, &req)
+                };
+                match outcome {
                     Outcome::Deliver => req.respond(reply.to_vec()),
                     Outcome::Redirect(r) => redo.push(redirected(req, r)),
                     Outcome::Retry { refresh, delay } => {
@@ -791,6 +855,8 @@ impl UpstreamLoop {
         }
         if let Some(why) = failure {
             self.fail_conn(idx, &why);
+        } else if release {
+            self.close_pinned(idx);
         }
         let now = Instant::now();
         for req in redo {
@@ -798,6 +864,23 @@ impl UpstreamLoop {
                 self.clusters[req.cluster].topo.request_refresh("MOVED");
             }
             self.dispatch(req, now);
+        }
+    }
+
+    /// Close a transaction's dedicated connection (its WATCHes die with it).
+    fn close_pinned(&mut self, idx: usize) {
+        let Some(mut conn) = self.conns.get_mut(idx).and_then(|c| c.take()) else {
+            return;
+        };
+        let _ = self.poll.registry().deregister(&mut conn.stream);
+        if let Some(pin) = conn.pin {
+            self.pinned.remove(&pin);
+        }
+        self.free.push(idx);
+        for f in conn.inflight.drain(..) {
+            if let Some(req) = f.req {
+                req.respond(codec::error("ERR transaction connection released"));
+            }
         }
     }
 
@@ -810,8 +893,15 @@ impl UpstreamLoop {
             return;
         };
         let _ = self.poll.registry().deregister(&mut conn.stream);
-        self.by_addr
-            .remove(&(conn.cluster, conn.addr.clone(), conn.resp3));
+        match conn.pin {
+            Some(pin) => {
+                self.pinned.remove(&pin);
+            }
+            None => {
+                self.by_addr
+                    .remove(&(conn.cluster, conn.addr.clone(), conn.resp3));
+            }
+        }
         self.free.push(idx);
         let now = Instant::now();
         self.mark_down(conn.cluster, &conn.addr, now);
@@ -828,7 +918,7 @@ impl UpstreamLoop {
             // Unsent commands and reads are safe to run again elsewhere.
             let unsent = f.end > conn.written;
             let read = matches!(req.target, Target::Slot { read: true, .. });
-            if unsent || read {
+            if (unsent || read) && req.pin.is_none() {
                 self.park(req, "connection lost");
             } else {
                 let msg = format!("ERR connection to {} lost: {why}", conn.addr);
@@ -838,6 +928,21 @@ impl UpstreamLoop {
     }
 
     fn check_timeouts(&mut self, now: Instant) {
+        let orphans: Vec<usize> = self
+            .pinned
+            .values()
+            .copied()
+            .filter(|&i| {
+                self.conns
+                    .get(i)
+                    .and_then(|c| c.as_ref())
+                    .and_then(|c| c.owner.as_ref())
+                    .is_some_and(|o| o.is_detached())
+            })
+            .collect();
+        for i in orphans {
+            self.close_pinned(i);
+        }
         let connect_timeouts: Vec<usize> = self
             .conns
             .iter()
