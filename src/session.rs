@@ -38,6 +38,9 @@ pub trait Downstream {
     fn read_disable(&mut self, disable: bool);
 }
 
+/// Where a keyed command goes: (cluster, slot, bytes to send).
+type Located = (usize, u16, Vec<u8>);
+
 /// A transaction in progress (WATCH and/or MULTI).
 struct Txn {
     /// Id of the dedicated upstream connection.
@@ -620,7 +623,7 @@ impl Session {
         cmd: &command::Command,
         frame: &[u8],
         args: &[&[u8]],
-    ) -> Result<Option<(usize, u16, Vec<u8>)>, Vec<u8>> {
+    ) -> Result<Option<Located>, Vec<u8>> {
         let mut keys = Vec::new();
         command::key_indices(cmd, args, &mut keys).map_err(|m| codec::error(&m))?;
         let Some(&first) = keys.first() else {
