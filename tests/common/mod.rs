@@ -27,7 +27,8 @@
 //! - `ENVOY_BIN`: the bare Envoy binary (scripts/test.sh sets it).
 //! - `MODULE_DIR`: directory holding `libenvoy_redis_cluster.so`.
 //! - `PROXY_UNDER_TEST`: `module` (default) or `builtin`.
-//! - `KEEP_TEST_DIRS=1`: keep the temp dirs (configs, logs) under `target/tmp`.
+//! - `KEEP_TEST_DIRS=1`: keep the temp dirs (configs, logs) under `target/tmp`;
+//!   a failing test keeps its own anyway and prints where they are.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -574,9 +575,9 @@ impl Drop for Cluster {
             }
         }
         if thread::panicking() {
-            eprintln!("--- cluster dir: {}", self.dir.display());
-        }
-        if !keep_dirs() {
+            // Kept for a look at the nodes' logs.
+            eprintln!("--- cluster dir (kept): {}", self.dir.display());
+        } else if !keep_dirs() {
             let _ = fs::remove_dir_all(&self.dir);
         }
     }
@@ -1458,4 +1459,176 @@ pub fn by_owner(cluster: &Cluster, keys: &[String]) -> BTreeMap<u16, Vec<String>
         out.entry(owner).or_default().push(k.clone());
     }
     out
+}
+
+// ===========================================================================
+// Added for tests/differential.rs, tests/cluster_commands.rs, tests/clients.rs
+// and tests/transactions.rs (new helpers only; nothing above is changed).
+// ===========================================================================
+
+/// A standalone (non-cluster) `redis-server` on a free loopback port that
+/// this test owns: the reference a proxied cluster's replies are compared
+/// with. Killed (by its own PID) on drop.
+pub struct StandaloneRedis {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl StandaloneRedis {
+    /// Start it (no persistence) and wait until it answers PING.
+    pub fn start() -> StandaloneRedis {
+        let dir = new_temp_dir("standalone");
+        let port = alloc_port();
+        let d = dir.display();
+        let conf = format!(
+            "port {port}\n\
+             bind 127.0.0.1\n\
+             protected-mode no\n\
+             save \"\"\n\
+             appendonly no\n\
+             dir {d}\n\
+             logfile {d}/redis.log\n\
+             daemonize no\n"
+        );
+        fs::write(dir.join("redis.conf"), conf).unwrap();
+        let child = command(Path::new("redis-server"))
+            .arg(dir.join("redis.conf"))
+            .stdin(Stdio::null())
+            .stdout(log_file(&dir.join("stdout.log")))
+            .stderr(log_file(&dir.join("stdout.log")))
+            .spawn()
+            .expect("spawn redis-server (run scripts/install.sh)");
+        let r = StandaloneRedis {
+            child: Some(child),
+            port,
+            dir,
+        };
+        assert!(
+            wait_until(Duration::from_secs(10), || ping(port)),
+            "standalone redis on {port} does not answer PING; log:\n{}",
+            tail(&r.dir.join("redis.log"), 20)
+        );
+        r
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn raw_client(&self) -> RawClient {
+        RawClient::connect(self.port)
+    }
+
+    pub fn client(&self) -> redis::Connection {
+        connect(self.port)
+    }
+}
+
+impl Drop for StandaloneRedis {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            stop_child(&mut c);
+        }
+        if !keep_dirs() && !thread::panicking() {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+impl RawClient {
+    /// Read one reply and return its exact bytes as they came off the wire
+    /// (for byte-for-byte comparisons). Panics on timeout or close.
+    pub fn read_reply_bytes(&mut self) -> Vec<u8> {
+        let deadline = Instant::now() + self.timeout;
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            match parse_resp(&self.buf) {
+                Ok(Some((_, used))) => return self.buf.drain(..used).collect(),
+                Ok(None) => {}
+                Err(e) => panic!(
+                    "unparsable reply ({e}): {:?}",
+                    String::from_utf8_lossy(&self.buf[..self.buf.len().min(200)])
+                ),
+            }
+            let now = Instant::now();
+            assert!(
+                now < deadline,
+                "no complete reply within {:?} ({} bytes buffered: {:?})",
+                self.timeout,
+                self.buf.len(),
+                String::from_utf8_lossy(&self.buf[..self.buf.len().min(200)])
+            );
+            self.stream
+                .set_read_timeout(Some(deadline - now))
+                .expect("set_read_timeout");
+            match self.stream.read(&mut chunk) {
+                Ok(0) => panic!("connection closed before a whole reply"),
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e)
+                    if e.kind() == io::ErrorKind::WouldBlock
+                        || e.kind() == io::ErrorKind::TimedOut => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => panic!("read failed: {e}"),
+            }
+        }
+    }
+}
+
+/// RESP bytes shown for humans: CRLF as `\r\n`, other control bytes escaped.
+pub fn show_resp(bytes: &[u8]) -> String {
+    let mut s = String::new();
+    for &b in bytes.iter().take(600) {
+        match b {
+            b'\r' => s.push_str("\\r"),
+            b'\n' => s.push_str("\\n"),
+            0x20..=0x7e => s.push(b as char),
+            _ => s.push_str(&format!("\\x{b:02x}")),
+        }
+    }
+    if bytes.len() > 600 {
+        s.push_str(&format!("... ({} bytes)", bytes.len()));
+    }
+    s
+}
+
+/// A command shown for humans: its arguments joined by spaces.
+pub fn show_cmd<A: AsRef<[u8]>>(args: &[A]) -> String {
+    args.iter()
+        .map(|a| String::from_utf8_lossy(a.as_ref()).into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A reply with the elements of every array/set sorted (and map pairs
+/// sorted by key), recursively: for replies whose order Redis does not
+/// define (SMEMBERS, KEYS, HKEYS of a hashtable-encoded hash ...).
+pub fn sorted_resp(r: &Resp) -> Resp {
+    fn key(r: &Resp) -> String {
+        format!("{r:?}")
+    }
+    match r {
+        Resp::Array(items) => {
+            let mut v: Vec<Resp> = items.iter().map(sorted_resp).collect();
+            v.sort_by_key(key);
+            Resp::Array(v)
+        }
+        Resp::Map(pairs) => {
+            let mut v: Vec<(Resp, Resp)> = pairs
+                .iter()
+                .map(|(k, v)| (sorted_resp(k), sorted_resp(v)))
+                .collect();
+            v.sort_by_key(|(k, v)| (key(k), key(v)));
+            Resp::Map(v)
+        }
+        other => other.clone(),
+    }
+}
+
+/// A raw RESP reply parsed (panics when it does not parse whole).
+pub fn parse_whole(bytes: &[u8]) -> Resp {
+    match parse_resp(bytes) {
+        Ok(Some((r, used))) if used == bytes.len() => r,
+        other => panic!("not one whole reply ({other:?}): {}", show_resp(bytes)),
+    }
 }
