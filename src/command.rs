@@ -559,6 +559,13 @@ pub fn all() -> &'static [Command] {
     COMMANDS
 }
 
+/// Position of a command in [`all`] (for per-command statistics).
+pub fn index_of(cmd: &Command) -> usize {
+    COMMANDS
+        .binary_search_by(|c| c.name.cmp(cmd.name))
+        .unwrap_or(0)
+}
+
 /// Longest name we look up; longer names are unknown (the longest real one,
 /// `georadiusbymember_ro`, has 20 bytes).
 const MAX_NAME: usize = 32;

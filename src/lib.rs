@@ -23,6 +23,7 @@ pub mod routing;
 pub mod session;
 pub mod slot;
 pub mod splitter;
+pub mod stats;
 pub mod topology;
 pub mod topology_refresh;
 pub mod upstream;

@@ -5,6 +5,7 @@
 use crate::config::{Config, MirrorPolicy, ReadPolicy};
 use crate::envoy::Level;
 use crate::log;
+use crate::stats::Stats;
 use crate::topology_refresh::ClusterTopology;
 use crate::upstream::{LoopShared, UpstreamLoop};
 use parking_lot::Mutex;
@@ -13,6 +14,7 @@ use std::thread::JoinHandle;
 
 pub struct Proxy {
     pub config: Config,
+    pub stats: Arc<Stats>,
     names: Vec<String>,
     clusters: Vec<Arc<ClusterTopology>>,
     loops: Vec<Arc<LoopShared>>,
@@ -30,15 +32,17 @@ pub struct Route<'a> {
 }
 
 impl Proxy {
-    fn build(config: Config) -> Proxy {
+    fn build(config: Config, stats: Arc<Stats>) -> Proxy {
         let names: Vec<String> = config.clusters.keys().cloned().collect();
         let clusters = config
             .clusters
             .iter()
-            .map(|(name, c)| ClusterTopology::new(name, c.clone()))
+            .enumerate()
+            .map(|(i, (name, c))| ClusterTopology::new(name, c.clone(), stats.clone(), i))
             .collect();
         Proxy {
             config,
+            stats,
             names,
             clusters,
             loops: Vec::new(),
@@ -47,16 +51,17 @@ impl Proxy {
     }
 
     /// A proxy that starts nothing (`envoy --mode validate`).
-    pub fn inert(config: Config) -> Arc<Proxy> {
-        Arc::new(Proxy::build(config))
+    pub fn inert(config: Config, stats: Arc<Stats>) -> Arc<Proxy> {
+        Arc::new(Proxy::build(config, stats))
     }
 
     /// Start one upstream loop per Envoy worker and one refresher per cluster.
-    pub fn start(config: Config, workers: usize) -> Arc<Proxy> {
-        let mut proxy = Proxy::build(config);
+    pub fn start(config: Config, stats: Arc<Stats>, workers: usize) -> Arc<Proxy> {
+        let mut proxy = Proxy::build(config, stats);
         let mut threads = Vec::new();
         for i in 0..workers {
-            match UpstreamLoop::new(proxy.config.settings.clone(), &proxy.clusters) {
+            let settings = proxy.config.settings.clone();
+            match UpstreamLoop::new(settings, &proxy.clusters, proxy.stats.clone()) {
                 Ok((lp, shared)) => {
                     for c in &proxy.clusters {
                         c.add_listener(shared.clone());

@@ -36,10 +36,20 @@ pub trait Downstream {
     /// Close, flushing pending writes first when `flush`.
     fn close(&mut self, flush: bool);
     fn read_disable(&mut self, disable: bool);
+    /// Record a histogram value (Envoy requires its worker thread).
+    fn record_histogram(&mut self, _id: usize, _value: u64) {}
 }
 
 /// Where a keyed command goes: (cluster, slot, bytes to send).
 type Located = (usize, u16, Vec<u8>);
+
+/// A reply slot: filled when the reply is known, written in order.
+struct Slot {
+    reply: Option<Vec<u8>>,
+    /// Command table index (usize::MAX: not a known command).
+    cmd: usize,
+    start: Instant,
+}
 
 /// A transaction in progress (WATCH and/or MULTI).
 struct Txn {
@@ -96,7 +106,12 @@ pub struct Session {
     /// Don't rescan `inbuf` until it holds this many bytes.
     need: usize,
     /// Reply slots for commands `head_seq ..`, in order.
-    slots: VecDeque<Option<Vec<u8>>>,
+    slots: VecDeque<Slot>,
+    /// Command being handled (index in the command table) and when it
+    /// arrived: every reply slot is stamped with them for statistics.
+    current: (usize, Instant),
+    /// Buffered bytes last reported to the gauge.
+    reported_buffered: u64,
     head_seq: u64,
     out: Vec<u8>,
     batch: Vec<Request>,
@@ -117,6 +132,9 @@ pub struct Session {
 
 impl Session {
     pub fn new(proxy: Arc<Proxy>, worker: usize, notifier: Box<dyn Notify>) -> Session {
+        let stats = &proxy.stats;
+        stats.inc(stats.downstream_cx_total);
+        stats.gauge_add(stats.downstream_cx_active, 1);
         Session {
             proxy,
             worker,
@@ -124,6 +142,8 @@ impl Session {
             inbuf: Vec::new(),
             need: 0,
             slots: VecDeque::new(),
+            current: (usize::MAX, Instant::now()),
+            reported_buffered: 0,
             head_seq: 0,
             out: Vec::new(),
             batch: Vec::new(),
@@ -161,6 +181,8 @@ impl Session {
     /// New bytes from the client. Always takes all of them (the caller
     /// drains Envoy's buffer); what is not a whole request yet is kept.
     pub fn on_data(&mut self, data: &[u8], conn: &mut dyn Downstream) -> usize {
+        let stats = &self.proxy.stats;
+        stats.add(stats.downstream_cx_rx_bytes_total, data.len() as u64);
         if self.closing || self.closed {
             return data.len();
         }
@@ -206,6 +228,10 @@ impl Session {
                     break;
                 }
                 Err(e) => {
+                    self.proxy
+                        .stats
+                        .inc(self.proxy.stats.downstream_cx_protocol_error);
+                    self.current = (usize::MAX, now);
                     let seq = self.push_slot();
                     self.fill(seq, codec::error(&format!("ERR Protocol error: {}", e.0)));
                     self.closing = true;
@@ -219,7 +245,12 @@ impl Session {
 
     fn push_slot(&mut self) -> u64 {
         let seq = self.next_seq();
-        self.slots.push_back(None);
+        let (cmd, start) = self.current;
+        self.slots.push_back(Slot {
+            reply: None,
+            cmd,
+            start,
+        });
         seq
     }
 
@@ -228,7 +259,7 @@ impl Session {
             return;
         };
         if let Some(slot) = self.slots.get_mut(i as usize) {
-            *slot = Some(reply);
+            slot.reply = Some(reply);
         }
     }
 
@@ -240,7 +271,9 @@ impl Session {
     /// Handle one request. `frame` is its raw bytes, `args[0]` its name.
     fn handle(&mut self, frame: &[u8], args: &[&[u8]], now: Instant) {
         let Some(name) = args.first() else { return };
-        let Some(cmd) = command::lookup(name) else {
+        let found = command::lookup(name);
+        self.current = (found.map_or(usize::MAX, command::index_of), now);
+        let Some(cmd) = found else {
             self.abort_multi();
             return self.reply_now(unknown_command(args));
         };
@@ -939,6 +972,22 @@ impl Session {
             }
         }
         self.flush(conn);
+        let buffered = self.inbuf.len() as u64;
+        if buffered != self.reported_buffered {
+            let stats = &self.proxy.stats;
+            if buffered > self.reported_buffered {
+                stats.gauge_add(
+                    stats.downstream_cx_buffered_bytes,
+                    buffered - self.reported_buffered,
+                );
+            } else {
+                stats.gauge_sub(
+                    stats.downstream_cx_buffered_bytes,
+                    self.reported_buffered - buffered,
+                );
+            }
+            self.reported_buffered = buffered;
+        }
         let want_disabled = self.paused();
         if want_disabled != self.read_disabled && !self.closed {
             self.read_disabled = want_disabled;
@@ -947,13 +996,31 @@ impl Session {
     }
 
     fn flush(&mut self, conn: &mut dyn Downstream) {
-        while let Some(Some(_)) = self.slots.front() {
-            if let Some(Some(reply)) = self.slots.pop_front() {
-                self.out.extend_from_slice(&reply);
+        let stats = &self.proxy.stats;
+        let now = Instant::now();
+        let mut n = 0;
+        while self.slots.front().is_some_and(|s| s.reply.is_some()) {
+            let Some(slot) = self.slots.pop_front() else {
+                break;
+            };
+            let reply = slot.reply.unwrap_or_default();
+            let cs = stats.command(slot.cmd);
+            stats.inc(cs.total);
+            stats.inc(if codec::error_text(&reply).is_some() {
+                cs.error
+            } else {
+                cs.success
+            });
+            if let Some(h) = cs.latency {
+                conn.record_histogram(h, now.duration_since(slot.start).as_micros() as u64);
             }
+            self.out.extend_from_slice(&reply);
             self.head_seq += 1;
+            n += 1;
         }
+        stats.add(stats.downstream_rq_total, n);
         if !self.out.is_empty() && !self.closed {
+            stats.add(stats.downstream_cx_tx_bytes_total, self.out.len() as u64);
             conn.write(&self.out);
         }
         self.out.clear();
@@ -1015,6 +1082,10 @@ impl Session {
     pub fn on_destroy(&mut self) {
         self.closed = true;
         self.client.detach();
+        let stats = &self.proxy.stats;
+        stats.gauge_sub(stats.downstream_cx_active, 1);
+        stats.gauge_sub(stats.downstream_cx_buffered_bytes, self.reported_buffered);
+        self.reported_buffered = 0;
     }
 }
 

@@ -14,6 +14,7 @@ use crate::codec;
 use crate::config::ClusterConfig;
 use crate::envoy::Level;
 use crate::log;
+use crate::stats::Stats;
 use crate::topology::{self, SlotMap, TopologyError};
 use crate::upstream::LoopShared;
 use parking_lot::{Condvar, Mutex, RwLock};
@@ -39,10 +40,12 @@ pub struct ClusterTopology {
     cv: Condvar,
     stop: AtomicBool,
     listeners: Mutex<Vec<Arc<LoopShared>>>,
+    stats: Arc<Stats>,
+    index: usize,
 }
 
 impl ClusterTopology {
-    pub fn new(name: &str, cfg: ClusterConfig) -> Arc<Self> {
+    pub fn new(name: &str, cfg: ClusterConfig, stats: Arc<Stats>, index: usize) -> Arc<Self> {
         Arc::new(ClusterTopology {
             name: name.to_string(),
             cfg,
@@ -52,6 +55,8 @@ impl ClusterTopology {
             cv: Condvar::new(),
             stop: AtomicBool::new(false),
             listeners: Mutex::new(Vec::new()),
+            stats,
+            index,
         })
     }
 
@@ -121,10 +126,16 @@ impl ClusterTopology {
             last = Instant::now();
             match self.refresh_once() {
                 Ok(map) => {
+                    let s = self.stats.cluster(self.index);
+                    self.stats.inc(s.topology_refresh_success);
+                    self.stats
+                        .gauge_set(s.slots_covered, map.covered_slots() as u64);
                     self.publish(map, first);
                     first = false;
                 }
                 Err(e) => {
+                    self.stats
+                        .inc(self.stats.cluster(self.index).topology_refresh_failure);
                     log!(
                         Level::Warn,
                         "redis_cluster: cluster {}: topology refresh failed: {e}",
@@ -149,6 +160,8 @@ impl ClusterTopology {
             None => true,
         };
         if changed {
+            self.stats
+                .inc(self.stats.cluster(self.index).topology_changes);
             let masters: Vec<&str> = map.shards.iter().map(|s| s.master.as_str()).collect();
             log!(
                 Level::Info,

@@ -17,6 +17,7 @@ use crate::config::{ClusterConfig, ReadPolicy, Settings};
 use crate::envoy::Level;
 use crate::log;
 use crate::routing;
+use crate::stats::Stats;
 use crate::topology::{self, Redirect, SlotMap};
 use crate::topology_refresh::ClusterTopology;
 use mio::net::TcpStream;
@@ -277,6 +278,7 @@ pub struct UpstreamLoop {
     rr: usize,
     mirror_dropped: u64,
     mirror_logged: Instant,
+    stats: Arc<Stats>,
 }
 
 impl UpstreamLoop {
@@ -284,6 +286,7 @@ impl UpstreamLoop {
     pub fn new(
         settings: Settings,
         clusters: &[Arc<ClusterTopology>],
+        stats: Arc<Stats>,
     ) -> io::Result<(UpstreamLoop, Arc<LoopShared>)> {
         let poll = Poll::new()?;
         let waker = Waker::new(poll.registry(), WAKER)?;
@@ -317,6 +320,7 @@ impl UpstreamLoop {
             rr: 0,
             mirror_dropped: 0,
             mirror_logged: Instant::now() - MIRROR_LOG_EVERY,
+            stats,
         };
         Ok((lp, shared))
     }
@@ -395,7 +399,7 @@ impl UpstreamLoop {
 
     fn park(&mut self, mut req: Request, why: &str) {
         if req.mirror {
-            return self.drop_mirror();
+            return self.drop_mirror(req.cluster);
         }
         let view = &self.clusters[req.cluster];
         req.wait_gen = Some(view.gen);
@@ -509,6 +513,8 @@ impl UpstreamLoop {
                 Ok(i) => i,
                 Err(e) => {
                     self.mark_down(key.0, &key.1, now);
+                    self.stats
+                        .inc(self.stats.cluster(key.0).upstream_cx_connect_fail);
                     log!(
                         Level::Debug,
                         "redis_cluster: connect to {} failed: {e}",
@@ -537,8 +543,14 @@ impl UpstreamLoop {
             return;
         };
         if req.mirror && conn.inflight.len() >= MIRROR_QUEUE_MAX {
-            return self.drop_mirror();
+            return self.drop_mirror(req.cluster);
         }
+        let cs = self.stats.cluster(req.cluster);
+        self.stats.inc(if req.mirror {
+            cs.mirror_rq_total
+        } else {
+            cs.upstream_rq_total
+        });
         if asking {
             conn.out.extend_from_slice(ASKING);
             conn.queued += ASKING.len() as u64;
@@ -652,7 +664,9 @@ impl UpstreamLoop {
 
     /// A mirrored command that could not be sent at once is dropped; drops
     /// are counted and logged at most every few seconds.
-    fn drop_mirror(&mut self) {
+    fn drop_mirror(&mut self, cluster: usize) {
+        self.stats
+            .inc(self.stats.cluster(cluster).mirror_rq_dropped);
         self.mirror_dropped += 1;
         let now = Instant::now();
         if now.duration_since(self.mirror_logged) >= MIRROR_LOG_EVERY {
@@ -829,8 +843,21 @@ impl UpstreamLoop {
                     classify(reply, &conn.addr, &self.settings, &req)
                 };
                 match outcome {
-                    Outcome::Deliver => req.respond(reply.to_vec()),
-                    Outcome::Redirect(r) => redo.push(redirected(req, r)),
+                    Outcome::Deliver => {
+                        if codec::error_text(reply).is_some() {
+                            self.stats
+                                .inc(self.stats.cluster(req.cluster).upstream_rq_error);
+                        }
+                        req.respond(reply.to_vec())
+                    }
+                    Outcome::Redirect(r) => {
+                        let cs = self.stats.cluster(req.cluster);
+                        self.stats.inc(match r {
+                            Redirect::Moved { .. } => cs.redirections_moved,
+                            Redirect::Ask { .. } => cs.redirections_ask,
+                        });
+                        redo.push(redirected(req, r))
+                    }
                     Outcome::Retry { refresh, delay } => {
                         let mut req = req;
                         if refresh {
@@ -905,6 +932,8 @@ impl UpstreamLoop {
         self.free.push(idx);
         let now = Instant::now();
         self.mark_down(conn.cluster, &conn.addr, now);
+        self.stats
+            .inc(self.stats.cluster(conn.cluster).upstream_cx_lost);
         log!(
             Level::Info,
             "redis_cluster: connection to {} lost: {why}",
@@ -967,6 +996,8 @@ impl UpstreamLoop {
                     break;
                 }
                 f.timed_out = true;
+                self.stats
+                    .inc(self.stats.cluster(conn.cluster).upstream_rq_timeout);
                 let msg = format!(
                     "ERR upstream timeout: no reply from {} within {op_ms} ms",
                     conn.addr

@@ -78,6 +78,47 @@ extern "C" {
         port_out: *mut u32,
     ) -> bool;
 
+    pub fn envoy_dynamic_module_callback_network_filter_config_define_counter(
+        c: ConfigEnvoyPtr,
+        name: ModuleBuffer,
+        id_out: *mut usize,
+    ) -> i32;
+    pub fn envoy_dynamic_module_callback_network_filter_config_define_gauge(
+        c: ConfigEnvoyPtr,
+        name: ModuleBuffer,
+        id_out: *mut usize,
+    ) -> i32;
+    pub fn envoy_dynamic_module_callback_network_filter_config_define_histogram(
+        c: ConfigEnvoyPtr,
+        name: ModuleBuffer,
+        id_out: *mut usize,
+    ) -> i32;
+    pub fn envoy_dynamic_module_callback_network_filter_config_increment_counter(
+        c: ConfigEnvoyPtr,
+        id: usize,
+        v: u64,
+    ) -> i32;
+    pub fn envoy_dynamic_module_callback_network_filter_config_increment_gauge(
+        c: ConfigEnvoyPtr,
+        id: usize,
+        v: u64,
+    ) -> i32;
+    pub fn envoy_dynamic_module_callback_network_filter_config_decrement_gauge(
+        c: ConfigEnvoyPtr,
+        id: usize,
+        v: u64,
+    ) -> i32;
+    pub fn envoy_dynamic_module_callback_network_filter_config_set_gauge(
+        c: ConfigEnvoyPtr,
+        id: usize,
+        v: u64,
+    ) -> i32;
+    pub fn envoy_dynamic_module_callback_network_filter_record_histogram_value(
+        f: FilterEnvoyPtr,
+        id: usize,
+        v: u64,
+    ) -> i32;
+
     pub fn envoy_dynamic_module_callback_network_filter_scheduler_new(
         f: FilterEnvoyPtr,
     ) -> SchedulerPtr;

@@ -42,7 +42,7 @@ fn buffer_bytes(b: &EnvoyBuffer) -> Vec<u8> {
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_network_filter_config_new(
-    _config_envoy_ptr: *mut c_void,
+    config_envoy_ptr: *mut c_void,
     _name: EnvoyBuffer,
     config: EnvoyBuffer,
 ) -> *const c_void {
@@ -65,11 +65,16 @@ pub extern "C" fn envoy_dynamic_module_on_network_filter_config_new(
                 ffi::envoy_dynamic_module_callback_get_concurrency(),
             )
         };
+        let sink = Arc::new(super::EnvoyMetrics {
+            ptr: config_envoy_ptr,
+        });
+        let names: Vec<String> = cfg.clusters.keys().cloned().collect();
+        let stats = Arc::new(crate::stats::Stats::define(sink, &cfg.stat_prefix, &names));
         // `--mode validate` must have no side effects: no threads, no sockets.
         let proxy = if validating {
-            Proxy::inert(cfg)
+            Proxy::inert(cfg, stats)
         } else {
-            Proxy::start(cfg, concurrency.max(1) as usize)
+            Proxy::start(cfg, stats, concurrency.max(1) as usize)
         };
         Box::into_raw(Box::new(proxy)) as *const c_void
     }));

@@ -10,6 +10,7 @@ pub mod ffi;
 mod hooks;
 
 use crate::session::{Downstream, Notify};
+use crate::stats::MetricsSink;
 
 /// Envoy's log levels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -53,11 +54,107 @@ impl Downstream for EnvoyConnection {
         unsafe { ffi::envoy_dynamic_module_callback_network_filter_close(self.ptr, how) }
     }
 
+    fn record_histogram(&mut self, id: usize, value: u64) {
+        // SAFETY: live filter pointer on its worker thread (histograms must
+        // be recorded on Envoy threads).
+        unsafe {
+            ffi::envoy_dynamic_module_callback_network_filter_record_histogram_value(
+                self.ptr, id, value,
+            );
+        }
+    }
+
     fn read_disable(&mut self, disable: bool) {
         // SAFETY: live filter pointer on its worker thread (see `write`).
         unsafe {
             ffi::envoy_dynamic_module_callback_network_filter_read_disable(self.ptr, disable);
         }
+    }
+}
+
+/// Envoy's stats for one filter config. Counters and gauges are atomic in
+/// Envoy and may be updated from any thread through the config pointer,
+/// which stays valid until `config_destroy` (after every module thread has
+/// been joined).
+pub struct EnvoyMetrics {
+    ptr: ffi::ConfigEnvoyPtr,
+}
+
+// SAFETY: Envoy's config-level metric updates are thread-safe (atomic stats
+// looked up by an id vector that is frozen after config_new).
+unsafe impl Send for EnvoyMetrics {}
+// SAFETY: as above.
+unsafe impl Sync for EnvoyMetrics {}
+
+impl EnvoyMetrics {
+    fn define(
+        &self,
+        f: unsafe extern "C" fn(ffi::ConfigEnvoyPtr, ffi::ModuleBuffer, *mut usize) -> i32,
+        name: &str,
+    ) -> Option<usize> {
+        let mut id = 0usize;
+        // SAFETY: called from config_new on the main thread with the live
+        // config pointer; Envoy copies the name.
+        let rc = unsafe {
+            f(
+                self.ptr,
+                ffi::ModuleBuffer::from_slice(name.as_bytes()),
+                &mut id,
+            )
+        };
+        // Ids start at 1; 0 and a non-zero result mean "not defined".
+        (rc == 0 && id != 0).then_some(id)
+    }
+}
+
+impl MetricsSink for EnvoyMetrics {
+    fn define_counter(&self, name: &str) -> Option<usize> {
+        self.define(
+            ffi::envoy_dynamic_module_callback_network_filter_config_define_counter,
+            name,
+        )
+    }
+    fn define_gauge(&self, name: &str) -> Option<usize> {
+        self.define(
+            ffi::envoy_dynamic_module_callback_network_filter_config_define_gauge,
+            name,
+        )
+    }
+    fn define_histogram(&self, name: &str) -> Option<usize> {
+        self.define(
+            ffi::envoy_dynamic_module_callback_network_filter_config_define_histogram,
+            name,
+        )
+    }
+    fn counter_add(&self, id: usize, v: u64) {
+        // SAFETY: see the Send/Sync note; the id came from a define call.
+        unsafe {
+            ffi::envoy_dynamic_module_callback_network_filter_config_increment_counter(
+                self.ptr, id, v,
+            )
+        };
+    }
+    fn gauge_add(&self, id: usize, v: u64) {
+        // SAFETY: as counter_add.
+        unsafe {
+            ffi::envoy_dynamic_module_callback_network_filter_config_increment_gauge(
+                self.ptr, id, v,
+            )
+        };
+    }
+    fn gauge_sub(&self, id: usize, v: u64) {
+        // SAFETY: as counter_add.
+        unsafe {
+            ffi::envoy_dynamic_module_callback_network_filter_config_decrement_gauge(
+                self.ptr, id, v,
+            )
+        };
+    }
+    fn gauge_set(&self, id: usize, v: u64) {
+        // SAFETY: as counter_add.
+        unsafe {
+            ffi::envoy_dynamic_module_callback_network_filter_config_set_gauge(self.ptr, id, v)
+        };
     }
 }
 
