@@ -18,6 +18,68 @@ pub struct ConnState {
     pub name: Option<Vec<u8>>,
     /// The proxy's own listener address, as the client reached it.
     pub local_addr: Option<(String, u16)>,
+    /// Passed `AUTH` (or no downstream auth is configured).
+    pub authenticated: bool,
+}
+
+/// Downstream authentication (`downstream_auth_username` /
+/// `downstream_auth_passwords`), Redis 6 ACL style.
+pub struct Auth<'a> {
+    pub username: Option<&'a str>,
+    pub passwords: &'a [String],
+}
+
+impl Auth<'_> {
+    pub fn required(&self) -> bool {
+        !self.passwords.is_empty()
+    }
+
+    /// `AUTH [user] pass`: with a configured username the user must match
+    /// (the one-argument form means user `default`, as in Redis).
+    pub fn check(&self, user: Option<&[u8]>, pass: &[u8]) -> bool {
+        let user_ok = match (self.username, user) {
+            (Some(want), Some(got)) => want.as_bytes() == got,
+            (Some(_), None) => false,
+            (None, Some(got)) => got == b"default",
+            (None, None) => true,
+        };
+        // Compare every password fully so timing says nothing about which
+        // one nearly matched.
+        let mut pass_ok = false;
+        for p in self.passwords {
+            pass_ok |= constant_time_eq(p.as_bytes(), pass);
+        }
+        user_ok && pass_ok
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+pub const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is disabled.";
+
+/// `AUTH [user] pass`.
+pub fn auth(st: &mut ConnState, a: &Auth<'_>, args: &[&[u8]]) -> Vec<u8> {
+    if !a.required() {
+        return codec::error(
+            "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
+        );
+    }
+    let (user, pass) = match args {
+        [_, pass] => (None, *pass),
+        [_, user, pass] => (Some(*user), *pass),
+        _ => return codec::error("ERR syntax error"),
+    };
+    if a.check(user, pass) {
+        st.authenticated = true;
+        codec::simple("OK")
+    } else {
+        codec::error(WRONGPASS)
+    }
 }
 
 /// Redis version the proxy reports (the command set it implements).
@@ -66,7 +128,7 @@ fn addr(st: &ConnState) -> (String, u16) {
 }
 
 /// `HELLO [protover [AUTH user pass] [SETNAME name]]`.
-pub fn hello(st: &mut ConnState, args: &[&[u8]]) -> Vec<u8> {
+pub fn hello(st: &mut ConnState, a: &Auth<'_>, args: &[&[u8]]) -> Vec<u8> {
     let mut resp3 = st.resp3;
     if let Some(v) = args.get(1) {
         match *v {
@@ -77,11 +139,20 @@ pub fn hello(st: &mut ConnState, args: &[&[u8]]) -> Vec<u8> {
     }
     let mut i = 2;
     let mut name = None;
+    let mut authed = st.authenticated || !a.required();
     while i < args.len() {
         match upper(args[i]).as_str() {
-            // Downstream authentication is not configured: like a Redis whose
-            // default user has no password, any credentials are accepted.
-            "AUTH" if i + 2 < args.len() => i += 3,
+            // Without downstream auth configured, like a Redis whose default
+            // user has no password, any credentials are accepted.
+            "AUTH" if i + 2 < args.len() => {
+                if a.required() {
+                    if !a.check(Some(args[i + 1]), args[i + 2]) {
+                        return codec::error(WRONGPASS);
+                    }
+                    authed = true;
+                }
+                i += 3;
+            }
             "SETNAME" if i + 1 < args.len() => {
                 name = Some(args[i + 1].to_vec());
                 i += 2;
@@ -94,6 +165,10 @@ pub fn hello(st: &mut ConnState, args: &[&[u8]]) -> Vec<u8> {
             }
         }
     }
+    if !authed {
+        return codec::error("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time");
+    }
+    st.authenticated = true;
     st.resp3 = resp3;
     if name.is_some() {
         st.name = name;
@@ -219,19 +294,56 @@ mod tests {
         }
     }
 
+    const OPEN: Auth<'static> = Auth {
+        username: None,
+        passwords: &[],
+    };
+
+    #[test]
+    fn auth_checks_user_and_password() {
+        let pw = vec!["s3cret".to_string(), "other".to_string()];
+        let a = Auth {
+            username: None,
+            passwords: &pw,
+        };
+        let mut s = st();
+        assert!(auth(&mut s, &a, &[b"AUTH", b"nope"]).starts_with(b"-WRONGPASS"));
+        assert!(!s.authenticated);
+        assert_eq!(auth(&mut s, &a, &[b"AUTH", b"other"]), b"+OK\r\n".to_vec());
+        assert!(s.authenticated);
+        assert!(a.check(Some(b"default"), b"s3cret"));
+        let named = Auth {
+            username: Some("app"),
+            passwords: &pw,
+        };
+        assert!(named.check(Some(b"app"), b"s3cret"));
+        assert!(!named.check(None, b"s3cret"));
+        assert!(!named.check(Some(b"bob"), b"s3cret"));
+        assert!(auth(&mut st(), &OPEN, &[b"AUTH", b"x"]).starts_with(b"-ERR AUTH"));
+        let mut s = st();
+        assert!(hello(&mut s, &a, &[b"HELLO", b"3"]).starts_with(b"-NOAUTH"));
+        let bad: &[&[u8]] = &[b"HELLO", b"3", b"AUTH", b"default", b"x"];
+        assert!(hello(&mut s, &a, bad).starts_with(b"-WRONGPASS"));
+        let good: &[&[u8]] = &[b"HELLO", b"3", b"AUTH", b"default", b"s3cret"];
+        assert!(hello(&mut s, &a, good).starts_with(b"%"));
+        assert!(s.authenticated && s.resp3);
+    }
+
     #[test]
     fn hello_switches_protocol_and_sets_name() {
+        // (see auth_checks_user_and_password for HELLO ... AUTH)
         let mut s = st();
         let r = hello(
             &mut s,
+            &OPEN,
             &[b"HELLO", b"3", b"AUTH", b"u", b"p", b"SETNAME", b"app"],
         );
         assert!(s.resp3);
         assert_eq!(s.name.as_deref(), Some(&b"app"[..]));
         assert!(r.starts_with(b"%7\r\n"), "{}", String::from_utf8_lossy(&r));
-        let r = hello(&mut s, &[b"HELLO", b"2"]);
+        let r = hello(&mut s, &OPEN, &[b"HELLO", b"2"]);
         assert!(!s.resp3 && r.starts_with(b"*14\r\n"));
-        assert!(hello(&mut s, &[b"HELLO", b"4"]).starts_with(b"-NOPROTO"));
+        assert!(hello(&mut s, &OPEN, &[b"HELLO", b"4"]).starts_with(b"-NOPROTO"));
     }
 
     #[test]

@@ -130,6 +130,14 @@ impl Proxy {
         self.names.iter().position(|n| n == name)
     }
 
+    /// Downstream authentication settings.
+    pub fn auth(&self) -> crate::local::Auth<'_> {
+        crate::local::Auth {
+            username: self.config.downstream_auth_username.as_deref(),
+            passwords: &self.config.downstream_auth_passwords,
+        }
+    }
+
     /// The catch-all route's cluster, else the first cluster: where keyless
     /// commands with a node-independent answer go.
     pub fn default_cluster(&self) -> Option<usize> {

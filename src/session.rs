@@ -132,6 +132,7 @@ pub struct Session {
 
 impl Session {
     pub fn new(proxy: Arc<Proxy>, worker: usize, notifier: Box<dyn Notify>) -> Session {
+        let open = proxy.config.downstream_auth_passwords.is_empty();
         let stats = &proxy.stats;
         stats.inc(stats.downstream_cx_total);
         stats.gauge_add(stats.downstream_cx_active, 1);
@@ -152,6 +153,7 @@ impl Session {
             txn: None,
             state: ConnState {
                 id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+                authenticated: open,
                 ..ConnState::default()
             },
             args: Vec::new(),
@@ -223,6 +225,20 @@ impl Session {
                 }
                 Ok(Scan::Empty(n)) => pos += n,
                 Ok(Scan::Incomplete { need }) => {
+                    let limit = self.proxy.config.settings.max_buffered_bytes_per_connection;
+                    if need > limit {
+                        self.proxy
+                            .stats
+                            .inc(self.proxy.stats.downstream_cx_protocol_error);
+                        self.current = (usize::MAX, now);
+                        let seq = self.push_slot();
+                        let msg = format!("ERR Protocol error: request larger than max_buffered_bytes_per_connection ({limit} bytes)");
+                        self.fill(seq, codec::error(&msg));
+                        self.closing = true;
+                        pos = buf.len();
+                        self.args = args;
+                        break;
+                    }
                     self.need = need;
                     self.args = args;
                     break;
@@ -281,6 +297,9 @@ impl Session {
             self.abort_multi();
             let msg = format!("ERR wrong number of arguments for '{}' command", cmd.name);
             return self.reply_now(codec::error(&msg));
+        }
+        if !self.state.authenticated && !matches!(cmd.name, "auth" | "hello" | "quit") {
+            return self.reply_now(codec::error("NOAUTH Authentication required."));
         }
         if matches!(cmd.name, "multi" | "exec" | "discard" | "watch" | "unwatch") {
             let reply = self.transaction(cmd, args, now);
@@ -343,7 +362,8 @@ impl Session {
                 }
             }
             "asking" | "readonly" | "readwrite" => codec::simple("OK"),
-            "hello" => local::hello(&mut self.state, args),
+            "hello" => local::hello(&mut self.state, &self.proxy.auth(), args),
+            "auth" => local::auth(&mut self.state, &self.proxy.auth(), args),
             "client" => local::client(&mut self.state, args),
             "cluster" => local::cluster(
                 &self.state,

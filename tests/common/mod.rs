@@ -636,6 +636,15 @@ fn ping(port: u16) -> bool {
     c.send(b"PING\r\n").is_ok() && matches!(c.try_read_reply(), Ok(Resp::Simple(s)) if s == "PONG")
 }
 
+fn answers_noauth(port: u16) -> bool {
+    let Ok(mut c) = RawClient::try_connect(port, Duration::from_millis(500)) else {
+        return false;
+    };
+    c.set_timeout(Duration::from_millis(500));
+    c.send(b"PING\r\n").is_ok()
+        && matches!(c.try_read_reply(), Ok(Resp::Error(e)) if e.starts_with("NOAUTH"))
+}
+
 pub fn try_connect(port: u16) -> redis::RedisResult<redis::Connection> {
     let client = redis::Client::open(format!("redis://127.0.0.1:{port}/"))?;
     let con = client.get_connection_with_timeout(IO_TIMEOUT)?;
@@ -992,7 +1001,9 @@ impl Envoy {
                     );
                 }
             }
-            if ping(port) {
+            // PONG, or NOAUTH when the config requires clients to AUTH:
+            // either way the proxy is serving.
+            if ping(port) || answers_noauth(port) {
                 return;
             }
             if Instant::now() >= deadline {
