@@ -73,10 +73,23 @@ import jsonpatch  # noqa: E402
 import jsonschema  # noqa: E402
 import yaml  # noqa: E402
 
-try:
-    import celpy  # noqa: E402
-except ImportError:  # optional
-    celpy = None
+def optional_celpy():
+    """cel-python, installed when missing; the CEL rules are skipped (and
+    counted as such) when it cannot be had."""
+    try:
+        return importlib.import_module("celpy")
+    except ImportError:
+        pass
+    try:
+        subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", "cel-python"],
+                              stdout=sys.stderr, stderr=sys.stderr, timeout=300)
+        importlib.invalidate_caches()
+        return importlib.import_module("celpy")
+    except Exception:  # no network, no wheel: validate without CEL
+        return None
+
+
+celpy = optional_celpy()
 
 
 class Failure(Exception):
