@@ -153,6 +153,7 @@ cleanup() {
     exit "$rc"
 }
 trap cleanup EXIT
+trap 'log "ERROR: line $LINENO failed (exit $?): $BASH_COMMAND"' ERR
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
@@ -391,7 +392,7 @@ probe_multi() { # PORT CMD
     done
     reply="$(redis-cli -p "$1" "${args[@]}" 2>&1 | tr -d '\r')" || true
     if [ "$cmd" = MSET ] && [ "$reply" = OK ]; then echo ok; return; fi
-    if [ "$cmd" = MGET ] && [ "$(printf '%s\n' "$reply" | grep -cx "$PRELOAD_VALUE")" -eq "$MULTI_KEYS" ]; then echo ok; return; fi
+    if [ "$cmd" = MGET ] && [ "$(printf '%s\n' "$reply" | grep -cxE "$PRELOAD_VALUE|$VALUE")" -eq "$MULTI_KEYS" ]; then echo ok; return; fi
     printf '%s\n' "$reply" | head -1
 }
 
@@ -489,7 +490,8 @@ for t in B C; do
         done
     done
 done
-printf '%s\n' "${!SKIP[@]}" | while read -r k; do [ -n "$k" ] && printf '%s\t%s\n' "$k" "${SKIP[$k]}"; done >"$RUN/skipped.tsv"
+: >"$RUN/skipped.tsv"
+for k in "${!SKIP[@]}"; do printf '%s\t%s\n' "$k" "${SKIP[$k]}" >>"$RUN/skipped.tsv"; done
 
 # Warm-up, not recorded: connections, allocator, slot maps.
 log "warm-up"
@@ -522,6 +524,23 @@ TEND=$(date +%s)
 
 # --- after the run: sanity checks -----------------------------------------------------------
 final_keys="$(dbsize_total)"
+# The probes again, through every Envoy still running: do replies still come
+# back right after all that load?
+post_check=""
+for t in B C; do
+    for c in "${CONCURRENCIES[@]}"; do
+        alive "${ENVOY_PID[$t$c]}" || continue
+        port="$(port_of "$t" "$c")"
+        v="$(redis-cli -p "$port" get key:000000000042 2>&1 || true)"
+        if [ "${#v}" -ne "$DATA_SIZE" ]; then post_check+="$t c$c GET answered '${v:0:80}'; "; fi
+        for cmd in MSET MGET MSET1 MGET1; do
+            [ -n "${SKIP[$t$c$cmd]:-}" ] && continue
+            res="$(probe_multi "$port" "$cmd")"
+            if [ "$res" != ok ]; then post_check+="$t c$c $cmd answered '${res:0:80}'; "; fi
+        done
+    done
+done
+export post_check="${post_check:-all right}"
 envoy_log_summary=""
 for t in B C; do
     for c in "${CONCURRENCIES[@]}"; do
@@ -537,7 +556,11 @@ done
 
 # --- the table ------------------------------------------------------------------------------
 CPU_MODEL="$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)"
-GIT_REV="$(cd "$repo" && git describe --always --dirty 2>/dev/null || echo unknown)"
+# The module's revision, and whether its sources differ from it.
+GIT_REV="$(cd "$repo" && git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+if [ -n "$(cd "$repo" && git status --porcelain -- src Cargo.toml Cargo.lock build.rs 2>/dev/null)" ]; then
+    GIT_REV+=" + uncommitted changes in src/"
+fi
 LOAD_AFTER="$(cut -d' ' -f1-3 /proc/loadavg)"
 export RAW ROUNDS QUICK CLIENTS DATA_SIZE KEYSPACE MULTI_KEYS CPU_MODEL GIT_REV ENVOY_VERSION_STR \
     final_keys EXPECTED_KEYS envoy_log_summary CMDLINE="scripts/bench.sh $ORIG_ARGS"
@@ -686,6 +709,7 @@ if others:
     if busy:
         line += f" Cells with more than 10% ({len(busy)} of {len(others)}), to be read with care: " + ", ".join(busy) + "."
     out.append(line)
+out.append(f"- After the run, GET and 10-key MSET/MGET through every proxy (replies checked): {os.environ['post_check']}.")
 out.append(f"- Keys in the cluster after the run: {os.environ['final_keys']} "
            f"(expected {os.environ['EXPECTED_KEYS']}: the writes only overwrite preloaded keys).")
 for line in os.environ["envoy_log_summary"].strip().splitlines():
