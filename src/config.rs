@@ -89,6 +89,12 @@ pub struct Settings {
     /// Bytes buffered for one client (requests plus replies) before the proxy
     /// stops reading from it. Default 64 MiB.
     pub max_buffered_bytes_per_connection: usize,
+    /// Resend a write whose connection broke before its reply came (e.g.
+    /// its master was killed): it waits for the new master like any other
+    /// command instead of failing. At-least-once for that one write, as
+    /// cluster-aware clients do; `false` answers it with an error instead.
+    /// Default true.
+    pub retry_unanswered_writes: bool,
 }
 
 impl Default for Settings {
@@ -101,6 +107,7 @@ impl Default for Settings {
             max_redirects: 5,
             max_pending_requests_per_connection: 10_000,
             max_buffered_bytes_per_connection: 64 << 20,
+            retry_unanswered_writes: true,
         }
     }
 }

@@ -1011,6 +1011,12 @@ impl Session {
         let want_disabled = self.paused();
         if want_disabled != self.read_disabled && !self.closed {
             self.read_disabled = want_disabled;
+            crate::log!(
+                crate::envoy::Level::Debug,
+                "redis_cluster: client {} reading {}",
+                self.state.id,
+                if want_disabled { "paused" } else { "resumed" }
+            );
             conn.read_disable(want_disabled);
         }
     }
@@ -1081,6 +1087,12 @@ impl Session {
     }
 
     pub fn on_write_watermark(&mut self, above: bool, conn: &mut dyn Downstream) {
+        crate::log!(
+            crate::envoy::Level::Debug,
+            "redis_cluster: client {} write buffer {} high watermark",
+            self.state.id,
+            if above { "above" } else { "below" }
+        );
         self.write_blocked = above;
         if !above && !self.inbuf.is_empty() && !self.closing {
             self.process_inbuf();

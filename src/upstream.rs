@@ -887,9 +887,11 @@ impl UpstreamLoop {
         }
         let now = Instant::now();
         for req in redo {
-            if let Target::Node { asking: false, .. } = req.target {
-                self.clusters[req.cluster].topo.request_refresh("MOVED");
-            }
+            // MOVED means our map is stale; a run of ASKs means a slot is
+            // migrating. Either way a (coalesced) refresh is due.
+            self.clusters[req.cluster]
+                .topo
+                .request_refresh("redirection");
             self.dispatch(req, now);
         }
     }
@@ -947,7 +949,8 @@ impl UpstreamLoop {
             // Unsent commands and reads are safe to run again elsewhere.
             let unsent = f.end > conn.written;
             let read = matches!(req.target, Target::Slot { read: true, .. });
-            if (unsent || read) && req.pin.is_none() {
+            let retry = unsent || read || self.settings.retry_unanswered_writes;
+            if retry && req.pin.is_none() {
                 self.park(req, "connection lost");
             } else {
                 let msg = format!("ERR connection to {} lost: {why}", conn.addr);

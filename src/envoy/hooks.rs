@@ -105,6 +105,9 @@ struct Filter {
     session: RefCell<Session>,
     /// Set when a hook panicked: the connection is being closed, ignore it.
     poisoned: Cell<bool>,
+    /// A watermark event Envoy raised re-entrantly (inside our own `write`,
+    /// while the session was busy): applied when the outer hook returns.
+    pending_watermark: Cell<Option<bool>>,
 }
 
 #[no_mangle]
@@ -132,6 +135,7 @@ pub extern "C" fn envoy_dynamic_module_on_network_filter_new(
         Box::into_raw(Box::new(Filter {
             session: RefCell::new(session),
             poisoned: Cell::new(false),
+            pending_watermark: Cell::new(None),
         })) as *const c_void
     }));
     // NULL makes Envoy close the connection.
@@ -161,7 +165,13 @@ fn with_session(
     let Ok(mut session) = filter.session.try_borrow_mut() else {
         return; // re-entered from our own write/close: nothing to do
     };
-    let outcome = catch_unwind(AssertUnwindSafe(|| f(&mut session, &mut conn)));
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        f(&mut session, &mut conn);
+        // Watermark events raised by Envoy during our writes above.
+        while let Some(above) = filter.pending_watermark.take() {
+            session.on_write_watermark(above, &mut conn);
+        }
+    }));
     drop(session);
     if outcome.is_err() {
         filter.poisoned.set(true);
@@ -323,8 +333,24 @@ pub extern "C" fn envoy_dynamic_module_on_network_filter_above_write_buffer_high
     filter_envoy_ptr: FilterEnvoyPtr,
     filter_ptr: *const c_void,
 ) {
+    watermark(filter_envoy_ptr, filter_ptr, true);
+}
+
+/// Watermark events often fire synchronously inside our own `write` (the
+/// write is what crosses the watermark); then the session is busy and the
+/// event is parked for [`with_session`] to apply right after.
+fn watermark(filter_envoy_ptr: FilterEnvoyPtr, filter_ptr: *const c_void, above: bool) {
+    if filter_ptr.is_null() {
+        return;
+    }
+    // SAFETY: as in with_session: live until filter_destroy, same thread.
+    let filter = unsafe { &*(filter_ptr as *const Filter) };
+    if filter.session.try_borrow_mut().is_err() {
+        filter.pending_watermark.set(Some(above));
+        return;
+    }
     with_session(filter_envoy_ptr, filter_ptr, |session, conn| {
-        session.on_write_watermark(true, conn)
+        session.on_write_watermark(above, conn)
     });
 }
 
@@ -333,9 +359,7 @@ pub extern "C" fn envoy_dynamic_module_on_network_filter_below_write_buffer_low_
     filter_envoy_ptr: FilterEnvoyPtr,
     filter_ptr: *const c_void,
 ) {
-    with_session(filter_envoy_ptr, filter_ptr, |session, conn| {
-        session.on_write_watermark(false, conn)
-    });
+    watermark(filter_envoy_ptr, filter_ptr, false);
 }
 
 #[no_mangle]
