@@ -15,6 +15,10 @@ use std::thread::JoinHandle;
 pub struct Proxy {
     pub config: Config,
     pub stats: Arc<Stats>,
+    /// `ENVOY_REDIS_CLUSTER_TEST_HOOKS=1` in Envoy's environment enables the
+    /// `DEBUG-PANIC` command, which panics inside the module: the tests use
+    /// it to prove a panic closes one connection and never Envoy.
+    pub test_hooks: bool,
     names: Vec<String>,
     clusters: Vec<Arc<ClusterTopology>>,
     loops: Vec<Arc<LoopShared>>,
@@ -43,6 +47,8 @@ impl Proxy {
         Proxy {
             config,
             stats,
+            test_hooks: std::env::var_os("ENVOY_REDIS_CLUSTER_TEST_HOOKS")
+                .is_some_and(|v| v == "1"),
             names,
             clusters,
             loops: Vec::new(),

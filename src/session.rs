@@ -287,6 +287,9 @@ impl Session {
     /// Handle one request. `frame` is its raw bytes, `args[0]` its name.
     fn handle(&mut self, frame: &[u8], args: &[&[u8]], now: Instant) {
         let Some(name) = args.first() else { return };
+        if self.proxy.test_hooks && name.eq_ignore_ascii_case(b"DEBUG-PANIC") {
+            panic!("DEBUG-PANIC test hook");
+        }
         let found = command::lookup(name);
         self.current = (found.map_or(usize::MAX, command::index_of), now);
         let Some(cmd) = found else {
