@@ -1,0 +1,95 @@
+//! Statistics reach Envoy's admin endpoint (`/stats`, `/stats/prometheus`)
+//! and move as traffic flows.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::time::Duration;
+
+const P: &str = "dynamicmodulescustom.redis.redis.";
+
+fn stat(envoy: &Envoy, name: &str) -> u64 {
+    envoy.stat(&format!("{P}{name}")).unwrap_or(0)
+}
+
+#[test]
+fn counters_and_gauges_follow_traffic() {
+    let mut cluster = Cluster::start(3, 0);
+    let envoy = Envoy::start(module_config(&cluster, json!({ "op_timeout": "500ms" })));
+    assert!(wait_until(Duration::from_secs(5), || stat(
+        &envoy,
+        "cluster.main.slots_covered"
+    ) == 16384));
+    assert!(stat(&envoy, "cluster.main.topology_refresh_success") >= 1);
+
+    let before_cx = stat(&envoy, "downstream_cx_total");
+    let mut c = RawClient::connect(envoy.port());
+    for i in 0..50 {
+        assert_eq!(c.cmd(&["SET", &format!("s{i}"), "v"]), Resp::ok());
+        assert_eq!(c.cmd(&["GET", &format!("s{i}")]), Resp::bulk("v"));
+    }
+    assert!(c.cmd(&["INCR", "s0"]).is_error()); // not an integer: an error reply
+    let r = c.cmd(&["MGET", "s1", "s2", "s3", "s4"]);
+    assert!(matches!(r, Resp::Array(ref a) if a.len() == 4));
+
+    assert!(wait_until(Duration::from_secs(3), || stat(
+        &envoy,
+        "command.get.total"
+    ) >= 50));
+    assert_eq!(stat(&envoy, "command.set.total"), 50);
+    assert_eq!(stat(&envoy, "command.set.success"), 50);
+    assert_eq!(stat(&envoy, "command.incr.error"), 1);
+    assert_eq!(stat(&envoy, "command.mget.total"), 1);
+    assert!(stat(&envoy, "downstream_rq_total") >= 102);
+    assert_eq!(stat(&envoy, "downstream_cx_total"), before_cx + 1);
+    assert!(stat(&envoy, "downstream_cx_active") >= 1);
+    assert!(stat(&envoy, "downstream_cx_rx_bytes_total") > 0);
+    assert!(stat(&envoy, "downstream_cx_tx_bytes_total") > 0);
+    // Each GET/SET is one upstream request; the cross-slot MGET several.
+    assert!(stat(&envoy, "cluster.main.upstream_rq_total") >= 104);
+
+    // A MOVED followed: move a slot behind the proxy's back.
+    let key = "moved:key";
+    let slot = cluster.keyslot(key.as_bytes());
+    let from = cluster.node_for_slot(slot);
+    let to = cluster
+        .master_ports()
+        .into_iter()
+        .find(|&p| p != from)
+        .unwrap();
+    let to_id = cluster.node_id(to);
+    for p in cluster.ports() {
+        let mut n = RawClient::connect(p);
+        n.cmd(&["CLUSTER", "SETSLOT", &slot.to_string(), "NODE", &to_id]);
+    }
+    assert_eq!(c.cmd(&["SET", key, "x"]), Resp::ok());
+    assert!(stat(&envoy, "cluster.main.redirections_moved") >= 1);
+
+    // A timeout: a paused master.
+    let tkey = "timeout:key";
+    let owner = cluster.node_for_key(tkey.as_bytes());
+    let paused = cluster.pause_node(owner);
+    assert!(c.cmd(&["GET", tkey]).is_error());
+    drop(paused);
+    assert!(wait_until(Duration::from_secs(3), || stat(
+        &envoy,
+        "cluster.main.upstream_rq_timeout"
+    ) >= 1));
+
+    // Connections closing bring the active gauge back down.
+    let active = stat(&envoy, "downstream_cx_active");
+    drop(c);
+    assert!(wait_until(Duration::from_secs(3), || stat(
+        &envoy,
+        "downstream_cx_active"
+    ) < active));
+
+    // The same stats in Prometheus format, with histograms.
+    let prom = envoy.admin_get("/stats/prometheus");
+    assert!(
+        prom.contains("dynamicmodulescustom_redis_redis_command_get_total"),
+        "prometheus lacks command counters"
+    );
+    let _ = &mut cluster;
+}
