@@ -1,0 +1,379 @@
+//! Transactions through the proxy: MULTI/EXEC/DISCARD/WATCH/UNWATCH on
+//! same-slot keys, compared byte for byte with a standalone Redis where the
+//! cluster does not change the answer; CROSSSLOT inside MULTI; WATCH aborts;
+//! and isolation between clients while a transaction is open.
+//!
+//! Written ahead of the feature: until the module supports transactions these
+//! fail with its "-ERR 'multi' is not supported through this proxy yet".
+//!
+//! MODULE-DEPENDENT: needs target/debug/libenvoy_redis_cluster.so (cargo build).
+
+mod common;
+
+use common::*;
+use redis::Commands;
+use serde_json::json;
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::{Duration, Instant};
+
+struct Setup {
+    envoy: Envoy,
+    cluster: Cluster,
+}
+
+fn setup() -> Setup {
+    let cluster = Cluster::start(3, 0);
+    // start_proxy: PROXY_UNDER_TEST=builtin runs these against Envoy's own
+    // redis_proxy (which has transactions), to check the tests themselves.
+    let envoy = start_proxy(module_config(&cluster, json!({})));
+    // Wait for the proxy's first topology (a keyed command does).
+    assert_eq!(envoy.raw_client().cmd(&["EXISTS", "warm-up"]), Resp::Int(0));
+    Setup { envoy, cluster }
+}
+
+/// Send the same commands to the proxy and to a standalone Redis, one at a
+/// time, and require byte-identical replies.
+fn same_as_redis(proxy: &mut RawClient, reference: &mut RawClient, script: &[Vec<&str>]) {
+    for cmd in script {
+        proxy.send_cmd(cmd);
+        reference.send_cmd(cmd);
+        let (p, r) = (proxy.read_reply_bytes(), reference.read_reply_bytes());
+        assert_eq!(
+            show_resp(&p),
+            show_resp(&r),
+            "{}: proxy (left) vs standalone Redis (right)",
+            show_cmd(cmd)
+        );
+    }
+}
+
+#[test]
+fn multi_exec_on_one_slot_returns_every_reply_and_applies_them() {
+    let s = setup();
+    let reference = StandaloneRedis::start();
+    let mut p = s.envoy.raw_client();
+    let mut r = reference.raw_client();
+    same_as_redis(
+        &mut p,
+        &mut r,
+        &[
+            vec!["SET", "{t}n", "10"],
+            vec!["MULTI"],
+            vec!["SET", "{t}a", "1"],
+            vec!["INCR", "{t}n"],
+            vec!["INCRBY", "{t}n", "5"],
+            vec!["LPUSH", "{t}l", "x", "y"],
+            vec!["GET", "{t}a"],
+            vec!["MGET", "{t}a", "{t}n", "{t}missing"],
+            vec!["EXEC"],
+            vec!["MGET", "{t}a", "{t}n"],
+            vec!["LRANGE", "{t}l", "0", "-1"],
+        ],
+    );
+    // Applied on the node that owns the slot.
+    let owner = s.cluster.node_for_key(b"{t}n");
+    let v: String = connect(owner).get("{t}n").unwrap();
+    assert_eq!(v, "16");
+
+    // An empty transaction, and a pipelined one (all in one write).
+    same_as_redis(&mut p, &mut r, &[vec!["MULTI"], vec!["EXEC"]]);
+    let script: Vec<Vec<&str>> = vec![
+        vec!["MULTI"],
+        vec!["INCR", "{p}c"],
+        vec!["INCR", "{p}c"],
+        vec!["GET", "{p}c"],
+        vec!["EXEC"],
+        vec!["GET", "{p}c"],
+    ];
+    let mut wire = Vec::new();
+    for c in &script {
+        wire.extend(encode_cmd(c));
+    }
+    p.send(&wire).unwrap();
+    r.send(&wire).unwrap();
+    for c in &script {
+        let (pb, rb) = (p.read_reply_bytes(), r.read_reply_bytes());
+        assert_eq!(show_resp(&pb), show_resp(&rb), "pipelined {}", show_cmd(c));
+    }
+}
+
+#[test]
+fn errors_inside_a_transaction_behave_like_redis() {
+    let s = setup();
+    let reference = StandaloneRedis::start();
+    let mut p = s.envoy.raw_client();
+    let mut r = reference.raw_client();
+    same_as_redis(
+        &mut p,
+        &mut r,
+        &[
+            // Without MULTI.
+            vec!["EXEC"],
+            vec!["DISCARD"],
+            // Runtime error: the others still apply.
+            vec!["SET", "{e}s", "text"],
+            vec!["MULTI"],
+            vec!["INCR", "{e}s"],
+            vec!["SET", "{e}ok", "1"],
+            vec!["EXEC"],
+            vec!["GET", "{e}ok"],
+            // Queue-time error (arity): EXECABORT, nothing applied.
+            vec!["MULTI"],
+            vec!["SET", "{e}x", "1"],
+            vec!["GET"],
+            vec!["EXEC"],
+            vec!["EXISTS", "{e}x"],
+            // Nested MULTI, WATCH inside MULTI.
+            vec!["MULTI"],
+            vec!["MULTI"],
+            vec!["WATCH", "{e}s"],
+            vec!["SET", "{e}y", "2"],
+            vec!["EXEC"],
+            vec!["GET", "{e}y"],
+        ],
+    );
+}
+
+#[test]
+fn discard_drops_the_queued_commands() {
+    let s = setup();
+    let reference = StandaloneRedis::start();
+    let mut p = s.envoy.raw_client();
+    let mut r = reference.raw_client();
+    same_as_redis(
+        &mut p,
+        &mut r,
+        &[
+            vec!["SET", "{d}a", "before"],
+            vec!["MULTI"],
+            vec!["SET", "{d}a", "after"],
+            vec!["DEL", "{d}b"],
+            vec!["DISCARD"],
+            vec!["GET", "{d}a"],
+            // The connection is usable, and a new transaction works.
+            vec!["MULTI"],
+            vec!["SET", "{d}a", "again"],
+            vec!["EXEC"],
+            vec!["GET", "{d}a"],
+        ],
+    );
+}
+
+#[test]
+fn watch_aborts_exec_when_the_key_changes_and_not_otherwise() {
+    let s = setup();
+    let mut a = s.envoy.raw_client();
+    let mut b = s.envoy.raw_client();
+    assert_eq!(a.cmd(&["SET", "{w}k", "0"]), Resp::ok());
+
+    // Changed by another client between WATCH and EXEC: aborted.
+    assert_eq!(a.cmd(&["WATCH", "{w}k"]), Resp::ok());
+    assert_eq!(a.cmd(&["GET", "{w}k"]), Resp::bulk("0"));
+    assert_eq!(b.cmd(&["SET", "{w}k", "changed"]), Resp::ok());
+    assert_eq!(a.cmd(&["MULTI"]), Resp::ok());
+    assert_eq!(
+        a.cmd(&["SET", "{w}k", "mine"]),
+        Resp::Simple("QUEUED".into())
+    );
+    a.send_cmd(&["EXEC"]);
+    assert_eq!(
+        a.read_reply_bytes(),
+        b"*-1\r\n".to_vec(),
+        "EXEC after a watched key changed"
+    );
+    assert_eq!(a.cmd(&["GET", "{w}k"]), Resp::bulk("changed"));
+
+    // No interference: applied.
+    assert_eq!(a.cmd(&["WATCH", "{w}k", "{w}other"]), Resp::ok());
+    assert_eq!(b.cmd(&["SET", "{x}unrelated", "1"]), Resp::ok());
+    assert_eq!(a.cmd(&["MULTI"]), Resp::ok());
+    assert_eq!(
+        a.cmd(&["SET", "{w}k", "mine"]),
+        Resp::Simple("QUEUED".into())
+    );
+    assert_eq!(a.cmd(&["EXEC"]), Resp::Array(vec![Resp::ok()]));
+    assert_eq!(b.cmd(&["GET", "{w}k"]), Resp::bulk("mine"));
+
+    // UNWATCH forgets the watch: a later change does not abort.
+    assert_eq!(a.cmd(&["WATCH", "{w}k"]), Resp::ok());
+    assert_eq!(a.cmd(&["UNWATCH"]), Resp::ok());
+    assert_eq!(b.cmd(&["SET", "{w}k", "b-again"]), Resp::ok());
+    assert_eq!(a.cmd(&["MULTI"]), Resp::ok());
+    assert_eq!(a.cmd(&["INCR", "{w}n"]), Resp::Simple("QUEUED".into()));
+    assert_eq!(a.cmd(&["EXEC"]), Resp::Array(vec![Resp::Int(1)]));
+
+    // A watched key deleted by another client also aborts.
+    assert_eq!(a.cmd(&["WATCH", "{w}k"]), Resp::ok());
+    assert_eq!(b.cmd(&["DEL", "{w}k"]), Resp::Int(1));
+    assert_eq!(a.cmd(&["MULTI"]), Resp::ok());
+    assert_eq!(
+        a.cmd(&["SET", "{w}k", "late"]),
+        Resp::Simple("QUEUED".into())
+    );
+    assert_eq!(a.cmd(&["EXEC"]), Resp::NilArray);
+    assert_eq!(a.cmd(&["EXISTS", "{w}k"]), Resp::Int(0));
+}
+
+#[test]
+fn a_cross_slot_key_inside_multi_is_refused_and_exec_aborts() {
+    let s = setup();
+    let mut c = s.envoy.raw_client();
+    assert_ne!(key_slot(b"{a}1"), key_slot(b"{b}1"));
+    assert_eq!(c.cmd(&["MULTI"]), Resp::ok());
+    assert_eq!(c.cmd(&["SET", "{a}1", "x"]), Resp::Simple("QUEUED".into()));
+    match c.cmd(&["SET", "{b}1", "y"]) {
+        Resp::Error(e) => assert!(e.starts_with("CROSSSLOT"), "second slot in MULTI: {e}"),
+        other => panic!("a key of another slot inside MULTI: expected -CROSSSLOT, got {other:?}"),
+    }
+    match c.cmd(&["EXEC"]) {
+        Resp::Error(e) => assert!(e.starts_with("EXECABORT"), "EXEC: {e}"),
+        other => panic!("EXEC after a refused command: expected -EXECABORT, got {other:?}"),
+    }
+    assert_eq!(
+        c.cmd(&["EXISTS", "{a}1", "{b}1"]),
+        Resp::Int(0),
+        "nothing applied"
+    );
+
+    // A multi-key command spanning slots inside MULTI: same.
+    assert_eq!(c.cmd(&["MULTI"]), Resp::ok());
+    match c.cmd(&["MSET", "{a}1", "x", "{b}1", "y"]) {
+        Resp::Error(e) => assert!(
+            e.starts_with("CROSSSLOT"),
+            "MSET across slots in MULTI: {e}"
+        ),
+        other => panic!("MSET across slots in MULTI: expected -CROSSSLOT, got {other:?}"),
+    }
+    assert!(matches!(c.cmd(&["EXEC"]), Resp::Error(e) if e.starts_with("EXECABORT")));
+    // And the connection goes on normally.
+    assert_eq!(c.cmd(&["MSET", "{a}1", "x", "{b}1", "y"]), Resp::ok());
+}
+
+#[test]
+fn an_open_transaction_neither_blocks_nor_mixes_with_other_clients() {
+    let s = setup();
+    let mut a = s.envoy.raw_client();
+    let mut b = s.envoy.raw_client();
+    b.set_timeout(Duration::from_secs(2));
+
+    assert_eq!(a.cmd(&["MULTI"]), Resp::ok());
+    assert_eq!(a.cmd(&["INCR", "{c}n"]), Resp::Simple("QUEUED".into()));
+    // B is served at once, on the same slot, while A's transaction is open,
+    // and B's command is not queued into A's transaction.
+    let t = Instant::now();
+    assert_eq!(b.cmd(&["INCR", "{c}n"]), Resp::Int(1));
+    assert_eq!(b.cmd(&["SET", "{other}k", "v"]), Resp::ok());
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "B waited {:?}",
+        t.elapsed()
+    );
+    assert_eq!(a.cmd(&["INCR", "{c}n"]), Resp::Simple("QUEUED".into()));
+    assert_eq!(
+        b.cmd(&["GET", "{c}n"]),
+        Resp::bulk("1"),
+        "A's queued INCRs ran early"
+    );
+    assert_eq!(
+        a.cmd(&["EXEC"]),
+        Resp::Array(vec![Resp::Int(2), Resp::Int(3)])
+    );
+    assert_eq!(b.cmd(&["GET", "{c}n"]), Resp::bulk("3"));
+
+    // Many clients doing MULTI INCR INCR EXEC on one counter: every EXEC
+    // sees its two increments back to back (atomic), and none is lost.
+    const CLIENTS: usize = 8;
+    const ROUNDS: usize = 40;
+    let port = s.envoy.port();
+    let barrier = Arc::new(Barrier::new(CLIENTS));
+    let handles: Vec<_> = (0..CLIENTS)
+        .map(|i| {
+            let barrier = barrier.clone();
+            thread::spawn(move || {
+                let mut c = RawClient::connect(port);
+                barrier.wait();
+                for round in 0..ROUNDS {
+                    let mut wire = encode_cmd(&["MULTI"]);
+                    wire.extend(encode_cmd(&["INCR", "{c}atomic"]));
+                    wire.extend(encode_cmd(&["INCR", "{c}atomic"]));
+                    wire.extend(encode_cmd(&["EXEC"]));
+                    // Plain commands of this client between transactions.
+                    wire.extend(encode_cmd(&[
+                        "SET",
+                        &format!("{{c}}own{i}"),
+                        &round.to_string(),
+                    ]));
+                    c.send(&wire).unwrap();
+                    let replies = c.read_replies(5);
+                    assert_eq!(
+                        replies[0],
+                        Resp::ok(),
+                        "client {i} round {round}: {replies:?}"
+                    );
+                    assert_eq!(
+                        replies[1],
+                        Resp::Simple("QUEUED".into()),
+                        "client {i}: {replies:?}"
+                    );
+                    assert_eq!(
+                        replies[2],
+                        Resp::Simple("QUEUED".into()),
+                        "client {i}: {replies:?}"
+                    );
+                    match &replies[3] {
+                        Resp::Array(v) => match v.as_slice() {
+                            [Resp::Int(x), Resp::Int(y)] => {
+                                assert_eq!(*y, x + 1, "client {i}: increments interleaved: {v:?}")
+                            }
+                            other => panic!("client {i}: EXEC gave {other:?}"),
+                        },
+                        other => panic!("client {i}: EXEC gave {other:?}"),
+                    }
+                    assert_eq!(replies[4], Resp::ok());
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().expect("client thread");
+    }
+    let total = (CLIENTS * ROUNDS * 2) as i64;
+    assert_eq!(b.cmd(&["GET", "{c}atomic"]), Resp::bulk(total.to_string()));
+    for i in 0..CLIENTS {
+        assert_eq!(
+            b.cmd(&["GET", &format!("{{c}}own{i}")]),
+            Resp::bulk((ROUNDS - 1).to_string())
+        );
+    }
+}
+
+#[test]
+fn transactions_on_different_masters_from_different_clients() {
+    let s = setup();
+    // One tag per master.
+    let masters = s.cluster.master_ports();
+    let mut tags: Vec<String> = Vec::new();
+    for m in &masters {
+        let tag = (0..)
+            .map(|i| format!("tag{i}"))
+            .find(|t| s.cluster.node_for_key(t.as_bytes()) == *m)
+            .unwrap();
+        tags.push(tag);
+    }
+    let mut clients: Vec<RawClient> = tags.iter().map(|_| s.envoy.raw_client()).collect();
+    for (c, t) in clients.iter_mut().zip(&tags) {
+        assert_eq!(c.cmd(&["MULTI"]), Resp::ok());
+        assert_eq!(
+            c.cmd(&["SET", &format!("{{{t}}}k"), t]),
+            Resp::Simple("QUEUED".into())
+        );
+    }
+    for (c, t) in clients.iter_mut().zip(&tags) {
+        assert_eq!(c.cmd(&["EXEC"]), Resp::Array(vec![Resp::ok()]), "tag {t}");
+    }
+    for (t, m) in tags.iter().zip(&masters) {
+        let v: String = connect(*m).get(format!("{{{t}}}k")).unwrap();
+        assert_eq!(&v, t, "on master {m}");
+    }
+}
