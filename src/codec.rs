@@ -200,6 +200,14 @@ pub fn reply_len(buf: &[u8]) -> Result<Option<usize>, String> {
         }
         _ => {}
     }
+    // The decoders below recurse once per nesting level, without a limit:
+    // a deeply nested reply (a Lua script can return one 7,000 levels deep)
+    // would overflow the thread's stack and abort Envoy.
+    if too_deep(buf) {
+        return Err(format!(
+            "invalid reply from node: nested deeper than {MAX_REPLY_DEPTH} levels"
+        ));
+    }
     // Aggregates: RESP2 first (its decoder accepts `$-1` nulls, which the
     // RESP3 decoder rejects); a RESP3-only type byte makes it fail, and
     // then the RESP3 decoder frames the reply.
@@ -211,6 +219,76 @@ pub fn reply_len(buf: &[u8]) -> Result<Option<usize>, String> {
             Ok(None) => Ok(None),
             Err(e) => Err(format!("invalid reply from node: {e:?}")),
         },
+    }
+}
+
+/// Deepest nesting of aggregates accepted in a reply. Redis's own replies
+/// nest a few levels (COMMAND DOCS: 7); this keeps the recursive decoders
+/// far from the end of a 2 MiB thread stack even in a debug build.
+pub const MAX_REPLY_DEPTH: usize = 64;
+
+/// Whether the reply at the front of `buf` opens more than
+/// [`MAX_REPLY_DEPTH`] nested aggregates, looking only at the bytes there
+/// are. Iterative, so it cannot overflow the stack itself; anything it does
+/// not understand is left to the decoders (`false`).
+fn too_deep(buf: &[u8]) -> bool {
+    // Each level takes at least 4 bytes (`*1\r\n`).
+    if buf.len() < 4 * MAX_REPLY_DEPTH {
+        return false;
+    }
+    let count = |line: &[u8]| -> Option<i64> { std::str::from_utf8(line).ok()?.parse().ok() };
+    // Elements still expected by each open aggregate.
+    let mut open: Vec<u64> = Vec::new();
+    let mut pos = 0;
+    loop {
+        let Some(&kind) = buf.get(pos) else {
+            return false;
+        };
+        let Some(cr) = find_crlf(buf, pos + 1) else {
+            return false;
+        };
+        let line = &buf[pos + 1..cr];
+        pos = cr + 2;
+        match kind {
+            b'*' | b'~' | b'>' | b'%' | b'|' => {
+                let Some(n) = count(line) else { return false };
+                let n = u64::try_from(n).unwrap_or(0);
+                // Maps hold pairs; an attribute is followed by its value.
+                let elems = match kind {
+                    b'%' => n.saturating_mul(2),
+                    b'|' => n.saturating_mul(2).saturating_add(1),
+                    _ => n,
+                };
+                if elems > 0 {
+                    open.push(elems);
+                    if open.len() > MAX_REPLY_DEPTH {
+                        return true;
+                    }
+                    continue;
+                }
+            }
+            b'$' | b'!' | b'=' => {
+                let Some(len) = count(line) else { return false };
+                if let Ok(len) = usize::try_from(len) {
+                    pos = match pos.checked_add(len).and_then(|p| p.checked_add(2)) {
+                        Some(p) if p <= buf.len() => p,
+                        _ => return false,
+                    };
+                }
+            }
+            _ => {}
+        }
+        // One value complete: close the aggregates it completes.
+        loop {
+            let Some(left) = open.last_mut() else {
+                return false; // the whole reply, within the limit
+            };
+            *left -= 1;
+            if *left > 0 {
+                break;
+            }
+            open.pop();
+        }
     }
 }
 
@@ -384,6 +462,47 @@ mod tests {
         assert_eq!(reply_len(b",1.5\r\n"), Ok(Some(6)));
         assert_eq!(reply_len(b">2\r\n+a\r\n+b\r\n"), Ok(Some(12)));
         assert!(reply_len(b"?junk\r\n").is_err());
+    }
+
+    /// Regression: a reply nested thousands of levels deep (what
+    /// `EVAL "local t=1 for i=1,7900 do t={t} end return t" 0` makes a node
+    /// send) overflowed the stack of the thread framing it, aborting Envoy.
+    #[test]
+    fn deeply_nested_reply_is_refused_not_a_stack_overflow() {
+        let nested = |depth: usize, leaf: &[u8]| {
+            let mut v = b"*1\r\n".repeat(depth);
+            v.extend_from_slice(leaf);
+            v
+        };
+        // Run where the upstream loops run: a thread with Rust's default
+        // 2 MiB stack.
+        let on_small_stack = |buf: Vec<u8>| {
+            std::thread::Builder::new()
+                .stack_size(2 << 20)
+                .spawn(move || reply_len(&buf))
+                .unwrap()
+                .join()
+                .unwrap()
+        };
+        for leaf in [&b":1\r\n"[..], b"#t\r\n", b"_\r\n"] {
+            let ok = nested(MAX_REPLY_DEPTH, leaf);
+            let len = ok.len();
+            assert_eq!(on_small_stack(ok), Ok(Some(len)));
+            assert!(on_small_stack(nested(MAX_REPLY_DEPTH + 1, leaf)).is_err());
+            assert!(on_small_stack(nested(8000, leaf)).is_err());
+            // Still incomplete, but already too deep: no need to wait.
+            assert!(on_small_stack(nested(8000, b"")).is_err());
+        }
+        // Maps and pushes count too; bulk payloads are skipped, not parsed.
+        let mut maps = b"%1\r\n+k\r\n".repeat(MAX_REPLY_DEPTH + 1);
+        maps.extend_from_slice(b":1\r\n");
+        assert!(on_small_stack(maps).is_err());
+        let payload = b"*1\r\n".repeat(4 * MAX_REPLY_DEPTH);
+        let mut wide = format!("*2\r\n${}\r\n", payload.len()).into_bytes();
+        wide.extend_from_slice(&payload);
+        wide.extend_from_slice(b"\r\n:1\r\n");
+        let len = wide.len();
+        assert_eq!(on_small_stack(wide), Ok(Some(len)));
     }
 
     #[test]
