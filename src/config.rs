@@ -152,6 +152,31 @@ pub struct ClusterConfig {
     /// Password for upstream `AUTH`, if any.
     #[serde(default, deserialize_with = "de_opt_secret")]
     pub auth_password: Option<String>,
+    /// TLS to the cluster's nodes; absent means plain TCP.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+}
+
+/// Upstream TLS settings (certificates are verified; there is no switch to
+/// turn verification off).
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM bundle of the CAs that sign the nodes' certificates. Default: the
+    /// system bundle (`/etc/ssl/certs/ca-certificates.crt`).
+    #[serde(default)]
+    pub ca_file: Option<String>,
+    /// PEM client certificate chain, for nodes that require one
+    /// (`tls-auth-clients yes`); with `key_file`.
+    #[serde(default)]
+    pub cert_file: Option<String>,
+    /// PEM private key of `cert_file`.
+    #[serde(default)]
+    pub key_file: Option<String>,
+    /// Name sent as SNI and checked against the certificates. Default: each
+    /// node's own host (IP addresses are checked against IP SANs).
+    #[serde(default)]
+    pub sni: Option<String>,
 }
 
 fn five_seconds() -> Duration {
@@ -526,6 +551,16 @@ impl Config {
         for (name, cluster) in &self.clusters {
             if name.is_empty() {
                 return err("clusters: a cluster name must not be empty".into());
+            }
+            if let Some(tls) = &cluster.tls {
+                if tls.cert_file.is_some() != tls.key_file.is_some() {
+                    return err(format!(
+                        "clusters.{name}.tls: cert_file and key_file go together"
+                    ));
+                }
+                if let Err(e) = crate::tls::TlsSettings::load(tls) {
+                    return err(format!("clusters.{name}.tls: {e}"));
+                }
             }
             if cluster.seeds.is_empty() {
                 return err(format!(

@@ -24,6 +24,7 @@ pub mod session;
 pub mod slot;
 pub mod splitter;
 pub mod stats;
+pub mod tls;
 pub mod topology;
 pub mod topology_refresh;
 pub mod upstream;

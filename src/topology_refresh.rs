@@ -15,6 +15,7 @@ use crate::config::ClusterConfig;
 use crate::envoy::Level;
 use crate::log;
 use crate::stats::Stats;
+use crate::tls::TlsSettings;
 use crate::topology::{self, SlotMap, TopologyError};
 use crate::upstream::LoopShared;
 use parking_lot::{Condvar, Mutex, RwLock};
@@ -42,10 +43,15 @@ pub struct ClusterTopology {
     listeners: Mutex<Vec<Arc<LoopShared>>>,
     stats: Arc<Stats>,
     index: usize,
+    /// TLS to the nodes, if configured. An error here (e.g. the CA file
+    /// vanished since validation) fails every connection rather than
+    /// silently falling back to plain TCP.
+    tls: Option<Result<Arc<TlsSettings>, String>>,
 }
 
 impl ClusterTopology {
     pub fn new(name: &str, cfg: ClusterConfig, stats: Arc<Stats>, index: usize) -> Arc<Self> {
+        let cfg_tls = cfg.tls.as_ref().map(|t| TlsSettings::load(t).map(Arc::new));
         Arc::new(ClusterTopology {
             name: name.to_string(),
             cfg,
@@ -57,6 +63,7 @@ impl ClusterTopology {
             listeners: Mutex::new(Vec::new()),
             stats,
             index,
+            tls: cfg_tls,
         })
     }
 
@@ -66,6 +73,15 @@ impl ClusterTopology {
 
     pub fn config(&self) -> &ClusterConfig {
         &self.cfg
+    }
+
+    /// A TLS session for `addr`, when the cluster uses TLS.
+    pub fn tls_session(&self, addr: &str) -> Result<Option<rustls::ClientConnection>, String> {
+        match &self.tls {
+            None => Ok(None),
+            Some(Ok(t)) => t.session(addr).map(Some),
+            Some(Err(e)) => Err(format!("TLS configuration: {e}")),
+        }
     }
 
     /// Bumped after every completed refresh (changed or not), so waiters
@@ -224,10 +240,14 @@ impl ClusterTopology {
             .next()
             .ok_or_else(|| FetchError::Other("resolve: no address".into()))?;
         let connect_timeout = self.cfg.connect_timeout.min(timeout);
-        let mut s = TcpStream::connect_timeout(&sa, connect_timeout).map_err(other)?;
+        let s = TcpStream::connect_timeout(&sa, connect_timeout).map_err(other)?;
         s.set_read_timeout(Some(timeout)).map_err(other)?;
         s.set_write_timeout(Some(timeout)).map_err(other)?;
         let _ = s.set_nodelay(true);
+        let mut s: Box<dyn ReadWrite> = match self.tls_session(addr).map_err(FetchError::Other)? {
+            Some(session) => Box::new(rustls::StreamOwned::new(session, s)),
+            None => Box::new(s),
+        };
         let mut req = Vec::new();
         let mut expect = 1;
         if let Some(pass) = &self.cfg.auth_password {
@@ -277,6 +297,10 @@ impl ClusterTopology {
         Err(FetchError::Other("no reply".into()))
     }
 }
+
+/// A blocking byte stream (plain TCP or TLS over it).
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
 
 enum FetchError {
     /// The node is a standalone Redis (cluster support disabled).

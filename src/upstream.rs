@@ -245,6 +245,9 @@ struct Conn {
     inflight: VecDeque<Inflight>,
     inbuf: Vec<u8>,
     in_start: usize,
+    /// TLS session over `stream`, when the cluster uses TLS: `out` is then
+    /// plaintext handed to it, and `inbuf` receives its plaintext.
+    tls: Option<Box<rustls::ClientConnection>>,
 }
 
 struct Down {
@@ -619,7 +622,17 @@ impl UpstreamLoop {
             inflight: VecDeque::new(),
             inbuf: Vec::new(),
             in_start: 0,
+            tls: None,
         };
+        match self.clusters[cluster].topo.tls_session(addr) {
+            Ok(t) => conn.tls = t.map(Box::new),
+            Err(e) => {
+                let _ = self.poll.registry().deregister(&mut conn.stream);
+                self.conns[idx] = None;
+                self.free.push(idx);
+                return Err(io::Error::other(e));
+            }
+        }
         // Every connection first authenticates (if configured) and sends
         // READONLY so replica reads are allowed; both are harmless on
         // masters and their replies are consumed here.
@@ -739,6 +752,28 @@ impl UpstreamLoop {
         if !conn.connected {
             return;
         }
+        if let Some(tls) = conn.tls.as_mut() {
+            // Plaintext goes into the TLS session (which buffers it until
+            // the handshake is done), records go out as the socket allows.
+            if conn.out_pos < conn.out.len() {
+                if let Err(e) = tls.writer().write_all(&conn.out[conn.out_pos..]) {
+                    return self.fail_conn(idx, &format!("tls write: {e}"));
+                }
+                conn.written += (conn.out.len() - conn.out_pos) as u64;
+                conn.out.clear();
+                conn.out_pos = 0;
+            }
+            while tls.wants_write() {
+                match tls.write_tls(&mut conn.stream) {
+                    Ok(0) => return self.fail_conn(idx, "write returned 0"),
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return self.fail_conn(idx, &format!("write: {e}")),
+                }
+            }
+            return;
+        }
         while conn.out_pos < conn.out.len() {
             match conn.stream.write(&conn.out[conn.out_pos..]) {
                 Ok(0) => return self.fail_conn(idx, "write returned 0"),
@@ -764,11 +799,18 @@ impl UpstreamLoop {
         let mut redo: Vec<Request> = Vec::new();
         let mut failure: Option<String> = None;
         let mut release = false;
+        let mut tls_flush = false;
         {
             let Some(conn) = self.conns.get_mut(idx).and_then(|c| c.as_mut()) else {
                 return;
             };
-            loop {
+            if let Some(tls) = conn.tls.as_mut() {
+                if let Err(e) = read_tls(tls, &mut conn.stream, &mut conn.inbuf) {
+                    failure = Some(e);
+                }
+                tls_flush = tls.wants_write();
+            }
+            while conn.tls.is_none() {
                 let len = conn.inbuf.len();
                 conn.inbuf.resize(len + READ_CHUNK, 0);
                 match conn.stream.read(&mut conn.inbuf[len..]) {
@@ -884,6 +926,9 @@ impl UpstreamLoop {
             self.fail_conn(idx, &why);
         } else if release {
             self.close_pinned(idx);
+        } else if tls_flush {
+            // Handshake messages or alerts rustls wants to send.
+            self.flush(idx);
         }
         let now = Instant::now();
         for req in redo {
@@ -1006,6 +1051,34 @@ impl UpstreamLoop {
                     conn.addr
                 );
                 req.respond(codec::error(&msg));
+            }
+        }
+    }
+}
+
+/// Read TLS records until the socket would block, appending plaintext to
+/// `inbuf`. Errors (including a clean close by the node) are returned.
+fn read_tls(
+    tls: &mut rustls::ClientConnection,
+    stream: &mut TcpStream,
+    inbuf: &mut Vec<u8>,
+) -> Result<(), String> {
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        match tls.read_tls(stream) {
+            Ok(0) => return Err("closed by node".into()),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(format!("read: {e}")),
+        }
+        tls.process_new_packets().map_err(|e| format!("tls: {e}"))?;
+        loop {
+            match tls.reader().read(&mut chunk) {
+                Ok(0) => return Err("closed by node (TLS close_notify)".into()),
+                Ok(n) => inbuf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(format!("tls read: {e}")),
             }
         }
     }
