@@ -174,122 +174,68 @@ fn scan_inline(buf: &[u8], args: &mut Vec<Range<usize>>) -> Result<Scan, Protoco
 
 /// Length of the first complete reply (RESP2 or RESP3) at the front of
 /// `buf`, or `None` if more bytes are needed.
+///
+/// Replies are framed, not decoded: the proxy forwards their bytes as they
+/// are. The walk is iterative (a count of elements still owed), so nesting
+/// depth costs nothing, and nothing is allocated. (`redis-protocol`'s RESP3
+/// decoder builds the value and rejects valid replies such as `COMMAND`'s
+/// sets of maps, so it is used only where a value is needed: CLUSTER SLOTS.)
 pub fn reply_len(buf: &[u8]) -> Result<Option<usize>, String> {
-    if buf.is_empty() {
-        return Ok(None);
-    }
-    // Fast paths for the replies that dominate traffic: simple strings,
-    // errors, integers and bulk strings need no general parser.
-    match buf[0] {
-        b'+' | b'-' | b':' => {
-            return Ok(find_crlf(buf, 1).map(|p| p + 2));
-        }
-        b'$' => {
-            let Some(p) = find_crlf(buf, 1) else {
-                return Ok(None);
-            };
-            let len: i64 = std::str::from_utf8(&buf[1..p])
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .ok_or_else(|| "invalid bulk length in reply".to_string())?;
-            if len < 0 {
-                return Ok(Some(p + 2));
-            }
-            let total = p + 2 + len as usize + 2;
-            return Ok((buf.len() >= total).then_some(total));
-        }
-        _ => {}
-    }
-    // The decoders below recurse once per nesting level, without a limit:
-    // a deeply nested reply (a Lua script can return one 7,000 levels deep)
-    // would overflow the thread's stack and abort Envoy.
-    if too_deep(buf) {
-        return Err(format!(
-            "invalid reply from node: nested deeper than {MAX_REPLY_DEPTH} levels"
-        ));
-    }
-    // Aggregates: RESP2 first (its decoder accepts `$-1` nulls, which the
-    // RESP3 decoder rejects); a RESP3-only type byte makes it fail, and
-    // then the RESP3 decoder frames the reply.
-    match redis_protocol::resp2::decode::decode_range(buf) {
-        Ok(Some((_, len))) => Ok(Some(len)),
-        Ok(None) => Ok(None),
-        Err(_) => match redis_protocol::resp3::decode::complete::decode_range(buf) {
-            Ok(Some((_, len))) => Ok(Some(len)),
-            Ok(None) => Ok(None),
-            Err(e) => Err(format!("invalid reply from node: {e:?}")),
-        },
-    }
-}
-
-/// Deepest nesting of aggregates accepted in a reply. Redis's own replies
-/// nest a few levels (COMMAND DOCS: 7); this keeps the recursive decoders
-/// far from the end of a 2 MiB thread stack even in a debug build.
-pub const MAX_REPLY_DEPTH: usize = 64;
-
-/// Whether the reply at the front of `buf` opens more than
-/// [`MAX_REPLY_DEPTH`] nested aggregates, looking only at the bytes there
-/// are. Iterative, so it cannot overflow the stack itself; anything it does
-/// not understand is left to the decoders (`false`).
-fn too_deep(buf: &[u8]) -> bool {
-    // Each level takes at least 4 bytes (`*1\r\n`).
-    if buf.len() < 4 * MAX_REPLY_DEPTH {
-        return false;
-    }
-    let count = |line: &[u8]| -> Option<i64> { std::str::from_utf8(line).ok()?.parse().ok() };
-    // Elements still expected by each open aggregate.
-    let mut open: Vec<u64> = Vec::new();
     let mut pos = 0;
-    loop {
+    // Elements still owed to the enclosing aggregates (1 = the reply itself).
+    let mut owed: u64 = 1;
+    while owed > 0 {
         let Some(&kind) = buf.get(pos) else {
-            return false;
+            return Ok(None);
         };
-        let Some(cr) = find_crlf(buf, pos + 1) else {
-            return false;
+        let Some(eol) = find_crlf(buf, pos + 1) else {
+            if buf.len() - pos > MAX_INLINE_LEN {
+                return Err("invalid reply from node: header line too long".into());
+            }
+            return Ok(None);
         };
-        let line = &buf[pos + 1..cr];
-        pos = cr + 2;
+        let line = &buf[pos + 1..eol];
+        pos = eol + 2;
+        owed -= 1;
+        let count = || -> Result<i64, String> {
+            std::str::from_utf8(line)
+                .ok()
+                .and_then(|s| s.parse::<i64>().ok())
+                .ok_or_else(|| {
+                    format!(
+                        "invalid length in reply: {:?}",
+                        String::from_utf8_lossy(line)
+                    )
+                })
+        };
         match kind {
-            b'*' | b'~' | b'>' | b'%' | b'|' => {
-                let Some(n) = count(line) else { return false };
-                let n = u64::try_from(n).unwrap_or(0);
-                // Maps hold pairs; an attribute is followed by its value.
-                let elems = match kind {
-                    b'%' => n.saturating_mul(2),
-                    b'|' => n.saturating_mul(2).saturating_add(1),
-                    _ => n,
-                };
-                if elems > 0 {
-                    open.push(elems);
-                    if open.len() > MAX_REPLY_DEPTH {
-                        return true;
-                    }
-                    continue;
-                }
-            }
+            // One-line values.
+            b'+' | b'-' | b':' | b'_' | b',' | b'#' | b'(' => {}
+            // Blob values: length line, bytes, CRLF.
             b'$' | b'!' | b'=' => {
-                let Some(len) = count(line) else { return false };
-                if let Ok(len) = usize::try_from(len) {
-                    pos = match pos.checked_add(len).and_then(|p| p.checked_add(2)) {
-                        Some(p) if p <= buf.len() => p,
-                        _ => return false,
-                    };
+                let n = count()?;
+                if n >= 0 {
+                    let end = pos + n as usize + 2;
+                    if buf.len() < end {
+                        return Ok(None);
+                    }
+                    pos = end;
                 }
             }
-            _ => {}
-        }
-        // One value complete: close the aggregates it completes.
-        loop {
-            let Some(left) = open.last_mut() else {
-                return false; // the whole reply, within the limit
-            };
-            *left -= 1;
-            if *left > 0 {
-                break;
+            // Aggregates: n more elements (maps and attributes: 2n).
+            b'*' | b'~' | b'>' => owed += count()?.max(0) as u64,
+            b'%' => owed += 2 * count()?.max(0) as u64,
+            // An attribute annotates the value after it, which is still owed.
+            b'|' => owed += 2 * count()?.max(0) as u64 + 1,
+            other => {
+                return Err(format!(
+                    "invalid reply from node: unexpected type byte {:?}",
+                    char::from(other)
+                ))
             }
-            open.pop();
         }
     }
+    Ok(Some(pos))
 }
 
 fn find_crlf(buf: &[u8], from: usize) -> Option<usize> {
@@ -462,47 +408,45 @@ mod tests {
         assert_eq!(reply_len(b",1.5\r\n"), Ok(Some(6)));
         assert_eq!(reply_len(b">2\r\n+a\r\n+b\r\n"), Ok(Some(12)));
         assert!(reply_len(b"?junk\r\n").is_err());
+        // COMMAND in RESP3: a set holding maps (redis-protocol rejects it).
+        let cmd = b"~1\r\n%2\r\n+flags\r\n~1\r\n+write\r\n+arity\r\n:-3\r\n";
+        assert_eq!(reply_len(cmd), Ok(Some(cmd.len())));
+        assert_eq!(reply_len(&cmd[..cmd.len() - 1]), Ok(None));
+        // Attributes, verbatim strings, big numbers, booleans, null arrays.
+        let attr = b"|1\r\n+ttl\r\n:3\r\n$1\r\nv\r\n";
+        assert_eq!(reply_len(attr), Ok(Some(attr.len())));
+        assert_eq!(reply_len(b"=7\r\ntxt:abc\r\n"), Ok(Some(13)));
+        assert_eq!(reply_len(b"(123\r\n#t\r\n"), Ok(Some(6)));
+        assert_eq!(reply_len(b"*-1\r\n"), Ok(Some(5)));
+        // Deep nesting costs no stack.
+        let mut deep = b"*1\r\n".repeat(100_000);
+        deep.extend_from_slice(b":1\r\n");
+        assert_eq!(reply_len(&deep), Ok(Some(deep.len())));
     }
 
     /// Regression: a reply nested thousands of levels deep (what
     /// `EVAL "local t=1 for i=1,7900 do t={t} end return t" 0` makes a node
     /// send) overflowed the stack of the thread framing it, aborting Envoy.
+    /// Regression (fuzzing): a node reply nested thousands of levels deep
+    /// once overflowed the stack of the recursive decoder. The framer is
+    /// iterative now: deep replies are framed on a small stack.
     #[test]
-    fn deeply_nested_reply_is_refused_not_a_stack_overflow() {
-        let nested = |depth: usize, leaf: &[u8]| {
-            let mut v = b"*1\r\n".repeat(depth);
-            v.extend_from_slice(leaf);
-            v
-        };
-        // Run where the upstream loops run: a thread with Rust's default
-        // 2 MiB stack.
+    fn deeply_nested_reply_is_framed_without_recursion() {
         let on_small_stack = |buf: Vec<u8>| {
             std::thread::Builder::new()
-                .stack_size(2 << 20)
+                .stack_size(64 * 1024)
                 .spawn(move || reply_len(&buf))
                 .unwrap()
                 .join()
                 .unwrap()
         };
-        for leaf in [&b":1\r\n"[..], b"#t\r\n", b"_\r\n"] {
-            let ok = nested(MAX_REPLY_DEPTH, leaf);
-            let len = ok.len();
-            assert_eq!(on_small_stack(ok), Ok(Some(len)));
-            assert!(on_small_stack(nested(MAX_REPLY_DEPTH + 1, leaf)).is_err());
-            assert!(on_small_stack(nested(8000, leaf)).is_err());
-            // Still incomplete, but already too deep: no need to wait.
-            assert!(on_small_stack(nested(8000, b"")).is_err());
+        for open in [&b"*1\r\n"[..], b"%1\r\n+k\r\n", b">1\r\n", b"~1\r\n"] {
+            let mut deep = open.repeat(50_000);
+            deep.extend_from_slice(b":1\r\n");
+            let len = deep.len();
+            assert_eq!(on_small_stack(deep.clone()), Ok(Some(len)));
+            assert_eq!(on_small_stack(deep[..len - 1].to_vec()), Ok(None));
         }
-        // Maps and pushes count too; bulk payloads are skipped, not parsed.
-        let mut maps = b"%1\r\n+k\r\n".repeat(MAX_REPLY_DEPTH + 1);
-        maps.extend_from_slice(b":1\r\n");
-        assert!(on_small_stack(maps).is_err());
-        let payload = b"*1\r\n".repeat(4 * MAX_REPLY_DEPTH);
-        let mut wide = format!("*2\r\n${}\r\n", payload.len()).into_bytes();
-        wide.extend_from_slice(&payload);
-        wide.extend_from_slice(b"\r\n:1\r\n");
-        let len = wide.len();
-        assert_eq!(on_small_stack(wide), Ok(Some(len)));
     }
 
     #[test]
