@@ -22,6 +22,10 @@ use crate::proxy::Proxy;
 use crate::slot;
 use crate::splitter::{self, Gather, Merge};
 use crate::upstream::{ClientShared, Delivery, Request, Target, WHOLE};
+
+/// Part number marking the probe of a command deferred until the first
+/// topology (never a real part: splits have far fewer parts).
+const DEFERRED: u32 = u32::MAX - 1;
 use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -120,6 +124,12 @@ pub struct Session {
     gathers: HashMap<u64, Gather>,
     state: ConnState,
     txn: Option<Txn>,
+    /// Parsing waits for this command's reply (EXEC ordering).
+    barrier: Option<u64>,
+    /// Commands waiting for the first topology, by their reply slot.
+    deferred: HashMap<u64, Vec<u8>>,
+    /// Set while re-handling a deferred command: its existing reply slot.
+    reuse_seq: Option<u64>,
     args: Vec<Range<usize>>,
     keys: Vec<usize>,
     /// Close once every pending reply is written (QUIT, protocol error, FIN).
@@ -151,6 +161,9 @@ impl Session {
             delivered: Vec::new(),
             gathers: HashMap::new(),
             txn: None,
+            barrier: None,
+            deferred: HashMap::new(),
+            reuse_seq: None,
             state: ConnState {
                 id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
                 authenticated: open,
@@ -171,7 +184,8 @@ impl Session {
     }
 
     fn paused(&self) -> bool {
-        self.write_blocked
+        self.barrier.is_some()
+            || self.write_blocked
             || self.slots.len()
                 >= self
                     .proxy
@@ -260,6 +274,9 @@ impl Session {
     }
 
     fn push_slot(&mut self) -> u64 {
+        if let Some(seq) = self.reuse_seq.take() {
+            return seq;
+        }
         let seq = self.next_seq();
         let (cmd, start) = self.current;
         self.slots.push_back(Slot {
@@ -391,6 +408,37 @@ impl Session {
     ) -> Result<(), Vec<u8>> {
         let cluster = self.proxy.default_cluster().ok_or_else(no_route)?;
         let data = encode(frame, args);
+        let needs_masters = matches!(
+            cmd.name,
+            "dbsize"
+                | "keys"
+                | "flushall"
+                | "flushdb"
+                | "script"
+                | "function"
+                | "wait"
+                | "randomkey"
+                | "info"
+                | "scan"
+        );
+        if needs_masters && self.proxy.topology(cluster).is_none() {
+            // Like keyed commands, wait (within op_timeout) for the first
+            // topology: a PING parked in the loop until then tells us.
+            let seq = self.push_slot();
+            self.deferred.insert(seq, data);
+            let ping = codec::command(&[b"PING"]);
+            self.send(
+                seq,
+                DEFERRED,
+                cluster,
+                &[],
+                Target::AnyMaster,
+                ReadPolicy::Master,
+                ping,
+                now,
+            );
+            return Ok(());
+        }
         match cmd.name {
             // Same answer from any node.
             "command" | "time" | "publish" | "lolwut" | "lastsave" | "eval" | "evalsha"
@@ -411,9 +459,8 @@ impl Session {
             }
             "dbsize" => self.broadcast(cluster, data, |_| Merge::Sum, now),
             "keys" => self.broadcast(cluster, data, |_| Merge::Concat, now),
-            "flushall" | "flushdb" | "script" | "function" => {
-                self.broadcast(cluster, data, |_| Merge::AllOk, now)
-            }
+            "flushall" | "flushdb" => self.broadcast(cluster, data, |_| Merge::AllOk, now),
+            "script" | "function" => self.broadcast(cluster, data, |_| Merge::Same, now),
             "wait" => self.broadcast(cluster, data, |_| Merge::Min, now),
             "randomkey" => {
                 let start = self.next_random();
@@ -441,6 +488,43 @@ impl Session {
                 cmd.name
             ))),
         }
+    }
+
+    /// The first topology arrived (or the wait failed): handle the deferred
+    /// command now, into the reply slot it already has.
+    fn resume_deferred(&mut self, seq: u64, probe_reply: Vec<u8>) {
+        let Some(data) = self.deferred.remove(&seq) else {
+            return;
+        };
+        if codec::error_text(&probe_reply).is_some() {
+            return self.fill(seq, probe_reply);
+        }
+        let mut ranges = Vec::new();
+        if !matches!(
+            codec::scan_request(&data, &mut ranges),
+            Ok(Scan::Complete(_))
+        ) {
+            return self.fill(seq, codec::error("ERR internal: deferred command lost"));
+        }
+        let args: Vec<&[u8]> = ranges.iter().map(|r| &data[r.clone()]).collect();
+        let Some(cmd) = args.first().and_then(|n| command::lookup(n)) else {
+            return;
+        };
+        self.reuse_seq = Some(seq);
+        let result = match self
+            .proxy
+            .topology(self.proxy.default_cluster().unwrap_or(0))
+        {
+            Some(_) => self.keyless(cmd, &data, &args, Instant::now()),
+            None => Err(codec::error(
+                "CLUSTERDOWN the proxy has no cluster topology",
+            )),
+        };
+        if let Err(reply) = result {
+            let seq = self.push_slot();
+            self.fill(seq, reply);
+        }
+        self.reuse_seq = None;
     }
 
     /// Masters of a cluster, ordered by the first slot they own (stable
@@ -773,6 +857,10 @@ impl Session {
                 data.extend(codec::command(&[b"EXEC"]));
                 let seq = self.push_slot();
                 self.send_pinned(seq, &t, data, t.count + 1, true, now);
+                // Later commands travel on shared connections and could
+                // overtake EXEC on its own connection: hold them until
+                // EXEC's reply is in.
+                self.barrier = Some(seq);
             }
             "watch" => {
                 if in_multi {
@@ -1065,7 +1153,9 @@ impl Session {
         let mut delivered = std::mem::take(&mut self.delivered);
         self.client.take(&mut delivered);
         for d in delivered.drain(..) {
-            if d.part == WHOLE {
+            if d.part == DEFERRED {
+                self.resume_deferred(d.seq, d.reply);
+            } else if d.part == WHOLE {
                 self.fill(d.seq, d.reply);
             } else if let Some(g) = self.gathers.get_mut(&d.seq) {
                 if let Some(merged) = g.add(d.part, d.reply) {
@@ -1075,6 +1165,16 @@ impl Session {
             }
         }
         self.delivered = delivered;
+        if let Some(b) = self.barrier {
+            let done = b < self.head_seq
+                || self
+                    .slots
+                    .get((b - self.head_seq) as usize)
+                    .is_some_and(|s| s.reply.is_some());
+            if done {
+                self.barrier = None;
+            }
+        }
         self.flush(conn);
         // Room again: parse input held back while paused.
         if !self.paused() && !self.inbuf.is_empty() && !self.closing {

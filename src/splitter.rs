@@ -27,6 +27,10 @@ pub enum Merge {
     Mget { order: Vec<(u32, u32)> },
     /// `+OK` when every part said OK.
     AllOk,
+    /// The reply every part gave (`SCRIPT LOAD`'s sha, `FUNCTION LOAD`'s
+    /// name); integer arrays that differ (`SCRIPT EXISTS`) combine by
+    /// element-wise minimum: "present on every master".
+    Same,
     /// Sum of integer replies.
     Sum,
     /// Minimum of integer replies (`WAIT`).
@@ -84,6 +88,28 @@ pub fn merge(how: &Merge, parts: &[&[u8]]) -> Vec<u8> {
     let bad = || codec::error("ERR proxy could not merge the nodes' replies");
     match how {
         Merge::AllOk => codec::simple("OK"),
+        Merge::Same => {
+            let Some(first) = parts.first() else {
+                return bad();
+            };
+            if parts.iter().all(|p| p == first) {
+                return first.to_vec();
+            }
+            let arrays: Option<Vec<Vec<i64>>> = parts
+                .iter()
+                .map(|p| array_elements(p)?.iter().map(|e| integer(e)).collect())
+                .collect();
+            match arrays {
+                Some(a) if a.iter().all(|x| x.len() == a[0].len()) => {
+                    let mins: Vec<Vec<u8>> = (0..a[0].len())
+                        .map(|i| codec::integer(a.iter().map(|x| x[i]).min().unwrap_or(0)))
+                        .collect();
+                    let refs: Vec<&[u8]> = mins.iter().map(|m| m.as_slice()).collect();
+                    array(&refs)
+                }
+                _ => codec::error("ERR the masters answered differently"),
+            }
+        }
         Merge::Sum | Merge::Min => {
             let mut values = Vec::with_capacity(parts.len());
             for p in parts {
@@ -284,6 +310,18 @@ mod tests {
             b"-ERR boom\r\n".to_vec()
         );
         assert!(merge(&Merge::Sum, &[b"+OK\r\n"]).starts_with(b"-ERR"));
+    }
+
+    #[test]
+    fn same_reply_from_every_master() {
+        let sha = b"$40\r\nabcdefabcdefabcdefabcdefabcdefabcdefabcd\r\n";
+        assert_eq!(merge(&Merge::Same, &[sha, sha, sha]), sha.to_vec());
+        let exists = merge(
+            &Merge::Same,
+            &[b"*2\r\n:1\r\n:1\r\n", b"*2\r\n:1\r\n:0\r\n"],
+        );
+        assert_eq!(exists, b"*2\r\n:1\r\n:0\r\n".to_vec());
+        assert!(merge(&Merge::Same, &[b"+a\r\n", b"+b\r\n"]).starts_with(b"-ERR"));
     }
 
     #[test]
