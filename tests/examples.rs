@@ -18,7 +18,10 @@ fn shipped_standalone_configs_are_accepted_by_envoy() {
             }
         }
     }
-    assert!(files.len() >= 4, "expected the examples and standalone configs: {files:?}");
+    assert!(
+        files.len() >= 4,
+        "expected the examples and standalone configs: {files:?}"
+    );
     for f in files {
         let yaml = std::fs::read_to_string(&f).unwrap();
         let (ok, out) = Envoy::validate(&yaml);
