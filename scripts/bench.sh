@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmark: Redis Cluster direct vs Envoy's built-in redis_proxy vs our module.
 #
-#   scripts/bench.sh                 full run (5 rounds, about 11 minutes on 2 cores)
+#   scripts/bench.sh                 full run (5 rounds, about 11-13 minutes on 2 cores)
 #   scripts/bench.sh --quick         smoke run (1 round, 1/4 of the requests, about 1 minute)
 #   scripts/bench.sh --rounds N      number of interleaved rounds (default 5; 1 with --quick)
 #   scripts/bench.sh --port P        first port used (default 7301, or $BENCH_PORT)
@@ -96,16 +96,16 @@ PIPELINES=(1 16)
 CONCURRENCIES=(1 2)
 MULTI_KEYS=10
 
-# Requests per cell: sized so that a cell takes about 1.5-3 s here.
+# Requests per cell: sized so that a cell takes about 1-2.5 s here.
 requests_for() { # CMD PIPELINE
     local n
     case "$1:$2" in
-        GET:1 | SET:1) n=80000 ;;
-        GET:16 | SET:16) n=480000 ;;
-        MSET:1 | MSET1:1) n=40000 ;;
-        MGET:1 | MGET1:1) n=48000 ;;
-        MSET:16 | MSET1:16) n=64000 ;;
-        MGET:16 | MGET1:16) n=96000 ;;
+        GET:1 | SET:1) n=64000 ;;
+        GET:16 | SET:16) n=400000 ;;
+        MSET:1 | MSET1:1) n=32000 ;;
+        MGET:1 | MGET1:1) n=40000 ;;
+        MSET:16 | MSET1:16) n=56000 ;;
+        MGET:16 | MGET1:16) n=80000 ;;
     esac
     if [ "$QUICK" -eq 1 ]; then n=$((n / 4)); fi
     echo "$n"
@@ -701,14 +701,34 @@ others = [(float(r["other_cpu_pct"]), r) for r in rows if r["status"] == "ok" an
 if others:
     vals = sorted(v for v, _ in others)
     steals = [float(r["steal_pct"]) for _, r in others if r["steal_pct"] != ""]
+    per_target = []
+    for t in ("A", "B", "C"):
+        tv = [v for v, r in others if r["target"] == t]
+        if tv:
+            per_target.append(f"{t} {statistics.median(tv):.0f}%")
     busy = [f"r{r['round']} {r['target']}{'' if r['target'] == 'A' else ' c' + r['conc']} {r['cmd']} -P {r['pipeline']} ({v:.0f}%)"
             for v, r in others if v > 10]
-    line = (f"- CPU used by processes this run did not start (other sessions, the system) during the cells: "
-            f"median {statistics.median(vals):.1f}%, max {vals[-1]:.1f}% of all CPUs; steal median "
-            f"{statistics.median(steals) if steals else 0:.1f}%, max {max(steals) if steals else 0:.1f}%.")
-    if busy:
-        line += f" Cells with more than 10% ({len(busy)} of {len(others)}), to be read with care: " + ", ".join(busy) + "."
+    line = (f"- CPU used by processes this run did not start (other sessions' builds and tests, the system) during "
+            f"the cells, in % of all CPUs: median {statistics.median(vals):.1f}% (by target: {', '.join(per_target)}), "
+            f"max {vals[-1]:.1f}%; steal median {statistics.median(steals) if steals else 0:.1f}%, "
+            f"max {max(steals) if steals else 0:.1f}%. ")
+    if not busy:
+        line += "No cell saw more than 10%."
+    elif len(busy) <= 12:
+        line += f"Cells that saw more than 10%, to be read with care: " + ", ".join(busy) + "."
+    else:
+        line += (f"{len(busy)} of {len(others)} cells saw more than 10%: the spreads are wide, the medians and "
+                 "especially the CPU µs/cmd columns are the numbers to compare; per cell in raw.tsv (other_cpu_pct).")
     out.append(line)
+# Envoy's RSS over the run: after its first and its last cell.
+for t, name in (("B", "built-in"), ("C", "module")):
+    parts = []
+    for c in ("1", "2"):
+        rs = [r for r in rows if r["target"] == t and r["conc"] == c and r["status"] == "ok" and r["rss_kb"]]
+        if rs:
+            parts.append(f"c{c} {int(rs[0]['rss_kb']) / 1024:.0f} → {int(rs[-1]['rss_kb']) / 1024:.0f} MiB")
+    if parts:
+        out.append(f"- {t} {name} Envoy RSS after its first → last cell: " + ", ".join(parts) + ".")
 out.append(f"- After the run, GET and 10-key MSET/MGET through every proxy (replies checked): {os.environ['post_check']}.")
 out.append(f"- Keys in the cluster after the run: {os.environ['final_keys']} "
            f"(expected {os.environ['EXPECTED_KEYS']}: the writes only overwrite preloaded keys).")
