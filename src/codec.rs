@@ -59,6 +59,10 @@ fn read_header(buf: &[u8], pos: usize, what: &str) -> Result<Option<(i64, usize)
         }
         return Ok(None);
     };
+    // The same verdict as when the line arrives in pieces (above).
+    if nl > MAX_INLINE_LEN {
+        return Err(ProtocolError(format!("too big {what} count string")));
+    }
     if nl + 1 >= line.len() {
         return Ok(None); // have '\r', waiting for '\n'
     }
@@ -369,6 +373,24 @@ mod tests {
             scan(b"*1\r\n$500000000\r\n").0,
             Ok(Scan::Incomplete { .. })
         ));
+    }
+
+    /// Regression (fuzz): a header line over 64 KiB (`*000…01`, which
+    /// parses as 1) was refused when it arrived in pieces but accepted when
+    /// it arrived whole: the verdict depended on how TCP split the stream.
+    #[test]
+    fn long_header_refused_whole_or_in_pieces() {
+        let zeros = vec![b'0'; MAX_INLINE_LEN + 10];
+        let mut mbulk = b"*".to_vec();
+        mbulk.extend_from_slice(&zeros);
+        mbulk.extend_from_slice(b"1\r\n$4\r\nPING\r\n");
+        let mut bulk = b"*1\r\n$".to_vec();
+        bulk.extend_from_slice(&zeros);
+        bulk.extend_from_slice(b"4\r\nPING\r\n");
+        for buf in [mbulk, bulk] {
+            assert!(scan(&buf[..MAX_INLINE_LEN + 8]).0.is_err());
+            assert!(scan(&buf).0.is_err(), "whole: {:?}", scan(&buf).0);
+        }
     }
 
     #[test]
