@@ -119,11 +119,12 @@ pub fn merge(how: &Merge, parts: &[&[u8]]) -> Vec<u8> {
                 }
             }
             let v = if *how == Merge::Sum {
-                values.iter().sum()
+                // Nodes' integers are i64: their sum need not be.
+                values.iter().try_fold(0i64, |a, &v| a.checked_add(v))
             } else {
-                values.iter().copied().min().unwrap_or(0)
+                Some(values.iter().copied().min().unwrap_or(0))
             };
-            codec::integer(v)
+            v.map_or_else(bad, codec::integer)
         }
         Merge::Concat => {
             let mut elems = Vec::new();
@@ -322,6 +323,18 @@ mod tests {
         );
         assert_eq!(exists, b"*2\r\n:1\r\n:0\r\n".to_vec());
         assert!(merge(&Merge::Same, &[b"+a\r\n", b"+b\r\n"]).starts_with(b"-ERR"));
+    }
+
+    /// Regression (fuzz/splitter_merge): summing the nodes' integer
+    /// replies overflowed i64 (a panic in debug builds, a wrapped negative
+    /// count in release).
+    #[test]
+    fn sum_overflow_is_an_error_not_a_panic() {
+        let max = format!(":{}\r\n", i64::MAX).into_bytes();
+        let min = format!(":{}\r\n", i64::MIN).into_bytes();
+        assert!(merge(&Merge::Sum, &[&max, b":1\r\n"]).starts_with(b"-ERR"));
+        assert!(merge(&Merge::Sum, &[&min, b":-1\r\n"]).starts_with(b"-ERR"));
+        assert_eq!(merge(&Merge::Sum, &[&max, b":-1\r\n", b":1\r\n"]), max);
     }
 
     #[test]
