@@ -1643,3 +1643,56 @@ pub fn parse_whole(bytes: &[u8]) -> Resp {
         other => panic!("not one whole reply ({other:?}): {}", show_resp(bytes)),
     }
 }
+
+// ---------------------------------------------------------------------------
+// Growing a cluster (topology-change tests).
+
+impl Cluster {
+    /// Start one more node, join it to the cluster as an empty master
+    /// (`redis-cli --cluster add-node`) and wait until every node knows it.
+    pub fn add_master(&mut self) -> u16 {
+        let port = alloc_port();
+        let dir = self.dir.join(port.to_string());
+        self.nodes.push(Node {
+            port,
+            dir,
+            child: None,
+        });
+        let i = self.nodes.len() - 1;
+        self.write_conf(i);
+        self.spawn_node(i);
+        assert!(
+            wait_until(Duration::from_secs(10), || ping(port)),
+            "new node {port} does not answer PING"
+        );
+        let first = self.nodes[0].port;
+        let out = redis_cli(&[
+            "--cluster",
+            "add-node",
+            &format!("127.0.0.1:{port}"),
+            &format!("127.0.0.1:{first}"),
+        ]);
+        assert!(out.success, "add-node failed: {}{}", out.stdout, out.stderr);
+        let id = self.node_id(port);
+        let known = wait_until(Duration::from_secs(20), || {
+            self.nodes.iter().filter(|n| n.child.is_some()).all(|n| {
+                redis_cli(&["-p", &n.port.to_string(), "cluster", "nodes"])
+                    .stdout
+                    .contains(&id)
+            })
+        });
+        assert!(known, "not every node learned about {port}");
+        let agreed = wait_until(Duration::from_secs(30), || {
+            let out = redis_cli(&["--cluster", "check", &format!("127.0.0.1:{first}")]);
+            out.success && !out.stdout.contains("don't agree")
+        });
+        assert!(agreed, "the cluster did not converge after adding {port}");
+        let ok = wait_until(Duration::from_secs(30), || {
+            redis_cli(&["-p", &port.to_string(), "cluster", "info"])
+                .stdout
+                .contains("cluster_state:ok")
+        });
+        assert!(ok, "new node {port} never reached cluster_state:ok");
+        port
+    }
+}

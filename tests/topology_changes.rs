@@ -1,0 +1,134 @@
+//! The cluster changes under the proxy: a node is added and given slots, the
+//! slots move away again and the node is removed, a dead master comes back.
+//! All picked up without restarting Envoy, with no client errors while
+//! slots move.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+/// A client loop writing and reading back keys through the proxy while
+/// something happens; returns every error it saw.
+fn with_load(port: u16, f: impl FnOnce()) -> Vec<String> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let errors: Arc<Mutex<Vec<String>>> = Arc::default();
+    let h = {
+        let (stop, errors) = (stop.clone(), errors.clone());
+        thread::spawn(move || {
+            let mut c = RawClient::connect(port);
+            c.set_timeout(Duration::from_secs(10));
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let key = format!("load:{}", i % 500);
+                let v = i.to_string();
+                let r = c.cmd(&["SET", &key, &v]);
+                if r != Resp::ok() {
+                    errors.lock().unwrap().push(format!("SET {key}: {r:?}"));
+                }
+                let r = c.cmd(&["GET", &key]);
+                if r != Resp::bulk(&v) {
+                    errors
+                        .lock()
+                        .unwrap()
+                        .push(format!("GET {key}: {r:?} (wrote {v})"));
+                }
+                i += 1;
+            }
+        })
+    };
+    f();
+    thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    h.join().unwrap();
+    let e = errors.lock().unwrap().clone();
+    e
+}
+
+fn reshard(from_port: u16, from: &str, to: &str, slots: usize) {
+    let out = redis_cli(&[
+        "--cluster",
+        "reshard",
+        &format!("127.0.0.1:{from_port}"),
+        "--cluster-from",
+        from,
+        "--cluster-to",
+        to,
+        "--cluster-slots",
+        &slots.to_string(),
+        "--cluster-yes",
+    ]);
+    assert!(out.success, "reshard failed: {}{}", out.stdout, out.stderr);
+}
+
+#[test]
+fn added_node_moved_slots_removed_node_and_returning_master() {
+    let mut cluster = Cluster::start(3, 0);
+    let envoy = Envoy::start(module_config(&cluster, json!({ "op_timeout": "3s" })));
+    let a = cluster.master_ports()[0];
+    let a_id = cluster.node_id(a);
+
+    // 1. A new node joins and gets 1500 slots under load.
+    let n = cluster.add_master();
+    let n_id = cluster.node_id(n);
+    let errors = with_load(envoy.port(), || reshard(a, &a_id, &n_id, 1500));
+    assert!(
+        errors.is_empty(),
+        "errors while slots moved to the new node: {:?}",
+        &errors[..errors.len().min(5)]
+    );
+    // Keys of the new node's slots are served through the proxy, from it.
+    let mut c = RawClient::connect(envoy.port());
+    let on_new = (0..2000)
+        .map(|i| format!("new:{i}"))
+        .find(|k| cluster.node_for_key(k.as_bytes()) == n)
+        .expect("a key in the new node's slots");
+    assert_eq!(c.cmd(&["SET", &on_new, "here"]), Resp::ok());
+    assert_eq!(
+        RawClient::connect(n).cmd(&["GET", &on_new]),
+        Resp::bulk("here")
+    );
+
+    // 2. The slots go back and the node is removed from the cluster.
+    let errors = with_load(envoy.port(), || reshard(n, &n_id, &a_id, 1500));
+    assert!(
+        errors.is_empty(),
+        "errors while slots left the node: {:?}",
+        &errors[..errors.len().min(5)]
+    );
+    let out = redis_cli(&["--cluster", "del-node", &format!("127.0.0.1:{a}"), &n_id]);
+    assert!(out.success, "del-node failed: {}{}", out.stdout, out.stderr);
+    assert_eq!(
+        c.cmd(&["GET", &on_new]),
+        Resp::bulk("here"),
+        "key lost with the removed node"
+    );
+    let errors = with_load(envoy.port(), || thread::sleep(Duration::from_secs(2)));
+    assert!(
+        errors.is_empty(),
+        "errors after the node was removed: {errors:?}"
+    );
+
+    // 3. A master dies (no replica: its slots are down) and comes back.
+    let b = cluster.master_ports()[1];
+    let key = (0..2000)
+        .map(|i| format!("back:{i}"))
+        .find(|k| cluster.node_for_key(k.as_bytes()) == b)
+        .unwrap();
+    assert_eq!(c.cmd(&["SET", &key, "1"]), Resp::ok());
+    cluster.kill_node(b);
+    assert!(
+        c.cmd(&["GET", &key]).is_error(),
+        "dead master's slot answered"
+    );
+    cluster.restart_node(b);
+    let back = wait_until(Duration::from_secs(20), || {
+        c.cmd(&["SET", &key, "2"]) == Resp::ok()
+    });
+    assert!(back, "the returning master was not used again");
+    assert_eq!(c.cmd(&["GET", &key]), Resp::bulk("2"));
+}
