@@ -226,9 +226,15 @@ impl Session {
     fn process(&mut self, buf: &[u8]) -> usize {
         let mut pos = 0;
         let now = Instant::now();
+        let limit = self.proxy.config.settings.max_buffered_bytes_per_connection;
         while pos < buf.len() && !self.closing && !self.paused() {
             let mut args = std::mem::take(&mut self.args);
-            let scanned = codec::scan_request(&buf[pos..], &mut args);
+            let scanned = match codec::scan_request(&buf[pos..], &mut args) {
+                // Refused however it arrived: whole in one read, as below
+                // when it arrives in pieces.
+                Ok(Scan::Complete(n)) if n > limit => Ok(Scan::Incomplete { need: n }),
+                other => other,
+            };
             match scanned {
                 Ok(Scan::Complete(n)) => {
                     let frame = &buf[pos..pos + n];
@@ -239,7 +245,6 @@ impl Session {
                 }
                 Ok(Scan::Empty(n)) => pos += n,
                 Ok(Scan::Incomplete { need }) => {
-                    let limit = self.proxy.config.settings.max_buffered_bytes_per_connection;
                     if need > limit {
                         self.proxy
                             .stats
@@ -1364,5 +1369,29 @@ mod tests {
             "{text:?}"
         );
         assert!(!c.closed);
+    }
+
+    /// Regression (fuzz/session): a request over
+    /// max_buffered_bytes_per_connection was refused when it arrived in
+    /// pieces but accepted (and forwarded) when it arrived in one read.
+    #[test]
+    fn oversized_request_is_refused_whole_or_in_pieces() {
+        let mut request = b"SET k ".to_vec();
+        request.extend(vec![b'v'; 600]);
+        request.extend_from_slice(b"\r\nPING\r\n");
+        for piece in [request.len(), 100, 1] {
+            let mut s = session(r#""max_buffered_bytes_per_connection":512"#);
+            let mut c = Client::default();
+            for chunk in request.chunks(piece) {
+                s.on_data(chunk, &mut c);
+            }
+            let text = String::from_utf8(c.out).unwrap();
+            assert_eq!(
+                text,
+                "-ERR Protocol error: request larger than max_buffered_bytes_per_connection (512 bytes)\r\n",
+                "pieces of {piece}"
+            );
+            assert!(c.closed);
+        }
     }
 }
