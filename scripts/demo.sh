@@ -80,7 +80,10 @@ cat <<EOF
     redis-cli -p $PROXY_PORT set foo bar
     redis-cli -p $PROXY_PORT get foo
     redis-cli -p $PROXY_PORT incr visits
-    redis-cli -p $PROXY_PORT mset {user1}:name ann {user1}:age 7   # one {hash tag}, one slot
+    redis-cli -p $PROXY_PORT mset a 1 b 2 c 3     # keys on different nodes: split and merged
+    redis-cli -p $PROXY_PORT mget a b c
+    redis-cli -p $PROXY_PORT dbsize                 # summed over every master
+    redis-cli -p $PROXY_PORT --scan | head          # SCAN across the whole cluster
 
   Which node holds a key:
     redis-cli -p 7001 cluster keyslot foo         # the key's hash slot (12182)
@@ -91,7 +94,7 @@ cat <<EOF
 
   State:
     scripts/cluster.sh status
-    curl -s 127.0.0.1:$ADMIN_PORT/stats | grep -e dynamicmodules -e _$PROXY_PORT   # stats
+    curl -s 127.0.0.1:$ADMIN_PORT/stats | grep 'redis\.redis\.'   # the module's statistics
     less .run/envoy/envoy.log
 
 EOF
