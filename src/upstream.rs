@@ -250,6 +250,25 @@ struct Conn {
     tls: Option<Box<rustls::ClientConnection>>,
 }
 
+impl Conn {
+    /// Queue one of the proxy's own commands (ASKING, READONLY, AUTH,
+    /// HELLO); its reply is read and dropped in turn.
+    fn queue_internal(&mut self, cmd: &[u8]) {
+        self.out.extend_from_slice(cmd);
+        self.queued += cmd.len() as u64;
+        self.expect_internal();
+    }
+
+    /// One more reply on this connection belongs to no client command.
+    fn expect_internal(&mut self) {
+        self.inflight.push_back(Inflight {
+            req: None,
+            end: self.queued,
+            timed_out: false,
+        });
+    }
+}
+
 struct Down {
     since: Instant,
     next_attempt: Instant,
@@ -555,22 +574,12 @@ impl UpstreamLoop {
             cs.upstream_rq_total
         });
         if asking {
-            conn.out.extend_from_slice(ASKING);
-            conn.queued += ASKING.len() as u64;
-            conn.inflight.push_back(Inflight {
-                req: None,
-                end: conn.queued,
-                timed_out: false,
-            });
+            conn.queue_internal(ASKING);
         }
         conn.out.extend_from_slice(&req.data);
         conn.queued += req.data.len() as u64;
         for _ in 0..req.swallow {
-            conn.inflight.push_back(Inflight {
-                req: None,
-                end: conn.queued,
-                timed_out: false,
-            });
+            conn.expect_internal();
         }
         let end = conn.queued;
         conn.inflight.push_back(Inflight {
@@ -652,22 +661,9 @@ impl UpstreamLoop {
             setup.push(pass.as_bytes());
         }
         if !setup.is_empty() {
-            let cmd = codec::command(&setup);
-            conn.out.extend_from_slice(&cmd);
-            conn.queued += cmd.len() as u64;
-            conn.inflight.push_back(Inflight {
-                req: None,
-                end: conn.queued,
-                timed_out: false,
-            });
+            conn.queue_internal(&codec::command(&setup));
         }
-        conn.out.extend_from_slice(READONLY);
-        conn.queued += READONLY.len() as u64;
-        conn.inflight.push_back(Inflight {
-            req: None,
-            end: conn.queued,
-            timed_out: false,
-        });
+        conn.queue_internal(READONLY);
         self.conns[idx] = Some(conn);
         if pin.is_none() {
             self.by_addr.insert((cluster, addr.to_string(), resp3), idx);
