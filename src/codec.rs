@@ -227,10 +227,15 @@ pub fn reply_len(buf: &[u8]) -> Result<Option<usize>, String> {
                 }
             }
             // Aggregates: n more elements (maps and attributes: 2n).
-            b'*' | b'~' | b'>' => owed += count()?.max(0) as u64,
-            b'%' => owed += 2 * count()?.max(0) as u64,
+            // Saturating: counts near i64::MAX must not wrap `owed` round to
+            // a small number (a reply framed short) or panic in debug builds.
+            b'*' | b'~' | b'>' => owed = owed.saturating_add(count()?.max(0) as u64),
+            b'%' => owed = owed.saturating_add((count()?.max(0) as u64).saturating_mul(2)),
             // An attribute annotates the value after it, which is still owed.
-            b'|' => owed += 2 * count()?.max(0) as u64 + 1,
+            b'|' => {
+                let n = (count()?.max(0) as u64).saturating_mul(2);
+                owed = owed.saturating_add(n).saturating_add(1)
+            }
             other => {
                 return Err(format!(
                     "invalid reply from node: unexpected type byte {:?}",
@@ -468,6 +473,23 @@ mod tests {
             let len = deep.len();
             assert_eq!(on_small_stack(deep.clone()), Ok(Some(len)));
             assert_eq!(on_small_stack(deep[..len - 1].to_vec()), Ok(None));
+        }
+    }
+
+    /// Regression: element counts near i64::MAX overflowed the count of
+    /// elements still owed (a panic in debug builds; in release it wrapped,
+    /// and `*3` followed by `%9223372036854775807` was framed as a whole
+    /// reply after one element).
+    #[test]
+    fn huge_element_counts_do_not_overflow() {
+        let m = i64::MAX;
+        for reply in [
+            format!("*3\r\n%{m}\r\n"),
+            format!("*2\r\n%{m}\r\n%{m}\r\n"),
+            format!("*3\r\n*{m}\r\n*{m}\r\n*{m}\r\n"),
+            format!("~2\r\n|{m}\r\n|{m}\r\n"),
+        ] {
+            assert_eq!(reply_len(reply.as_bytes()), Ok(None), "{reply:?}");
         }
     }
 
