@@ -134,6 +134,8 @@ pub struct Session {
     keys: Vec<usize>,
     /// Close once every pending reply is written (QUIT, protocol error, FIN).
     closing: bool,
+    /// The client sent FIN: close once everything it sent is answered.
+    end_stream: bool,
     closed: bool,
     write_blocked: bool,
     read_disabled: bool,
@@ -172,6 +174,7 @@ impl Session {
             args: Vec::new(),
             keys: Vec::new(),
             closing: false,
+            end_stream: false,
             closed: false,
             write_blocked: false,
             read_disabled: false,
@@ -1107,6 +1110,12 @@ impl Session {
                 break;
             }
         }
+        // After FIN, input held back while paused is still answered: close
+        // only once everything the client sent has been parsed.
+        if self.end_stream && !self.closing && !self.paused() {
+            self.closing = true;
+            self.flush(conn);
+        }
         let buffered = self.inbuf.len() as u64;
         if buffered != self.reported_buffered {
             let stats = &self.proxy.stats;
@@ -1214,8 +1223,8 @@ impl Session {
 
     /// The client sent FIN: answer what it asked, then close.
     pub fn on_end_stream(&mut self, conn: &mut dyn Downstream) {
-        self.closing = true;
-        self.flush(conn);
+        self.end_stream = true;
+        self.finish(conn);
     }
 
     pub fn on_write_watermark(&mut self, above: bool, conn: &mut dyn Downstream) {
@@ -1369,6 +1378,24 @@ mod tests {
             "{text:?}"
         );
         assert!(!c.closed);
+    }
+
+    /// Regression: a FIN arriving while parsing was paused (write buffer
+    /// above its watermark, max_pending_requests_per_connection, EXEC's
+    /// barrier) closed the connection once the replies in flight were out:
+    /// the commands held back were never run nor answered, although
+    /// half-close promises every reply (`cat cmds | nc -N`).
+    #[test]
+    fn fin_while_paused_still_answers_everything_sent() {
+        let mut s = session(r#""max_pending_requests_per_connection":100"#);
+        let mut c = Client::default();
+        s.on_write_watermark(true, &mut c);
+        s.on_data(b"PING\r\nECHO a\r\nPIN", &mut c);
+        s.on_end_stream(&mut c);
+        assert!(c.out.is_empty() && !c.closed);
+        s.on_write_watermark(false, &mut c);
+        assert_eq!(c.out, b"+PONG\r\n$1\r\na\r\n".to_vec());
+        assert!(c.closed, "closed once answered; the partial PIN is dropped");
     }
 
     /// Regression (fuzz/session): a request over
