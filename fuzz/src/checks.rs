@@ -256,8 +256,9 @@ fn chunk_len(b: u8) -> usize {
     }
 }
 
-/// Input: byte 0 picks the config (bits 0-1) and whether the client
-/// vanishes half way (bit 2); bytes 1..=8 are the schedule: each gives a
+/// Input: byte 0 picks the config (bits 0-1), whether the client vanishes
+/// half way (bit 2) and whether its FIN arrives while the write buffer is
+/// still above its watermark (bit 3); bytes 1..=8 are the schedule: each gives a
 /// chunk length (low 5 bits) and what happens after that chunk (high 3
 /// bits: nothing, an upstream wake-up, the write buffer going above or
 /// below its watermark). The rest is what the client sends.
@@ -273,6 +274,7 @@ pub fn session(data: &[u8]) {
     };
     let config = usize::from(mode & 3);
     let vanish = mode & 4 != 0;
+    let fin_while_blocked = mode & 8 != 0;
 
     // A: everything in one read, then FIN.
     let (mut a, mut ca) = new_session(config);
@@ -354,15 +356,24 @@ pub fn session(data: &[u8]) {
         replies(&cb.out);
         return;
     }
-    if blocked {
+    if fin_while_blocked {
+        // FIN first, then the write buffer drains: still every reply.
+        if !blocked {
+            b.on_write_watermark(true, &mut cb);
+        }
+        b.on_end_stream(&mut cb);
         b.on_write_watermark(false, &mut cb);
+    } else {
+        if blocked {
+            b.on_write_watermark(false, &mut cb);
+        }
+        b.on_scheduled(&mut cb);
+        assert!(
+            !cb.read_disabled || cb.closes == 1,
+            "chunked: reading left disabled with nothing in flight"
+        );
+        b.on_end_stream(&mut cb);
     }
-    b.on_scheduled(&mut cb);
-    assert!(
-        !cb.read_disabled || cb.closes == 1,
-        "chunked: reading left disabled with nothing in flight"
-    );
-    b.on_end_stream(&mut cb);
     assert_eq!(cb.closes, 1, "chunked: not closed after FIN");
     // Events after the close write nothing (Client panics if they do).
     b.on_scheduled(&mut cb);
