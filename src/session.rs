@@ -635,15 +635,7 @@ impl Session {
         let proxy = self.proxy.clone();
         let route = proxy.route(first_key).ok_or_else(no_route)?;
         let hashtags = proxy.config.settings.enable_hashtagging;
-        let strip = |a: &'_ [u8]| -> Vec<u8> {
-            a.get(route.strip.min(a.len())..)
-                .unwrap_or_default()
-                .to_vec()
-        };
-        let slots: Vec<u16> = keys
-            .iter()
-            .map(|&k| slot::key_slot(&strip(args.get(k).copied().unwrap_or_default()), hashtags))
-            .collect();
+        let slots = key_slots(args, keys, route.strip, hashtags);
         let read = command::effective_flags(cmd, args) & command::READONLY != 0;
         let same_slot = slots.windows(2).all(|w| w[0] == w[1]);
         if !same_slot {
@@ -655,23 +647,7 @@ impl Session {
             return self.fanout(kind, args, keys, &slots, &route, read, now);
         }
         let slot = slots.first().copied().unwrap_or(0);
-        let data = if route.strip > 0 {
-            let stripped: Vec<Vec<u8>> = args
-                .iter()
-                .enumerate()
-                .map(|(i, a)| {
-                    if keys.contains(&i) {
-                        strip(a)
-                    } else {
-                        a.to_vec()
-                    }
-                })
-                .collect();
-            let refs: Vec<&[u8]> = stripped.iter().map(|v| v.as_slice()).collect();
-            codec::command(&refs)
-        } else {
-            encode(frame, args)
-        };
+        let data = encode_keyed(frame, args, keys, route.strip);
         let seq = self.push_slot();
         let target = Target::Slot { slot, read };
         self.send(
@@ -726,22 +702,8 @@ impl Session {
         let seq = self.push_slot();
         self.gathers.insert(seq, Gather::new(merge, groups.len()));
         for (i, (slot, words)) in groups.into_iter().enumerate() {
-            let stripped: Vec<Vec<u8>> = words
-                .iter()
-                .enumerate()
-                .map(|(j, w)| {
-                    let is_key = j > 0 && (j - 1) % width == 0;
-                    if is_key && route.strip > 0 {
-                        w.get(route.strip.min(w.len())..)
-                            .unwrap_or_default()
-                            .to_vec()
-                    } else {
-                        w.to_vec()
-                    }
-                })
-                .collect();
-            let refs: Vec<&[u8]> = stripped.iter().map(|v| v.as_slice()).collect();
-            let data = codec::command(&refs);
+            let keys: Vec<usize> = (1..words.len()).step_by(width).collect();
+            let data = encode_keyed(&[], &words, &keys, route.strip);
             let target = Target::Slot { slot, read };
             self.send(
                 seq,
@@ -781,38 +743,14 @@ impl Session {
             .proxy
             .route(args.get(first).copied().unwrap_or_default())
             .ok_or_else(no_route)?;
-        let strip = |a: &[u8]| {
-            a.get(route.strip.min(a.len())..)
-                .unwrap_or_default()
-                .to_vec()
-        };
         let hashtags = self.proxy.config.settings.enable_hashtagging;
-        let slots: Vec<u16> = keys
-            .iter()
-            .map(|&k| slot::key_slot(&strip(args.get(k).copied().unwrap_or_default()), hashtags))
-            .collect();
+        let slots = key_slots(args, &keys, route.strip, hashtags);
         if slots.windows(2).any(|w| w[0] != w[1]) {
             return Err(codec::error(
                 "CROSSSLOT Keys in request don't hash to the same slot",
             ));
         }
-        let data = if route.strip > 0 {
-            let words: Vec<Vec<u8>> = args
-                .iter()
-                .enumerate()
-                .map(|(i, a)| {
-                    if keys.contains(&i) {
-                        strip(a)
-                    } else {
-                        a.to_vec()
-                    }
-                })
-                .collect();
-            let refs: Vec<&[u8]> = words.iter().map(|w| w.as_slice()).collect();
-            codec::command(&refs)
-        } else {
-            encode(frame, args)
-        };
+        let data = encode_keyed(frame, args, &keys, route.strip);
         Ok(Some((route.cluster, slots[0], data)))
     }
 
@@ -1267,6 +1205,41 @@ fn seed() -> u64 {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u64(0x9E37_79B9_7F4A_7C15);
     h.finish() | 1
+}
+
+/// `key` without the first `strip` bytes (a route's `remove_prefix`).
+fn strip_prefix(key: &[u8], strip: usize) -> &[u8] {
+    key.get(strip.min(key.len())..).unwrap_or_default()
+}
+
+/// The slot of each key argument, after prefix removal.
+fn key_slots(args: &[&[u8]], keys: &[usize], strip: usize, hashtags: bool) -> Vec<u16> {
+    keys.iter()
+        .map(|&k| {
+            let key = args.get(k).copied().unwrap_or_default();
+            slot::key_slot(strip_prefix(key, strip), hashtags)
+        })
+        .collect()
+}
+
+/// The bytes to send for a keyed command: the client's own frame, or, when
+/// the route removes a prefix, the command re-encoded with stripped keys.
+fn encode_keyed(frame: &[u8], args: &[&[u8]], keys: &[usize], strip: usize) -> Vec<u8> {
+    if strip == 0 {
+        return encode(frame, args);
+    }
+    let words: Vec<&[u8]> = args
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            if keys.contains(&i) {
+                strip_prefix(a, strip)
+            } else {
+                a
+            }
+        })
+        .collect();
+    codec::command(&words)
 }
 
 /// The raw frame when it is multibulk; inline commands are re-encoded.
