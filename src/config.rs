@@ -95,6 +95,10 @@ pub struct Settings {
     /// cluster-aware clients do; `false` answers it with an error instead.
     /// Default true.
     pub retry_unanswered_writes: bool,
+    /// Transactions (WATCH/MULTI) each hold a dedicated upstream connection;
+    /// at most this many at once per Envoy worker, beyond which a new
+    /// transaction gets an error. Default 1000.
+    pub max_transaction_connections: u32,
 }
 
 impl Default for Settings {
@@ -108,6 +112,7 @@ impl Default for Settings {
             max_pending_requests_per_connection: 10_000,
             max_buffered_bytes_per_connection: 64 << 20,
             retry_unanswered_writes: true,
+            max_transaction_connections: 1000,
         }
     }
 }

@@ -525,6 +525,13 @@ impl UpstreamLoop {
             }
         }
         let resp3 = req.resp3;
+        if req.pin.is_some()
+            && self.pinned.len() >= self.settings.max_transaction_connections as usize
+        {
+            return req.respond(codec::error(
+                "ERR too many concurrent transactions through this proxy (max_transaction_connections)",
+            ));
+        }
         let existing = match req.pin {
             Some(_) => None,
             None => self.by_addr.get(&(key.0, key.1.clone(), resp3)).copied(),

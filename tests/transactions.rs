@@ -377,3 +377,41 @@ fn transactions_on_different_masters_from_different_clients() {
         assert_eq!(&v, t, "on master {m}");
     }
 }
+
+/// Each transaction holds a dedicated upstream connection; past
+/// `max_transaction_connections` a new one is refused, not opened.
+#[test]
+fn transaction_connections_are_bounded() {
+    let cluster = Cluster::start(3, 0);
+    let envoy = Envoy::start(module_config(
+        &cluster,
+        serde_json::json!({ "max_transaction_connections": 2 }),
+    ));
+    let mut clients: Vec<RawClient> = (0..3).map(|_| RawClient::connect(envoy.port())).collect();
+    // Two WATCHes on two connections: two dedicated upstream connections.
+    // (Envoy runs 2 workers; connections may land on either, so open until
+    // one worker holds two, then a third on it is refused.)
+    let mut refused = false;
+    let mut extra = Vec::new();
+    for i in 0..8 {
+        let mut c = RawClient::connect(envoy.port());
+        let r = c.cmd(&["WATCH", &format!("{{w}}{i}")]);
+        if r.is_error() {
+            assert!(
+                matches!(&r, Resp::Error(e) if e.contains("max_transaction_connections")),
+                "{r:?}"
+            );
+            refused = true;
+            break;
+        }
+        extra.push(c);
+    }
+    assert!(refused, "never refused a transaction connection");
+    // Releasing one lets a new transaction in.
+    for c in &mut extra {
+        assert_eq!(c.cmd(&["UNWATCH"]), Resp::ok());
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(clients[0].cmd(&["WATCH", "{w}x"]), Resp::ok());
+    clients.clear();
+}
