@@ -99,6 +99,10 @@ pub struct Settings {
     /// at most this many at once per Envoy worker, beyond which a new
     /// transaction gets an error. Default 1000.
     pub max_transaction_connections: u32,
+    /// Per-command statistics (`command.<name>.total/success/error/latency`),
+    /// as Envoy's `enable_command_stats`. Default false, like Envoy's: they
+    /// cost a histogram record per command.
+    pub enable_command_stats: bool,
 }
 
 impl Default for Settings {
@@ -113,6 +117,7 @@ impl Default for Settings {
             max_buffered_bytes_per_connection: 64 << 20,
             retry_unanswered_writes: true,
             max_transaction_connections: 1000,
+            enable_command_stats: false,
         }
     }
 }

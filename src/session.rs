@@ -1099,6 +1099,7 @@ impl Session {
 
     fn flush(&mut self, conn: &mut dyn Downstream) {
         let stats = &self.proxy.stats;
+        let command_stats = self.proxy.config.settings.enable_command_stats;
         let now = Instant::now();
         let mut n = 0;
         while self.slots.front().is_some_and(|s| s.reply.is_some()) {
@@ -1106,15 +1107,17 @@ impl Session {
                 break;
             };
             let reply = slot.reply.unwrap_or_default();
-            let cs = stats.command(slot.cmd);
-            stats.inc(cs.total);
-            stats.inc(if codec::error_text(&reply).is_some() {
-                cs.error
-            } else {
-                cs.success
-            });
-            if let Some(h) = cs.latency {
-                conn.record_histogram(h, now.duration_since(slot.start).as_micros() as u64);
+            if command_stats {
+                let cs = stats.command(slot.cmd);
+                stats.inc(cs.total);
+                stats.inc(if codec::error_text(&reply).is_some() {
+                    cs.error
+                } else {
+                    cs.success
+                });
+                if let Some(h) = cs.latency {
+                    conn.record_histogram(h, now.duration_since(slot.start).as_micros() as u64);
+                }
             }
             self.out.extend_from_slice(&reply);
             self.head_seq += 1;

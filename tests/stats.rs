@@ -13,10 +13,27 @@ fn stat(envoy: &Envoy, name: &str) -> u64 {
     envoy.stat(&format!("{P}{name}")).unwrap_or(0)
 }
 
+/// Per-command stats are off by default, as in Envoy's redis_proxy.
+#[test]
+fn command_stats_are_opt_in() {
+    let cluster = Cluster::start(3, 0);
+    let envoy = Envoy::start(module_config(&cluster, json!({})));
+    let mut c = RawClient::connect(envoy.port());
+    assert_eq!(c.cmd(&["SET", "k", "v"]), Resp::ok());
+    assert!(wait_until(Duration::from_secs(3), || stat(
+        &envoy,
+        "downstream_rq_total"
+    ) >= 1));
+    assert_eq!(stat(&envoy, "command.set.total"), 0);
+}
+
 #[test]
 fn counters_and_gauges_follow_traffic() {
     let mut cluster = Cluster::start(3, 0);
-    let envoy = Envoy::start(module_config(&cluster, json!({ "op_timeout": "500ms" })));
+    let envoy = Envoy::start(module_config(
+        &cluster,
+        json!({ "op_timeout": "500ms", "enable_command_stats": true }),
+    ));
     assert!(wait_until(Duration::from_secs(5), || stat(
         &envoy,
         "cluster.main.slots_covered"
