@@ -301,6 +301,8 @@ pub struct UpstreamLoop {
     mirror_dropped: u64,
     mirror_logged: Instant,
     stats: Arc<Stats>,
+    /// Socket reads land here first (READ_CHUNK bytes).
+    scratch: Vec<u8>,
 }
 
 impl UpstreamLoop {
@@ -343,6 +345,7 @@ impl UpstreamLoop {
             mirror_dropped: 0,
             mirror_logged: Instant::now() - MIRROR_LOG_EVERY,
             stats,
+            scratch: vec![0; READ_CHUNK],
         };
         Ok((lp, shared))
     }
@@ -813,32 +816,28 @@ impl UpstreamLoop {
                 }
                 tls_flush = tls.wants_write();
             }
+            // Read through one reusable buffer: growing `inbuf` by a
+            // zero-filled 64 KiB per read cost a memset per reply burst.
             while conn.tls.is_none() {
-                let len = conn.inbuf.len();
-                conn.inbuf.resize(len + READ_CHUNK, 0);
-                match conn.stream.read(&mut conn.inbuf[len..]) {
+                match conn.stream.read(&mut self.scratch) {
                     Ok(0) => {
-                        conn.inbuf.truncate(len);
                         failure = Some("closed by node".into());
                         break;
                     }
                     Ok(n) => {
-                        conn.inbuf.truncate(len + n);
+                        conn.inbuf.extend_from_slice(&self.scratch[..n]);
                         if n < READ_CHUNK {
                             break;
                         }
                     }
-                    Err(e) => {
-                        conn.inbuf.truncate(len);
-                        match e.kind() {
-                            io::ErrorKind::WouldBlock => break,
-                            io::ErrorKind::Interrupted => continue,
-                            _ => {
-                                failure = Some(format!("read: {e}"));
-                                break;
-                            }
+                    Err(e) => match e.kind() {
+                        io::ErrorKind::WouldBlock => break,
+                        io::ErrorKind::Interrupted => continue,
+                        _ => {
+                            failure = Some(format!("read: {e}"));
+                            break;
                         }
-                    }
+                    },
                 }
             }
             // Match complete replies to commands, in order.
