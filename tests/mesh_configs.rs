@@ -140,29 +140,6 @@ fn bootstrap_with(base: Option<Json>, listener: Json, admin_port: u16) -> Json {
     b
 }
 
-/// `cmdstat_<cmd>` calls on one Redis.
-fn calls(port: u16, cmd: &str) -> u64 {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query(&mut connect(port))
-        .unwrap_or_default();
-    let needle = format!("cmdstat_{cmd}:calls=");
-    info.lines()
-        .find_map(|l| l.strip_prefix(&needle))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
-}
-
-fn reset_stats(ports: &[u16]) {
-    for &p in ports {
-        let _: () = redis::cmd("CONFIG")
-            .arg("RESETSTAT")
-            .query(&mut connect(p))
-            .expect("CONFIG RESETSTAT");
-    }
-}
-
 /// Sharding, read/write splitting and mirroring through the proxy on
 /// `envoy`, for a deployment whose read policy is PREFER_REPLICA and whose
 /// catch-all route mirrors writes to `mirror`.

@@ -63,29 +63,6 @@ impl Drop for Standalone {
     }
 }
 
-/// `cmdstat_<cmd>` calls on one node.
-fn calls(port: u16, cmd: &str) -> u64 {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query(&mut connect(port))
-        .unwrap_or_default();
-    let needle = format!("cmdstat_{cmd}:calls=");
-    info.lines()
-        .find_map(|l| l.strip_prefix(&needle))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
-}
-
-fn reset_stats(ports: &[u16]) {
-    for &p in ports {
-        let _: () = redis::cmd("CONFIG")
-            .arg("RESETSTAT")
-            .query(&mut connect(p))
-            .unwrap();
-    }
-}
-
 fn role(port: u16) -> String {
     let info: String = redis::cmd("INFO")
         .arg("replication")
