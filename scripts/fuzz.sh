@@ -12,6 +12,7 @@
 # fuzz/artifacts/<target>/; to keep it as a regression, copy it to
 # fuzz/regressions/<target>/ — `cargo test --test fuzz_regressions` replays
 # that folder and the seeds through the same checks without libFuzzer.
+# fuzz/resp.dict gives libFuzzer RESP tokens and command words.
 # Extra libFuzzer flags: FUZZ_FLAGS="-jobs=2 -workers=2" scripts/fuzz.sh session.
 set -euo pipefail
 
@@ -52,7 +53,7 @@ for t in "${run[@]}"; do
     # shellcheck disable=SC2086 # FUZZ_FLAGS is a list of flags
     if ! cargo fuzz run "$t" "fuzz/corpus/$t" -- \
         -max_total_time="$seconds" -rss_limit_mb=2048 -max_len="$(max_len "$t")" \
-        -print_final_stats=1 ${FUZZ_FLAGS:-}; then
+        -dict=fuzz/resp.dict -print_final_stats=1 ${FUZZ_FLAGS:-}; then
         echo "=== $t: FAILED (crash input in fuzz/artifacts/$t/)"
         status=1
     fi
