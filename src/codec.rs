@@ -199,10 +199,47 @@ fn scan_inline(buf: &[u8], args: &mut Vec<Range<usize>>) -> Result<Scan, Protoco
 /// decoder builds the value and rejects valid replies such as `COMMAND`'s
 /// sets of maps, so it is used only where a value is needed: CLUSTER SLOTS.)
 pub fn reply_len(buf: &[u8]) -> Result<Option<usize>, String> {
-    let mut pos = 0;
+    ReplyFramer::default().frame(buf)
+}
+
+/// [`reply_len`] for a buffer that grows between calls (a node
+/// connection's input): it resumes where the last call stopped, so a reply
+/// arriving in many reads is walked once, not once per read (a 1M-element
+/// array arriving in 64 KiB reads cost 2.7 s of CPU walked from its start
+/// after every read).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReplyFramer {
+    /// Where the first element not walked yet starts.
+    pos: usize,
+    /// Elements still owed from `pos` on; 0: no reply begun.
+    owed: u64,
+}
+
+impl ReplyFramer {
+    /// Length of the first complete reply at the front of `buf`, or `None`
+    /// if more bytes are needed. Until it returns `Some` or an error, `buf`
+    /// must start at the same byte on every call, the bytes seen so far
+    /// unchanged; after that, the next call frames the next reply.
+    pub fn frame(&mut self, buf: &[u8]) -> Result<Option<usize>, String> {
+        let r = walk_reply(buf, self);
+        if !matches!(r, Ok(None)) {
+            *self = ReplyFramer::default();
+        }
+        r
+    }
+}
+
+/// The walk behind [`ReplyFramer::frame`], from `at`'s resume point.
+fn walk_reply(buf: &[u8], at: &mut ReplyFramer) -> Result<Option<usize>, String> {
     // Elements still owed to the enclosing aggregates (1 = the reply itself).
-    let mut owed: u64 = 1;
+    let (mut pos, mut owed) = match at.owed {
+        0 => (0, 1),
+        owed => (at.pos, owed),
+    };
     while owed > 0 {
+        // Where to resume if this element is not all there yet.
+        at.pos = pos;
+        at.owed = owed;
         let Some(&kind) = buf.get(pos) else {
             return Ok(None);
         };
@@ -532,6 +569,48 @@ mod tests {
         ] {
             assert_eq!(reply_len(reply.as_bytes()), Ok(None), "{reply:?}");
         }
+    }
+
+    /// Regression: the upstream loop framed a node's reply from its start
+    /// after every read, quadratic in the reply's element count (a
+    /// 1M-element array in 64 KiB reads: 2.7 s of CPU on the loop thread).
+    /// A ReplyFramer resumes where it stopped and frames what reply_len does.
+    #[test]
+    fn reply_framer_resumes_and_agrees_with_reply_len() {
+        let mut replies =
+            b"*3\r\n$3\r\nabc\r\n%1\r\n+k\r\n*2\r\n:1\r\n_\r\n|1\r\n+a\r\n+b\r\n,1.5\r\n".to_vec();
+        replies.extend_from_slice(b"$-1\r\n+OK\r\n>2\r\n$5\r\nhello\r\n~0\r\n");
+        let mut lens = Vec::new();
+        let mut pos = 0;
+        while let Ok(Some(n)) = reply_len(&replies[pos..]) {
+            lens.push(n);
+            pos += n;
+        }
+        assert_eq!(pos, replies.len());
+        // Fed in every chunk size, the framer finds the same replies.
+        for chunk in 1..=replies.len() {
+            let mut framer = ReplyFramer::default();
+            let (mut start, mut have, mut got) = (0, 0, Vec::new());
+            while start < replies.len() {
+                have = (have + chunk).min(replies.len());
+                while let Some(n) = framer.frame(&replies[start..have]).unwrap() {
+                    got.push(n);
+                    start += n;
+                }
+            }
+            assert_eq!(got, lens, "chunks of {chunk}");
+        }
+        // It does not walk again what it walked: frame() on a long array
+        // grown one element at a time resumes at the last element.
+        let mut framer = ReplyFramer::default();
+        let mut big = b"*100000\r\n".to_vec();
+        for i in 0..100_000u32 {
+            assert_eq!(framer.frame(&big), Ok(None));
+            assert_eq!(framer.pos, big.len(), "element {i}");
+            big.extend_from_slice(b":1\r\n");
+        }
+        assert_eq!(framer.frame(&big), Ok(Some(big.len())));
+        assert_eq!(framer, ReplyFramer::default());
     }
 
     #[test]

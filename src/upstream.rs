@@ -245,6 +245,8 @@ struct Conn {
     inflight: VecDeque<Inflight>,
     inbuf: Vec<u8>,
     in_start: usize,
+    /// Progress through the reply at `in_start` when it is not whole yet.
+    framer: codec::ReplyFramer,
     /// TLS session over `stream`, when the cluster uses TLS: `out` is then
     /// plaintext handed to it, and `inbuf` receives its plaintext.
     tls: Option<Box<rustls::ClientConnection>>,
@@ -641,6 +643,7 @@ impl UpstreamLoop {
             inflight: VecDeque::new(),
             inbuf: Vec::new(),
             in_start: 0,
+            framer: codec::ReplyFramer::default(),
             tls: None,
         };
         match self.clusters[cluster].topo.tls_session(addr) {
@@ -843,7 +846,7 @@ impl UpstreamLoop {
             // Match complete replies to commands, in order.
             loop {
                 let buf = &conn.inbuf[conn.in_start..];
-                let n = match codec::reply_len(buf) {
+                let n = match conn.framer.frame(buf) {
                     Ok(Some(n)) => n,
                     Ok(None) => break,
                     Err(e) => {
