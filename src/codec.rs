@@ -213,6 +213,8 @@ pub struct ReplyFramer {
     pos: usize,
     /// Elements still owed from `pos` on; 0: no reply begun.
     owed: u64,
+    /// The line of the element at `pos` has no CRLF before this offset.
+    searched: usize,
 }
 
 impl ReplyFramer {
@@ -238,17 +240,31 @@ fn walk_reply(buf: &[u8], at: &mut ReplyFramer) -> Result<Option<usize>, String>
     };
     while owed > 0 {
         // Where to resume if this element is not all there yet.
+        if at.pos != pos {
+            at.searched = 0;
+        }
         at.pos = pos;
         at.owed = owed;
         let Some(&kind) = buf.get(pos) else {
             return Ok(None);
         };
-        let Some(eol) = find_crlf(buf, pos + 1) else {
-            if buf.len() - pos > MAX_INLINE_LEN {
+        // A length line is short; a simple string or error is a value, as
+        // long as the node makes it (a script's status reply can be 100 KB),
+        // and is searched for its CRLF only once.
+        let length_line = !matches!(kind, b'+' | b'-' | b':' | b'_' | b',' | b'#' | b'(');
+        let too_long = |end: usize| length_line && end - pos > MAX_INLINE_LEN;
+        let Some(eol) = find_crlf(buf, at.searched.max(pos + 1)) else {
+            if too_long(buf.len()) {
                 return Err("invalid reply from node: header line too long".into());
             }
+            // A CR last may be the start of the CRLF.
+            at.searched = buf.len().saturating_sub(1).max(pos + 1);
             return Ok(None);
         };
+        // Refused whole as in pieces (above).
+        if too_long(eol) {
+            return Err("invalid reply from node: header line too long".into());
+        }
         let line = &buf[pos + 1..eol];
         pos = eol + 2;
         owed -= 1;
@@ -611,6 +627,38 @@ mod tests {
         }
         assert_eq!(framer.frame(&big), Ok(Some(big.len())));
         assert_eq!(framer, ReplyFramer::default());
+    }
+
+    /// Regression: a simple string or error line over 64 KiB (what
+    /// `EVAL "return {ok=string.rep('x',100000)}" 0` makes a node send) was
+    /// refused as "header line too long" when it arrived in pieces, failing
+    /// the node connection and every command in flight on it; a length
+    /// line over 64 KiB was accepted when it arrived whole.
+    #[test]
+    fn long_value_lines_framed_long_length_lines_refused_however_they_arrive() {
+        let mut status = b"+".to_vec();
+        status.extend(vec![b'x'; 100_000]);
+        status.extend_from_slice(b"\r\n");
+        let mut length = b"*".to_vec();
+        length.extend(vec![b'0'; 70_000]);
+        length.extend_from_slice(b"1\r\n:1\r\n");
+        for chunk in [1 << 20, 65_536, 1000, 7] {
+            let mut framer = ReplyFramer::default();
+            let mut have = 0;
+            let (mut got_status, mut got_length) = (Ok(None), Ok(None));
+            while got_status == Ok(None) && have < status.len() {
+                have = (have + chunk).min(status.len());
+                got_status = framer.frame(&status[..have]);
+            }
+            assert_eq!(got_status, Ok(Some(status.len())), "chunks of {chunk}");
+            let mut framer = ReplyFramer::default();
+            have = 0;
+            while got_length == Ok(None) && have < length.len() {
+                have = (have + chunk).min(length.len());
+                got_length = framer.frame(&length[..have]);
+            }
+            assert!(got_length.is_err(), "chunks of {chunk}: {got_length:?}");
+        }
     }
 
     #[test]
