@@ -90,19 +90,48 @@ pub fn request_decoder(data: &[u8]) {
 }
 
 fn check_reply_len(data: &[u8]) {
-    let mut pos = 0;
     // Replies one after the other, as a node's connection frames them.
+    let mut whole = Vec::new();
+    let mut pos = 0;
     while pos < data.len() {
         let buf = &data[pos..];
         match codec::reply_len(buf) {
             Ok(Some(n)) => {
                 assert!(n > 0 && n <= buf.len(), "reply_len {n} of {}", buf.len());
                 assert_eq!(codec::reply_len(&buf[..n]), Ok(Some(n)), "reply alone");
+                whole.push(Some(n));
                 pos += n;
             }
-            Ok(None) | Err(_) => break,
+            Ok(None) => break,
+            Err(_) => {
+                whole.push(None);
+                break;
+            }
         }
     }
+    // The upstream loop's incremental framer, fed in chunks (size from the
+    // first byte), finds the same replies and the same error.
+    let chunk = usize::from(data.first().copied().unwrap_or(1)).max(1);
+    let mut framer = codec::ReplyFramer::default();
+    let mut pieces = Vec::new();
+    let (mut start, mut have) = (0, 0);
+    'read: while start < data.len() && have < data.len() {
+        have = (have + chunk).min(data.len());
+        loop {
+            match framer.frame(&data[start..have]) {
+                Ok(Some(n)) => {
+                    pieces.push(Some(n));
+                    start += n;
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    pieces.push(None);
+                    break 'read;
+                }
+            }
+        }
+    }
+    assert_eq!(pieces, whole, "in chunks of {chunk} vs whole");
 }
 
 // ---------------------------------------------------------------------------
