@@ -227,10 +227,34 @@ struct Inflight {
     timed_out: bool,
 }
 
+/// What a shared connection is for. Replica reads need `READONLY` on the
+/// connection; every other connection must not have it, because a node we
+/// still believe is a master may have become a replica (failover, or a
+/// master that gave away its last slot), and with `READONLY` it would answer
+/// reads from its lagging copy instead of redirecting us to the real owner.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Role {
+    /// Commands meant for the slot's master: redirected if it is not one.
+    Master,
+    /// Reads sent to a replica on purpose (read policy): `READONLY`.
+    ReplicaRead,
+}
+
+/// A shared connection's identity: RESP3 clients and replica reads get
+/// connections of their own.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct PoolKey {
+    cluster: usize,
+    addr: String,
+    resp3: bool,
+    role: Role,
+}
+
 struct Conn {
     cluster: usize,
     addr: String,
     resp3: bool,
+    role: Role,
     /// A client's dedicated connection (transactions), not shared.
     pin: Option<u64>,
     /// The client owning a pinned connection: closed when it goes away.
@@ -292,8 +316,8 @@ pub struct UpstreamLoop {
     clusters: Vec<ClusterView>,
     conns: Vec<Option<Conn>>,
     free: Vec<usize>,
-    /// Connections by (cluster, node, RESP3?): RESP3 clients get their own.
-    by_addr: HashMap<(usize, String, bool), usize>,
+    /// Shared connections by what they are for.
+    by_addr: HashMap<PoolKey, usize>,
     /// Pinned (transaction) connections by pin id.
     pinned: HashMap<u64, usize>,
     down: HashMap<(usize, String), Down>,
@@ -480,10 +504,10 @@ impl UpstreamLoop {
             // No topology yet (start-up): wait for the first refresh.
             return self.park(req, "no topology yet");
         };
-        let (addr, asking) = match &req.target {
-            Target::Node { addr, asking, .. } => (addr.clone(), *asking),
+        let (addr, asking, role) = match &req.target {
+            Target::Node { addr, asking, .. } => (addr.clone(), *asking, Role::Master),
             Target::AnyMaster => match map.shards.first() {
-                Some(s) => (s.master.clone(), false),
+                Some(s) => (s.master.clone(), false, Role::Master),
                 None => return self.park(req, "empty topology"),
             },
             Target::Slot { slot, read } => {
@@ -506,17 +530,18 @@ impl UpstreamLoop {
                 };
                 self.rr = self.rr.wrapping_add(1);
                 match routing::pick_node(shard, policy, healthy, self.rr) {
-                    Ok(a) => (a.to_string(), false),
+                    Ok(a) if a == shard.master => (a.to_string(), false, Role::Master),
+                    Ok(a) => (a.to_string(), false, Role::ReplicaRead),
                     Err(msg) => {
                         return req.respond(codec::error(&msg));
                     }
                 }
             }
         };
-        self.send_to(req, addr, asking, now);
+        self.send_to(req, addr, asking, role, now);
     }
 
-    fn send_to(&mut self, req: Request, addr: String, asking: bool, now: Instant) {
+    fn send_to(&mut self, req: Request, addr: String, asking: bool, role: Role, now: Instant) {
         let key = (req.cluster, addr);
         if let Some(d) = self.down.get(&key) {
             if now < d.next_attempt {
@@ -539,11 +564,19 @@ impl UpstreamLoop {
         }
         let existing = match req.pin {
             Some(_) => None,
-            None => self.by_addr.get(&(key.0, key.1.clone(), resp3)).copied(),
+            None => {
+                let pool = PoolKey {
+                    cluster: key.0,
+                    addr: key.1.clone(),
+                    resp3,
+                    role,
+                };
+                self.by_addr.get(&pool).copied()
+            }
         };
         let idx = match existing {
             Some(i) => i,
-            None => match self.connect(key.0, &key.1, resp3, req.pin, now) {
+            None => match self.connect(key.0, &key.1, resp3, role, req.pin, now) {
                 Ok(i) => i,
                 Err(e) => {
                     self.mark_down(key.0, &key.1, now);
@@ -609,6 +642,7 @@ impl UpstreamLoop {
         cluster: usize,
         addr: &str,
         resp3: bool,
+        role: Role,
         pin: Option<u64>,
         now: Instant,
     ) -> io::Result<usize> {
@@ -631,6 +665,7 @@ impl UpstreamLoop {
             cluster,
             addr: addr.to_string(),
             resp3,
+            role,
             pin,
             owner: None,
             stream,
@@ -655,9 +690,9 @@ impl UpstreamLoop {
                 return Err(io::Error::other(e));
             }
         }
-        // Every connection first authenticates (if configured) and sends
-        // READONLY so replica reads are allowed; both are harmless on
-        // masters and their replies are consumed here.
+        // Every connection first authenticates (if configured); connections
+        // for replica reads then send READONLY (see `Role`). The replies are
+        // consumed here.
         let cfg = &self.clusters[cluster].cfg;
         let mut setup: Vec<&[u8]> = Vec::new();
         if resp3 {
@@ -676,10 +711,18 @@ impl UpstreamLoop {
         if !setup.is_empty() {
             conn.queue_internal(&codec::command(&setup));
         }
-        conn.queue_internal(READONLY);
+        if role == Role::ReplicaRead {
+            conn.queue_internal(READONLY);
+        }
         self.conns[idx] = Some(conn);
         if pin.is_none() {
-            self.by_addr.insert((cluster, addr.to_string(), resp3), idx);
+            let pool = PoolKey {
+                cluster,
+                addr: addr.to_string(),
+                resp3,
+                role,
+            };
+            self.by_addr.insert(pool, idx);
         }
         Ok(idx)
     }
@@ -963,10 +1006,11 @@ impl UpstreamLoop {
         }
     }
 
-    /// Drop a broken connection. Commands that never reached the node whole
-    /// are safe to send again and wait for a fresh topology; those that did
-    /// may have run, so their clients get an error (never a silent retry of
-    /// a write).
+    /// Drop a broken connection. Commands that never reached the node whole,
+    /// and reads, are safe to send again: they wait for a fresh topology.
+    /// Writes that reached the node may have run: they are resent only when
+    /// `retry_unanswered_writes` is on (at-least-once), else their clients
+    /// get an error. Transactions are never resent.
     fn fail_conn(&mut self, idx: usize, why: &str) {
         let Some(mut conn) = self.conns.get_mut(idx).and_then(|c| c.take()) else {
             return;
@@ -977,8 +1021,12 @@ impl UpstreamLoop {
                 self.pinned.remove(&pin);
             }
             None => {
-                self.by_addr
-                    .remove(&(conn.cluster, conn.addr.clone(), conn.resp3));
+                self.by_addr.remove(&PoolKey {
+                    cluster: conn.cluster,
+                    addr: conn.addr.clone(),
+                    resp3: conn.resp3,
+                    role: conn.role,
+                });
             }
         }
         self.free.push(idx);

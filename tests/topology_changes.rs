@@ -132,3 +132,100 @@ fn added_node_moved_slots_removed_node_and_returning_master() {
     assert!(back, "the returning master was not used again");
     assert_eq!(c.cmd(&["GET", &key]), Resp::bulk("2"));
 }
+
+/// The proxy's clients on `port` (every connection but ours and the
+/// replication links), as `CLIENT LIST` lines.
+fn proxy_clients(port: u16) -> Vec<String> {
+    let mut c = RawClient::connect(port);
+    let Resp::Bulk(list) = c.cmd(&["CLIENT", "LIST"]) else {
+        panic!("CLIENT LIST on {port} did not answer a bulk string");
+    };
+    String::from_utf8_lossy(&list)
+        .lines()
+        .filter(|l| !l.contains(" cmd=client|list ") && !l.contains(" cmd=cluster|slots "))
+        .filter(|l| {
+            let flags = l
+                .split(' ')
+                .find_map(|f| f.strip_prefix("flags="))
+                .unwrap_or("");
+            !flags.contains('S') && !flags.contains('M')
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+fn has_readonly_flag(line: &str) -> bool {
+    line.split(' ')
+        .find_map(|f| f.strip_prefix("flags="))
+        .is_some_and(|f| f.contains('r'))
+}
+
+/// Found by `topology_changes` failing 1 run in 8: a master that gave away
+/// its last slot turned itself into a replica (Redis does that), the proxy's
+/// map still named it master, and because every upstream connection had
+/// sent `READONLY` it answered a GET from its lagging copy instead of
+/// redirecting: a stale read right after an acknowledged SET. Only
+/// connections that carry replica reads on purpose may be `READONLY`.
+#[test]
+fn only_replica_read_connections_are_readonly() {
+    let cluster = Cluster::start(3, 1);
+    let masters = cluster.master_ports();
+    let replicas: Vec<u16> = cluster
+        .ports()
+        .into_iter()
+        .filter(|p| !masters.contains(p))
+        .collect();
+    assert_eq!(replicas.len(), 3, "expected one replica per master");
+
+    // Read policy MASTER: no connection anywhere may be READONLY.
+    let envoy = Envoy::start(module_config(&cluster, json!({})));
+    let mut c = envoy.raw_client();
+    for i in 0..300 {
+        let k = format!("ro:{i}");
+        assert_eq!(c.cmd(&["SET", &k, "v"]), Resp::ok());
+        assert_eq!(c.cmd(&["GET", &k]), Resp::bulk("v"));
+    }
+    for &p in &masters {
+        let clients = proxy_clients(p);
+        assert!(!clients.is_empty(), "no proxy connection on master {p}");
+        for l in &clients {
+            assert!(
+                !has_readonly_flag(l),
+                "READONLY connection on master {p}: {l}"
+            );
+        }
+    }
+    drop(c);
+    drop(envoy);
+
+    // Read policy REPLICA: the reads reach replicas on READONLY
+    // connections; the writes' connections to masters stay plain.
+    let envoy = Envoy::start(module_config(&cluster, json!({ "read_policy": "REPLICA" })));
+    let mut c = envoy.raw_client();
+    for i in 0..300 {
+        let k = format!("ro:{i}");
+        assert_eq!(c.cmd(&["SET", &k, "w"]), Resp::ok());
+        let r = c.cmd(&["GET", &k]);
+        assert!(
+            r == Resp::bulk("w") || r == Resp::bulk("v"),
+            "GET {k}: {r:?}"
+        );
+    }
+    for &p in &masters {
+        for l in proxy_clients(p) {
+            assert!(
+                !has_readonly_flag(&l),
+                "READONLY connection on master {p}: {l}"
+            );
+        }
+    }
+    for &p in &replicas {
+        let clients = proxy_clients(p);
+        assert!(
+            clients
+                .iter()
+                .any(|l| has_readonly_flag(l) && l.contains(" cmd=get ")),
+            "no READONLY connection serving GETs on replica {p}: {clients:?}"
+        );
+    }
+}
