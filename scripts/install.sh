@@ -60,9 +60,14 @@ envoy_path() {
 }
 
 installed_ok() {
-    local bin
+    local bin version
     bin="$(envoy_path)" || return 1
-    [ -n "$bin" ] && [ -x "$bin" ] && "$bin" --version 2>/dev/null | grep -q "/$ENVOY_VERSION/"
+    [ -n "$bin" ] && [ -x "$bin" ] || return 1
+    # Captured, not piped into `grep -q`: Envoy writes its version line and a
+    # final newline separately, and under pipefail the SIGPIPE of that second
+    # write after grep has quit failed this check about one time in five.
+    version="$("$bin" --version 2>/dev/null)" || return 1
+    [[ "$version" == *"/$ENVOY_VERSION/"* ]]
 }
 
 if installed_ok; then
