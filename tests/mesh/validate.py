@@ -300,10 +300,11 @@ def cmd_check():
         if not doc.get("kind") or not (doc.get("metadata") or {}).get("name"):
             problems.append(f"{rel(path)}: {doc.get('kind')} without kind or metadata.name")
             continue
-        # YAML embedded in ConfigMaps (Envoy Gateway's own config) must parse too.
+        # YAML/JSON embedded in ConfigMaps (Envoy Gateway's own config, the
+        # sidecar's bootstrap override) must parse too.
         if doc["kind"] == "ConfigMap":
             for k, text in (doc.get("data") or {}).items():
-                if k.endswith((".yaml", ".yml")):
+                if k.endswith((".yaml", ".yml", ".json")):
                     try:
                         yaml.safe_load(text)
                     except yaml.YAMLError as e:
@@ -461,6 +462,62 @@ def cross_checks():
     for l in boot["static_resources"]["listeners"]:
         for f in module_filters(l):
             p.extend(check_module_filter(f, "envoy-rw-split-mirror.yaml"))
+    p.extend(stats_tags_checks(ep, client))
+    return p
+
+
+def stats_tags(bootstrap, where):
+    """The (tag_name, regex) list of a bootstrap's stats_config."""
+    tags = ((bootstrap or {}).get("stats_config") or {}).get("stats_tags") or []
+    if not tags:
+        raise Failure(f"{where}: no stats_config.stats_tags")
+    return [(t.get("tag_name"), t.get("regex")) for t in tags]
+
+
+def stats_tags_checks(ep, client):
+    """Every shipped copy of the module's stats_tags is the list in
+    envoy-config/standalone/envoy.yaml (which tests/stats.rs runs in Envoy),
+    and each mesh manifest actually applies it."""
+    p = []
+    want = stats_tags(load_docs(os.path.join(CONFIG_DIR, "standalone", "envoy.yaml"))[0],
+                      "standalone/envoy.yaml")
+    copies = {"standalone/envoy-rw-split-mirror.yaml": standalone_bootstrap()}
+    # Envoy Gateway: merged into its default bootstrap.
+    boot = ep["spec"].get("bootstrap") or {}
+    if boot.get("type") != "Merge":
+        p.append("EnvoyProxy bootstrap must be type Merge (Replace would drop Envoy Gateway's own)")
+    copies["EnvoyProxy spec.bootstrap.value"] = yaml.safe_load(boot.get("value") or "")
+    # Istio: the ConfigMap named by the bootstrapOverride annotation, and a
+    # stats matcher that keeps the module's stats at all.
+    pod_meta = client["spec"]["template"]["metadata"]
+    annotations = pod_meta.get("annotations") or {}
+    cm_name = annotations.get("sidecar.istio.io/bootstrapOverride")
+    cms = [d for _, d in k8s_docs() if d["kind"] == "ConfigMap"
+           and d["metadata"]["name"] == cm_name
+           and d["metadata"].get("namespace") == client["metadata"]["namespace"]]
+    if len(cms) != 1:
+        p.append(f"no ConfigMap {cm_name!r} beside the redis-client Deployment "
+                 "(sidecar.istio.io/bootstrapOverride)")
+    else:
+        text = (cms[0].get("data") or {}).get("custom_bootstrap.json")
+        if text is None:
+            p.append(f"ConfigMap {cm_name} lacks custom_bootstrap.json (the file istio-agent reads)")
+        else:
+            copies[f"ConfigMap {cm_name} custom_bootstrap.json"] = yaml.safe_load(text)
+    proxy_cfg = yaml.safe_load(annotations.get("proxy.istio.io/config") or "") or {}
+    prefixes = (proxy_cfg.get("proxyStatsMatcher") or {}).get("inclusionPrefixes") or []
+    if not any("dynamicmodulescustom.redis.redis.cluster.main.upstream_rq_total".startswith(x)
+               and "dynamicmodulescustom.redis.redis.command.get.total".startswith(x)
+               for x in prefixes):
+        p.append("redis-client proxyStatsMatcher.inclusionPrefixes does not keep the module's stats")
+    for where, bootstrap in copies.items():
+        try:
+            got = stats_tags(bootstrap, where)
+        except Failure as e:
+            p.append(str(e))
+            continue
+        if got != want:
+            p.append(f"{where}: stats_tags differ from standalone/envoy.yaml's: {got} != {want}")
     return p
 
 
