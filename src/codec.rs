@@ -11,8 +11,9 @@
 //! back byte ranges into the input, with no copy.
 //!
 //! **Replies** (node → proxy) are any RESP2 or RESP3 value, possibly nested.
-//! They come from Redis, and are framed with the `redis-protocol` crate's
-//! zero-copy range decoder; the proxy forwards their bytes verbatim.
+//! They are framed, not decoded, by [`reply_len`] / [`ReplyFramer`] below (an
+//! iterative walk: no recursion, no allocation), and the proxy forwards their
+//! bytes verbatim.
 
 use std::ops::Range;
 

@@ -86,8 +86,9 @@ pub struct Settings {
     /// Commands a client may have in flight before the proxy stops reading
     /// from it (backpressure). Default 10 000.
     pub max_pending_requests_per_connection: u32,
-    /// Bytes buffered for one client (requests plus replies) before the proxy
-    /// stops reading from it. Default 64 MiB.
+    /// Largest single request a client may send: a longer one gets a
+    /// protocol error and the connection is closed. It does not bound
+    /// buffering (the pending limit and Envoy's watermarks do). Default 64 MiB.
     pub max_buffered_bytes_per_connection: usize,
     /// Resend a write whose connection broke before its reply came (e.g.
     /// its master was killed): it waits for the new master like any other

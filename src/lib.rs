@@ -6,11 +6,20 @@
 //! - [`codec`]: RESP framing of client requests and node replies;
 //! - [`slot`]: key → hash slot (CRC16/XMODEM, hash tags);
 //! - [`command`]: the command table (flags, key positions);
-//! - [`config`]: the filter's JSON configuration;
-//! - [`topology`]: `CLUSTER SLOTS` parsing, the slot map and its refresher;
-//! - [`routing`]: prefix routes and read policy → which node gets a command;
+//! - [`config`]: the filter's JSON configuration, including prefix-route
+//!   matching ([`config::PrefixRoutes::route_for`]);
+//! - [`proxy`]: one filter config's runtime: its clusters, refreshers,
+//!   upstream loops and route lookup (prefix route → cluster, read policy);
+//! - [`topology`]: `CLUSTER SLOTS` parsing and the slot map;
+//! - [`topology_refresh`]: the refresher threads that keep slot maps fresh;
+//! - [`routing`]: read policy → which node of a shard serves a command;
+//! - [`splitter`]: splitting multi-key and cluster-wide commands, merging
+//!   their replies;
+//! - [`local`]: commands the proxy answers itself;
 //! - [`upstream`]: the module-owned event loops and connections to Redis nodes;
+//! - [`tls`]: TLS to the nodes;
 //! - [`session`]: one client connection: parsing, local replies, reply ordering;
+//! - [`stats`]: statistics, through Envoy's stats;
 //! - [`envoy`]: the only `unsafe` code, the FFI boundary with Envoy.
 
 pub mod codec;

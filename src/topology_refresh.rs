@@ -3,8 +3,9 @@
 //! One refresher thread per configured cluster asks nodes for `CLUSTER
 //! SLOTS` every `cluster_refresh_rate`, and at once (coalesced: one refresh
 //! in flight, requests meanwhile fold into the next) when a loop reports a
-//! MOVED, a cluster error or an unreachable node. It asks up to three nodes
-//! (known masters first, then the seeds) and keeps the majority view
+//! MOVED, a cluster error or an unreachable node. It asks nodes in the order
+//! known masters, known replicas, then the configured seeds (each once),
+//! until three have answered, and keeps the majority view
 //! ([`topology::choose_view`]), so one node with a stale view cannot make
 //! the map flip-flop. The result is published as an immutable
 //! `Arc<SlotMap>` plus a generation number: loops read the generation with

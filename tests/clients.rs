@@ -3,8 +3,8 @@
 //! (which discovers the proxy as a one-node cluster), driven by
 //! tests/clients/redis_py_check.py.
 //!
-//! Skipped (with a message) only when python3 is missing; redis-py is
-//! installed with pip when absent.
+//! Needs python3 with redis-py, which scripts/install.sh installs; without
+//! either the test fails, saying so.
 //!
 //! MODULE-DEPENDENT: needs target/debug/libenvoy_redis_cluster.so (cargo build).
 
@@ -12,57 +12,33 @@ mod common;
 
 use common::*;
 use serde_json::json;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-fn python() -> Option<&'static str> {
-    let ok = Command::new("python3")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    ok.then_some("python3")
-}
-
-fn has_redis_py(py: &str) -> bool {
-    Command::new(py)
-        .args(["-c", "import redis, redis.cluster"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// redis-py importable, installing it with pip if needed.
-fn ensure_redis_py(py: &str) {
-    if has_redis_py(py) {
-        return;
-    }
-    let out = Command::new(py)
-        .args(["-m", "pip", "install", "-q", "redis"])
+/// python3 can import redis-py; else fail, naming what is missing.
+fn require_redis_py() {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import redis, redis.cluster; print(redis.__version__)",
+        ])
         .output()
-        .expect("run pip");
+        .unwrap_or_else(|e| panic!("python3 cannot be run ({e}); run scripts/install.sh"));
     assert!(
-        has_redis_py(py),
-        "redis-py is missing and `{py} -m pip install redis` did not provide it:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
+        out.status.success(),
+        "python3 cannot import redis-py; run scripts/install.sh:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
 }
 
 #[test]
 fn redis_py_plain_and_cluster_clients_work_through_the_proxy() {
-    let Some(py) = python() else {
-        eprintln!("SKIPPED: python3 is not installed; redis-py client test not run");
-        return;
-    };
-    ensure_redis_py(py);
+    require_redis_py();
     let cluster = Cluster::start(3, 0);
     let envoy = Envoy::start(module_config(&cluster, json!({})));
     let script = repo_root().join("tests/clients/redis_py_check.py");
     let out = Command::new("timeout")
         .arg("300")
-        .arg(py)
+        .arg("python3")
         .arg(&script)
         .arg("127.0.0.1")
         .arg(envoy.port().to_string())

@@ -2,8 +2,8 @@
 //! real Redis Cluster: each check failed with the module built before its
 //! fix.
 //!
-//! MODULE-DEPENDENT: the module's own behaviour (limits, half-close); skipped
-//! with `PROXY_UNDER_TEST=builtin`.
+//! MODULE-DEPENDENT: the module's own behaviour (limits, half-close), so
+//! these always run the module, whatever `PROXY_UNDER_TEST` says.
 
 mod common;
 
@@ -12,10 +12,6 @@ use serde_json::json;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
-
-fn is_builtin() -> bool {
-    proxy_under_test() == ProxyKind::Builtin
-}
 
 /// Send `request` on a fresh connection and read until `done` says so (or
 /// the connection closed, or 20 s passed). Raw bytes: the test's own
@@ -46,11 +42,8 @@ fn raw_exchange(port: u16, request: &[u8], done: impl Fn(&[u8]) -> bool) -> Vec<
 /// stack of the upstream thread framing it, which aborted Envoy.
 #[test]
 fn deeply_nested_script_reply_reaches_the_client_and_envoy_lives() {
-    if is_builtin() {
-        return;
-    }
     let cluster = Cluster::start(3, 0);
-    let mut envoy = start_proxy(module_config(&cluster, json!({})));
+    let mut envoy = Envoy::start(module_config(&cluster, json!({})));
     let script = "local t=1 for i=1,tonumber(ARGV[1]) do t={t} end return t";
     // RESP2: 7,900 nested one-element arrays.
     let mut want = b"*1\r\n".repeat(7900);
@@ -96,15 +89,12 @@ fn deeply_nested_script_reply_reaches_the_client_and_envoy_lives() {
 
 #[test]
 fn pending_limit_fin_and_buffer_limit_behave_however_input_arrives() {
-    if is_builtin() {
-        return;
-    }
     let cluster = Cluster::start(3, 0);
     let settings = json!({
         "max_pending_requests_per_connection": 5,
         "max_buffered_bytes_per_connection": 4096,
     });
-    let mut envoy = start_proxy(module_config(&cluster, settings));
+    let mut envoy = Envoy::start(module_config(&cluster, settings));
 
     // 50 locally answered commands in one write, 5 allowed in flight: the
     // rest used to wait forever once the first 5 were answered.

@@ -2,8 +2,8 @@
 //!
 //! - `manifests_parse_and_validate_against_their_crds`: every YAML parses and
 //!   every custom resource validates against its published CRD
-//!   (tests/mesh/validate.py check; needs shared/crds beside the repo or
-//!   `MESH_CRDS_DIR`).
+//!   (tests/mesh/validate.py check, against the CRD schemas in
+//!   tests/mesh/crds).
 //! - One test per deployment: the listener that the mesh would hand to Envoy
 //!   is rendered by tests/mesh/validate.py (Envoy Gateway's generated TCP
 //!   listener with the EnvoyPatchPolicy's JSON patch applied; an Istio
@@ -16,7 +16,8 @@
 //!   (writes on the mirror, reads not).
 //!
 //! MODULE-DEPENDENT (needs `cargo build`), and needs python3 with PyYAML,
-//! jsonschema and jsonpatch (validate.py pip-installs missing ones).
+//! jsonschema, jsonpatch and cel-python (scripts/install.sh installs them;
+//! without them these tests fail).
 
 mod common;
 

@@ -55,6 +55,10 @@ impl Standalone {
     fn conn(&self) -> redis::Connection {
         connect(self.port)
     }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().expect("mirror running").id()
+    }
 }
 
 impl Drop for Standalone {
@@ -247,8 +251,8 @@ fn mirror_config(cluster: &Cluster, mirror_port: u16) -> Json {
     cfg
 }
 
-/// Writes are mirrored, reads only where asked; a dead mirror costs the
-/// client nothing, and mirroring resumes when it comes back.
+/// Writes are mirrored, reads only where asked; a slow (stopped) or dead
+/// mirror costs the client nothing, and mirroring resumes when it comes back.
 #[test]
 fn mirroring_is_fire_and_forget_and_resumes() {
     let cluster = Cluster::start(3, 0);
@@ -304,6 +308,43 @@ fn mirroring_is_fire_and_forget_and_resumes() {
     };
     let (base, e0) = time_sets(&mut c, "base");
     assert_eq!(e0, 0);
+
+    // A slow mirror: SIGSTOPped, it accepts bytes (into its socket buffer)
+    // and answers nothing. 12,000 writes fill the mirror connection's
+    // 10,000-command queue, so copies are dropped, not waited for. If a
+    // write waited for its copy it would take op_timeout (5 s) or forever;
+    // the bounds below are far under that.
+    let base_lat = set_latencies(&mut c, "slowbase", 2000);
+    let mirror_pid = mirror.pid();
+    signal(mirror_pid, "STOP");
+    let slow_lat = set_latencies(&mut c, "slow", 12_000);
+    signal(mirror_pid, "CONT");
+    let dropped = envoy
+        .stat("dynamicmodulescustom.redis.redis.cluster.mirror.mirror_rq_dropped")
+        .unwrap_or(0);
+    let (p50, p99, max) = (
+        percentile(&slow_lat, 50),
+        percentile(&slow_lat, 99),
+        percentile(&slow_lat, 100),
+    );
+    let base_p50 = percentile(&base_lat, 50);
+    println!(
+        "slow mirror: SET p50 {p50:?} p99 {p99:?} max {max:?} (mirror answering: p50 {base_p50:?} p99 {:?} max {:?}); {dropped} copies dropped",
+        percentile(&base_lat, 99),
+        percentile(&base_lat, 100),
+    );
+    assert!(
+        dropped > 0,
+        "the stopped mirror was never full: the test did not test a slow mirror"
+    );
+    assert!(
+        p50 < base_p50 * 3 + Duration::from_millis(1)
+            && p99 < Duration::from_millis(100)
+            && max < Duration::from_secs(1),
+        "a slow mirror delayed the client: p50 {p50:?} (answering mirror {base_p50:?}), \
+         p99 {p99:?}, max {max:?} (op_timeout 5 s)"
+    );
+
     mirror.kill();
     let (dead, e1) = time_sets(&mut c, "dead");
     assert_eq!(e1, 0, "client saw errors while the mirror was down");
@@ -323,6 +364,27 @@ fn mirroring_is_fire_and_forget_and_resumes() {
         resumed,
         "mirroring did not resume after the mirror restarted"
     );
+}
+
+/// The time of each of `n` SETs (keys `<tag>:<i>`), each required to succeed.
+fn set_latencies(c: &mut redis::Connection, tag: &str, n: usize) -> Vec<Duration> {
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let t = Instant::now();
+        let r: redis::RedisResult<()> = c.set(format!("{tag}:{i}"), i);
+        out.push(t.elapsed());
+        assert!(r.is_ok(), "SET {tag}:{i} failed: {r:?}");
+    }
+    out
+}
+
+/// The `pct`th percentile (100 = max) of `lat`.
+fn percentile(lat: &[Duration], pct: usize) -> Duration {
+    let mut v = lat.to_vec();
+    v.sort();
+    v.get((v.len() * pct / 100).min(v.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or_default()
 }
 
 /// Longest prefix wins, case-insensitively when asked, remove_prefix strips

@@ -1,10 +1,12 @@
 //! Statistics reach Envoy's admin endpoint (`/stats`, `/stats/prometheus`)
-//! and move as traffic flows.
+//! and move as traffic flows; with the stats_tags the standalone bootstraps
+//! ship, Prometheus sees the cluster and the command as labels.
 
 mod common;
 
 use common::*;
 use serde_json::json;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 const P: &str = "dynamicmodulescustom.redis.redis.";
@@ -109,4 +111,187 @@ fn counters_and_gauges_follow_traffic() {
         "prometheus lacks command counters"
     );
     let _ = &mut cluster;
+}
+
+/// The `(tag_name, regex)` pairs of the `stats_config.stats_tags` shipped in
+/// `rel` (read from the file, so the test cannot drift from what users get).
+fn shipped_stats_tags(rel: &str) -> Vec<(String, String)> {
+    let path = repo_root().join(rel);
+    let text =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let mut out = Vec::new();
+    let mut name = None;
+    for line in text.lines().map(str::trim) {
+        let line = line.strip_prefix("- ").unwrap_or(line);
+        if let Some(v) = line.strip_prefix("tag_name:") {
+            name = Some(v.trim().to_string());
+        } else if let Some(v) = line.strip_prefix("regex:") {
+            let quoted = v.trim();
+            let re = quoted
+                .strip_prefix('\'')
+                .and_then(|v| v.strip_suffix('\''))
+                .unwrap_or_else(|| panic!("{rel}: regex not in single quotes: {quoted}"))
+                .replace("''", "'");
+            let tag = name
+                .take()
+                .unwrap_or_else(|| panic!("{rel}: regex before tag_name"));
+            out.push((tag, re));
+        }
+    }
+    assert!(!out.is_empty(), "{rel} has no stats_tags");
+    out
+}
+
+/// A Prometheus sample line: metric name, labels, value.
+type Sample = (String, BTreeMap<String, String>, f64);
+
+fn prometheus_samples(text: &str) -> Vec<Sample> {
+    let mut out = Vec::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let Some((head, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(value) = value.parse::<f64>() else {
+            continue;
+        };
+        let (name, labels) = match head.split_once('{') {
+            Some((n, rest)) => (n, rest.trim_end_matches('}')),
+            None => (head, ""),
+        };
+        let labels = labels
+            .split(',')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.trim_matches('"').to_string()))
+            .collect();
+        out.push((name.to_string(), labels, value));
+    }
+    out
+}
+
+/// The value of the sample named `name` whose labels are exactly `labels`.
+fn sample(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let want: BTreeMap<String, String> = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    samples
+        .iter()
+        .find(|(n, l, _)| n == name && *l == want)
+        .map(|(_, _, v)| *v)
+}
+
+/// The stats_tags shipped in envoy-config/standalone/ make the stat_prefix,
+/// the cluster name and the command Prometheus labels instead of parts of
+/// metric names.
+#[test]
+fn shipped_stats_tags_turn_cluster_and_command_into_prometheus_labels() {
+    let tags = shipped_stats_tags("envoy-config/standalone/envoy.yaml");
+    assert_eq!(
+        tags,
+        shipped_stats_tags("envoy-config/standalone/envoy-rw-split-mirror.yaml"),
+        "the two standalone bootstraps ship different stats_tags"
+    );
+    let cluster = Cluster::start(3, 0);
+    let (port, admin) = (alloc_port(), alloc_port());
+    let mut bootstrap = module_bootstrap(
+        module_config(&cluster, json!({ "enable_command_stats": true })),
+        port,
+        admin,
+    );
+    let stats_tags: Vec<_> = tags
+        .iter()
+        .map(|(tag, re)| json!({ "tag_name": tag, "regex": re }))
+        .collect();
+    bootstrap["stats_config"] = json!({ "stats_tags": stats_tags });
+    let envoy = Envoy::start_bootstrap(ProxyKind::Module, &bootstrap, port, admin);
+
+    let mut c = RawClient::connect(envoy.port());
+    for i in 0..20 {
+        assert_eq!(c.cmd(&["SET", &format!("p{i}"), "v"]), Resp::ok());
+        assert_eq!(c.cmd(&["GET", &format!("p{i}")]), Resp::bulk("v"));
+    }
+    assert!(wait_until(Duration::from_secs(3), || stat(
+        &envoy,
+        "command.get.total"
+    ) >= 20));
+
+    // Histograms reach the admin output at Envoy's stats flush (every 5 s).
+    let mut text = String::new();
+    let flushed = wait_until(Duration::from_secs(15), || {
+        text = envoy.admin_get("/stats/prometheus");
+        let samples = prometheus_samples(&text);
+        ["get", "set"].iter().all(|cmd| {
+            sample(
+                &samples,
+                "envoy_dynamicmodulescustom_redis_command_latency_count",
+                &[("redis_command", cmd), ("redis_stat_prefix", "redis")],
+            ) == Some(20.0)
+        })
+    });
+    let redis_lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("dynamicmodulescustom_redis"))
+        .filter(|l| !l.contains("redis_command=") || l.contains("\"get\"") || l.contains("\"set\""))
+        .collect();
+    println!("{}", redis_lines.join("\n"));
+    assert!(flushed, "no latency histograms labelled with the command");
+    let samples = prometheus_samples(&text);
+    let prefix = ("redis_stat_prefix", "redis");
+    let main = ("redis_cluster_name", "main");
+    let rq = sample(
+        &samples,
+        "envoy_dynamicmodulescustom_redis_cluster_upstream_rq_total",
+        &[main, prefix],
+    );
+    assert!(
+        rq.is_some_and(|v| v >= 40.0),
+        "no upstream_rq_total >= 40 labelled with the cluster: {rq:?}"
+    );
+    let slots = sample(
+        &samples,
+        "envoy_dynamicmodulescustom_redis_cluster_slots_covered",
+        &[main, prefix],
+    );
+    assert_eq!(
+        slots,
+        Some(16384.0),
+        "slots_covered gauge with the cluster label"
+    );
+    for (cmd, want) in [("get", 20.0), ("set", 20.0)] {
+        let labels = [("redis_command", cmd), prefix];
+        let total = sample(
+            &samples,
+            "envoy_dynamicmodulescustom_redis_command_total",
+            &labels,
+        );
+        assert_eq!(total, Some(want), "command_total for {cmd}");
+        let latency = sample(
+            &samples,
+            "envoy_dynamicmodulescustom_redis_command_latency_count",
+            &labels,
+        );
+        assert_eq!(latency, Some(want), "latency histogram count for {cmd}");
+    }
+    let rx = sample(
+        &samples,
+        "envoy_dynamicmodulescustom_redis_downstream_rq_total",
+        &[prefix],
+    );
+    assert!(rx.is_some_and(|v| v >= 40.0), "downstream_rq_total: {rx:?}");
+    // Nothing left with the cluster or command inside its name.
+    let leftover: Vec<_> = samples
+        .iter()
+        .filter(|(n, _, _)| {
+            n.starts_with("envoy_dynamicmodulescustom_redis_")
+                && (n.contains("_main_") || n.contains("_redis_redis_") || n.contains("_get_"))
+        })
+        .map(|(n, _, _)| n.as_str())
+        .collect();
+    assert!(
+        leftover.is_empty(),
+        "names still carry labels: {leftover:?}"
+    );
 }

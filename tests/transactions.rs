@@ -3,9 +3,6 @@
 //! cluster does not change the answer; CROSSSLOT inside MULTI; WATCH aborts;
 //! and isolation between clients while a transaction is open.
 //!
-//! Written ahead of the feature: until the module supports transactions these
-//! fail with its "-ERR 'multi' is not supported through this proxy yet".
-//!
 //! MODULE-DEPENDENT: needs target/debug/libenvoy_redis_cluster.so (cargo build).
 
 mod common;

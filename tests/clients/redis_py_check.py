@@ -39,7 +39,8 @@ def exercise(r, label, cluster=False):
     got = r.mget([f"{p}{{t-{label}}}a", f"{p}{{t-{label}}}b", f"{p}{{t-{label}}}c"])
     check(got == [b"1", b"2", None], f"same-slot mget -> {got!r}")
 
-    # pipeline (no transaction: MULTI is not supported by the proxy yet)
+    # pipeline without MULTI: these keys span slots, and a transaction through
+    # the proxy must keep to one slot
     pipe = r.pipeline(transaction=False) if not cluster else r.pipeline()
     for k in keys[:30]:
         pipe.get(k)

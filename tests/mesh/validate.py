@@ -4,12 +4,15 @@
     python3 tests/mesh/validate.py check
         Every YAML file under envoy-config/ parses (also YAML embedded in
         ConfigMaps); every custom resource validates against the
-        openAPIV3Schema of its published CRD (shared/crds), converted to JSON
-        Schema: objects are closed (additionalProperties: false) unless marked
+        openAPIV3Schema of its published CRD (tests/mesh/crds, sources in
+        SOURCES.md there), converted to JSON Schema: objects are closed
+        (additionalProperties: false) unless marked
         x-kubernetes-preserve-unknown-fields, CRD defaults are applied first,
-        and x-kubernetes-validations CEL rules are evaluated where cel-python
-        can. Self-tests prove that a misspelled field and a bad enum value are
-        caught. Cross-references are checked (EnvoyPatchPolicy -> Gateway
+        and every x-kubernetes-validations CEL rule on a present field is
+        evaluated with cel-python (a rule that cannot be evaluated fails the
+        check, unless it is a transition rule, which needs an old object).
+        Self-tests prove that a misspelled field, a bad enum value and a
+        violated CEL rule are caught. Cross-references are checked (EnvoyPatchPolicy -> Gateway
         listener name, TCPRoute -> Gateway, GatewayClass -> EnvoyProxy,
         EnvoyFilter -> client Deployment and Service port).
 
@@ -28,9 +31,8 @@
 tests/mesh_configs.rs runs these and puts the rendered listeners into real
 Envoy in front of a loopback Redis Cluster.
 
-Needs PyYAML, jsonschema and jsonpatch (installed with `pip install -q` when
-missing) and, optionally, cel-python for the CEL rules. The CRDs are read from
-$MESH_CRDS_DIR, else <repo>/../shared/crds.
+Needs PyYAML, jsonschema, jsonpatch and cel-python, which scripts/install.sh
+installs; without one of them it fails, naming it.
 """
 
 import copy
@@ -43,7 +45,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 CONFIG_DIR = os.path.join(REPO, "envoy-config")
-CRDS_DIR = os.environ.get("MESH_CRDS_DIR") or os.path.join(os.path.dirname(REPO), "shared", "crds")
+CRDS_DIR = os.path.join(HERE, "crds")
 
 MODULE_FILTER = "envoy.filters.network.dynamic_modules"
 MODULE_TYPE = ("type.googleapis.com/envoy.extensions.filters.network."
@@ -52,9 +54,10 @@ TCP_PROXY = "envoy.filters.network.tcp_proxy"
 TCP_PROXY_TYPE = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
 
 
-def ensure_packages():
-    """Import PyYAML, jsonschema, jsonpatch; pip-install the missing ones."""
-    wanted = {"yaml": "pyyaml", "jsonschema": "jsonschema", "jsonpatch": "jsonpatch"}
+def require_packages():
+    """Import the packages scripts/install.sh installs; fail loudly without."""
+    wanted = {"yaml": "pyyaml", "jsonschema": "jsonschema", "jsonpatch": "jsonpatch",
+              "celpy": "cel-python"}
     missing = []
     for mod, pkg in wanted.items():
         try:
@@ -62,34 +65,16 @@ def ensure_packages():
         except ImportError:
             missing.append(pkg)
     if missing:
-        print(f"validate.py: pip install -q {' '.join(missing)}", file=sys.stderr)
-        subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", *missing],
-                              stdout=sys.stderr)
-        importlib.invalidate_caches()
+        print(f"validate.py: FAIL: python3 lacks {', '.join(missing)}; run scripts/install.sh",
+              file=sys.stderr)
+        sys.exit(1)
 
 
-ensure_packages()
+require_packages()
+import celpy  # noqa: E402
 import jsonpatch  # noqa: E402
 import jsonschema  # noqa: E402
 import yaml  # noqa: E402
-
-def optional_celpy():
-    """cel-python, installed when missing; the CEL rules are skipped (and
-    counted as such) when it cannot be had."""
-    try:
-        return importlib.import_module("celpy")
-    except ImportError:
-        pass
-    try:
-        subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", "cel-python"],
-                              stdout=sys.stderr, stderr=sys.stderr, timeout=300)
-        importlib.invalidate_caches()
-        return importlib.import_module("celpy")
-    except Exception:  # no network, no wheel: validate without CEL
-        return None
-
-
-celpy = optional_celpy()
 
 
 class Failure(Exception):
@@ -213,7 +198,9 @@ def apply_defaults(schema, value):
 class CelStats:
     def __init__(self):
         self.evaluated = 0
-        self.skipped = 0
+        # Transition rules (they compare with `oldSelf`) apply to updates
+        # only; a create, which is what these manifests are, never runs them.
+        self.transition = 0
         self.failures = []
 
 
@@ -234,26 +221,28 @@ def to_cel(value):
 
 
 def eval_cel(schema, value, where, stats):
-    """Evaluate x-kubernetes-validations rules on `value` and below."""
+    """Evaluate x-kubernetes-validations rules on `value` and below. A rule
+    cel-python cannot compile or evaluate is a failure, never a skip: the
+    check must not pass on rules it did not run."""
     if not isinstance(schema, dict):
         return
     for rule in schema.get("x-kubernetes-validations") or []:
-        if celpy is None or "oldSelf" in rule["rule"]:
-            stats.skipped += 1
+        text = rule["rule"]
+        if "oldSelf" in text:
+            stats.transition += 1
             continue
         try:
             env = celpy.Environment()
-            prog = env.program(env.compile(rule["rule"]))
-            ok = prog.evaluate({"self": to_cel(value)})
-        except Exception:  # a Kubernetes CEL extension cel-python lacks
-            stats.skipped += 1
+            ok = env.program(env.compile(text)).evaluate({"self": to_cel(value)})
+        except Exception as e:  # noqa: BLE001 - celpy raises several types
+            stats.failures.append(f"{where}: CEL rule {text!r} could not be evaluated: {str(e)[:200]}")
             continue
         if isinstance(ok, Exception):
-            stats.skipped += 1
+            stats.failures.append(f"{where}: CEL rule {text!r} evaluated to an error: {str(ok)[:200]}")
             continue
         stats.evaluated += 1
         if not bool(ok):
-            stats.failures.append(f"{where}: {rule.get('message') or rule['rule']}")
+            stats.failures.append(f"{where}: {rule.get('message') or text}")
     if isinstance(value, dict):
         for name, sub in (schema.get("properties") or {}).items():
             if name in value:
@@ -311,10 +300,11 @@ def cmd_check():
         if not doc.get("kind") or not (doc.get("metadata") or {}).get("name"):
             problems.append(f"{rel(path)}: {doc.get('kind')} without kind or metadata.name")
             continue
-        # YAML embedded in ConfigMaps (Envoy Gateway's own config) must parse too.
+        # YAML/JSON embedded in ConfigMaps (Envoy Gateway's own config, the
+        # sidecar's bootstrap override) must parse too.
         if doc["kind"] == "ConfigMap":
             for k, text in (doc.get("data") or {}).items():
-                if k.endswith((".yaml", ".yml")):
+                if k.endswith((".yaml", ".yml", ".json")):
                     try:
                         yaml.safe_load(text)
                     except yaml.YAMLError as e:
@@ -337,8 +327,8 @@ def cmd_check():
         return 1
     print(f"validate.py: OK: {len(yaml_files())} files, {n_docs} documents parse; "
           f"{n_crs} custom resources valid against their CRDs; "
-          f"CEL rules evaluated {stats.evaluated}, not evaluable here {stats.skipped}"
-          + ("" if celpy else " (cel-python not installed)"))
+          f"CEL rules evaluated {stats.evaluated} (and {stats.transition} transition rules "
+          f"which apply to updates only)")
     return 0
 
 
@@ -365,12 +355,18 @@ def self_tests(crds):
     ok["spec"]["configPatches"][0]["patch"]["value"]["anything"] = {"x": 1}
     if validate_cr(ok, crds, stats):
         problems.append("self-test: free-form EnvoyFilter patch.value was rejected")
-    if celpy is not None:
-        # CEL: "only one of targetRefs or workloadSelector can be set".
-        bad = copy.deepcopy(ef)
-        bad["spec"]["targetRefs"] = [{"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "x"}]
-        if not any("only one of targetRefs" in e for e in validate_cr(bad, crds, stats)):
-            problems.append("self-test: a violated CEL rule (EnvoyFilter) was not caught")
+    # CEL: "only one of targetRefs or workloadSelector can be set".
+    bad = copy.deepcopy(ef)
+    bad["spec"]["targetRefs"] = [{"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "x"}]
+    if not any("only one of targetRefs" in e for e in validate_cr(bad, crds, stats)):
+        problems.append("self-test: a violated CEL rule (EnvoyFilter) was not caught")
+    # A rule cel-python cannot evaluate fails the check instead of passing.
+    broken = copy.deepcopy(crds[(ef["apiVersion"], ef["kind"])])
+    broken["version"]["schema"]["openAPIV3Schema"].setdefault("x-kubernetes-validations", []).append(
+        {"rule": "self.noSuchFunction()", "message": "unevaluable"})
+    if not any("could not be evaluated" in e or "evaluated to an error" in e
+               for e in validate_cr(ef, {(ef["apiVersion"], ef["kind"]): broken}, stats)):
+        problems.append("self-test: an unevaluable CEL rule was not reported")
     ep = find("EnvoyProxy")
     bad = copy.deepcopy(ep)
     bad["spec"]["provider"]["kubernetes"]["envoyDeployment"]["initContainer"] = []
@@ -466,6 +462,62 @@ def cross_checks():
     for l in boot["static_resources"]["listeners"]:
         for f in module_filters(l):
             p.extend(check_module_filter(f, "envoy-rw-split-mirror.yaml"))
+    p.extend(stats_tags_checks(ep, client))
+    return p
+
+
+def stats_tags(bootstrap, where):
+    """The (tag_name, regex) list of a bootstrap's stats_config."""
+    tags = ((bootstrap or {}).get("stats_config") or {}).get("stats_tags") or []
+    if not tags:
+        raise Failure(f"{where}: no stats_config.stats_tags")
+    return [(t.get("tag_name"), t.get("regex")) for t in tags]
+
+
+def stats_tags_checks(ep, client):
+    """Every shipped copy of the module's stats_tags is the list in
+    envoy-config/standalone/envoy.yaml (which tests/stats.rs runs in Envoy),
+    and each mesh manifest actually applies it."""
+    p = []
+    want = stats_tags(load_docs(os.path.join(CONFIG_DIR, "standalone", "envoy.yaml"))[0],
+                      "standalone/envoy.yaml")
+    copies = {"standalone/envoy-rw-split-mirror.yaml": standalone_bootstrap()}
+    # Envoy Gateway: merged into its default bootstrap.
+    boot = ep["spec"].get("bootstrap") or {}
+    if boot.get("type") != "Merge":
+        p.append("EnvoyProxy bootstrap must be type Merge (Replace would drop Envoy Gateway's own)")
+    copies["EnvoyProxy spec.bootstrap.value"] = yaml.safe_load(boot.get("value") or "")
+    # Istio: the ConfigMap named by the bootstrapOverride annotation, and a
+    # stats matcher that keeps the module's stats at all.
+    pod_meta = client["spec"]["template"]["metadata"]
+    annotations = pod_meta.get("annotations") or {}
+    cm_name = annotations.get("sidecar.istio.io/bootstrapOverride")
+    cms = [d for _, d in k8s_docs() if d["kind"] == "ConfigMap"
+           and d["metadata"]["name"] == cm_name
+           and d["metadata"].get("namespace") == client["metadata"]["namespace"]]
+    if len(cms) != 1:
+        p.append(f"no ConfigMap {cm_name!r} beside the redis-client Deployment "
+                 "(sidecar.istio.io/bootstrapOverride)")
+    else:
+        text = (cms[0].get("data") or {}).get("custom_bootstrap.json")
+        if text is None:
+            p.append(f"ConfigMap {cm_name} lacks custom_bootstrap.json (the file istio-agent reads)")
+        else:
+            copies[f"ConfigMap {cm_name} custom_bootstrap.json"] = yaml.safe_load(text)
+    proxy_cfg = yaml.safe_load(annotations.get("proxy.istio.io/config") or "") or {}
+    prefixes = (proxy_cfg.get("proxyStatsMatcher") or {}).get("inclusionPrefixes") or []
+    if not any("dynamicmodulescustom.redis.redis.cluster.main.upstream_rq_total".startswith(x)
+               and "dynamicmodulescustom.redis.redis.command.get.total".startswith(x)
+               for x in prefixes):
+        p.append("redis-client proxyStatsMatcher.inclusionPrefixes does not keep the module's stats")
+    for where, bootstrap in copies.items():
+        try:
+            got = stats_tags(bootstrap, where)
+        except Failure as e:
+            p.append(str(e))
+            continue
+        if got != want:
+            p.append(f"{where}: stats_tags differ from standalone/envoy.yaml's: {got} != {want}")
     return p
 
 
