@@ -11,6 +11,7 @@
 //! - [`routing`]: prefix routes and read policy → which node gets a command;
 //! - [`upstream`]: the module-owned event loops and connections to Redis nodes;
 //! - [`session`]: one client connection: parsing, local replies, reply ordering;
+//! - [`logging`]: the `log!` macro (the `log` facade; Envoy's logger once loaded);
 //! - [`envoy`]: the only `unsafe` code, the FFI boundary with Envoy.
 
 pub mod codec;
@@ -18,6 +19,7 @@ pub mod command;
 pub mod config;
 pub mod envoy;
 pub mod local;
+pub mod logging;
 pub mod proxy;
 pub mod routing;
 pub mod session;

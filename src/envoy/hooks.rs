@@ -3,30 +3,24 @@
 //! Envoy.
 
 use super::ffi::{self, EnvoyBuffer, FilterEnvoyPtr};
-use super::{EnvoyConnection, EnvoyScheduler, Level};
+use super::{logger, EnvoyConnection, EnvoyScheduler};
 use crate::config::Config;
+use crate::log;
+use crate::logging::Level;
 use crate::proxy::Proxy;
 use crate::session::{Downstream, Session};
 use std::cell::{Cell, RefCell};
 use std::ffi::c_void;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-
-static LOADED: AtomicBool = AtomicBool::new(false);
-
-/// True once Envoy has called `on_program_init`, i.e. the Envoy symbols we
-/// import are really there (false in unit tests).
-pub(super) fn loaded_by_envoy() -> bool {
-    LOADED.load(Ordering::Relaxed)
-}
 
 /// Envoy 1.40's ABI version. Envoy 1.39 expects v0.1.0 and only warns.
 static ABI_VERSION: &[u8] = b"v0.2.0\0";
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const u8 {
-    LOADED.store(true, Ordering::Relaxed);
+    // Nothing here can panic: set_logger only fails if already set.
+    logger::install();
     ABI_VERSION.as_ptr()
 }
 
@@ -51,10 +45,7 @@ pub extern "C" fn envoy_dynamic_module_on_network_filter_config_new(
         let cfg = match Config::from_json(&raw) {
             Ok(c) => c,
             Err(e) => {
-                super::log(
-                    Level::Error,
-                    &format!("redis_cluster: invalid filter_config: {e}"),
-                );
+                log!(Level::Error, "redis_cluster: invalid filter_config: {e}");
                 return std::ptr::null();
             }
         };
@@ -79,9 +70,9 @@ pub extern "C" fn envoy_dynamic_module_on_network_filter_config_new(
         Box::into_raw(Box::new(proxy)) as *const c_void
     }));
     result.unwrap_or_else(|_| {
-        super::log(
+        log!(
             Level::Error,
-            "redis_cluster: panic while loading the config",
+            "redis_cluster: panic while loading the config"
         );
         std::ptr::null()
     })
@@ -175,9 +166,9 @@ fn with_session(
     drop(session);
     if outcome.is_err() {
         filter.poisoned.set(true);
-        super::log(
+        log!(
             Level::Error,
-            "redis_cluster: internal error, closing the connection",
+            "redis_cluster: internal error, closing the connection"
         );
         conn.close(false);
     }

@@ -6,21 +6,15 @@
 //! thread handle implementing [`crate::session::Downstream`]) and
 //! [`EnvoyScheduler`] (implementing [`crate::session::Notify`]).
 
-pub mod ffi;
+mod ffi;
 mod hooks;
+mod logger;
 
 use crate::session::{Downstream, Notify};
 use crate::stats::MetricsSink;
 
-/// Envoy's log levels.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Level {
-    Trace = 0,
-    Debug = 1,
-    Info = 2,
-    Warn = 3,
-    Error = 4,
-}
+/// Where call sites have always taken the level of `log!` from.
+pub use crate::logging::Level;
 
 /// A handle on the downstream connection, valid only on its worker thread and
 /// only during a hook call (it is created per call, never stored).
@@ -182,39 +176,4 @@ impl Drop for EnvoyScheduler {
         // SAFETY: `ptr` came from `scheduler_new` and is deleted exactly once.
         unsafe { ffi::envoy_dynamic_module_callback_network_filter_scheduler_delete(self.ptr) }
     }
-}
-
-/// Log through Envoy's `dynamic_modules` logger once the module is loaded by
-/// Envoy; before that (unit tests) messages go nowhere.
-pub fn log(level: Level, msg: &str) {
-    if !hooks::loaded_by_envoy() {
-        return;
-    }
-    // SAFETY: both functions are thread-safe in Envoy (spdlog); the buffer
-    // outlives the call.
-    unsafe {
-        if ffi::envoy_dynamic_module_callback_log_enabled(level as i32) {
-            ffi::envoy_dynamic_module_callback_log(
-                level as i32,
-                ffi::ModuleBuffer::from_slice(msg.as_bytes()),
-            );
-        }
-    }
-}
-
-/// Cheap check to skip formatting a message nobody will see.
-pub fn log_enabled(level: Level) -> bool {
-    // SAFETY: thread-safe query of Envoy's log level.
-    hooks::loaded_by_envoy()
-        && unsafe { ffi::envoy_dynamic_module_callback_log_enabled(level as i32) }
-}
-
-/// `log!(Level::Info, "x {}", y)`: formats only when the level is enabled.
-#[macro_export]
-macro_rules! log {
-    ($lvl:expr, $($arg:tt)*) => {
-        if $crate::envoy::log_enabled($lvl) {
-            $crate::envoy::log($lvl, &format!($($arg)*));
-        }
-    };
 }
