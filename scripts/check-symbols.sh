@@ -9,7 +9,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 so="${1:-$here/../target/debug/libenvoy_redis_cluster.so}"
 shift || true
 versions=("$@")
-[ ${#versions[@]} -gt 0 ] || versions=(1.40.0 1.39.3)
+[ ${#versions[@]} -gt 0 ] || versions=(1.40.0 1.39.3 1.38.3)
 
 command -v nm >/dev/null || { apt-get update -qq && apt-get install -y -qq binutils; }
 imports="$(nm -D --undefined-only "$so" | awk '{print $NF}' | grep '^envoy_dynamic_module_' | sort -u)"

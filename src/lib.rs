@@ -20,6 +20,7 @@
 //! - [`tls`]: TLS to the nodes;
 //! - [`session`]: one client connection: parsing, local replies, reply ordering;
 //! - [`stats`]: statistics, through Envoy's stats;
+//! - [`logging`]: the `log!` macro (the `log` facade; Envoy's logger once loaded);
 //! - [`envoy`]: the only `unsafe` code, the FFI boundary with Envoy.
 
 pub mod codec;
@@ -27,6 +28,7 @@ pub mod command;
 pub mod config;
 pub mod envoy;
 pub mod local;
+pub mod logging;
 pub mod proxy;
 pub mod routing;
 pub mod session;

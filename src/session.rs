@@ -1276,21 +1276,6 @@ mod tests {
     use crate::config::Config;
     use crate::stats::Stats;
 
-    // `Session` logs through Envoy only once Envoy loaded the module, but
-    // the code still references these imports: define them for the test
-    // binary.
-    #[no_mangle]
-    extern "C" fn envoy_dynamic_module_callback_log_enabled(_level: i32) -> bool {
-        false
-    }
-
-    #[no_mangle]
-    extern "C" fn envoy_dynamic_module_callback_log(
-        _level: i32,
-        _msg: crate::envoy::ffi::ModuleBuffer,
-    ) {
-    }
-
     struct NoNotify;
 
     impl Notify for NoNotify {

@@ -29,6 +29,97 @@ fn command_stats_are_opt_in() {
     assert_eq!(stat(&envoy, "command.set.total"), 0);
 }
 
+/// Counters bumped on the module's own threads (topology refresh, upstream
+/// loops) and on Envoy's workers all reach Envoy while a client is active.
+/// In the smoke set of every Envoy version: on 1.38, which has no
+/// config-level metric callbacks, the workers deliver them through the
+/// connection; on 1.39+ module threads update Envoy directly.
+#[test]
+fn stats_from_module_threads_reach_envoy_with_traffic() {
+    let cluster = Cluster::start(3, 0);
+    let envoy = Envoy::start(module_config(
+        &cluster,
+        json!({ "enable_command_stats": true }),
+    ));
+    let mut c = RawClient::connect(envoy.port());
+    for i in 0..20 {
+        assert_eq!(c.cmd(&["SET", &format!("t{i}"), "v"]), Resp::ok());
+        assert_eq!(c.cmd(&["GET", &format!("t{i}")]), Resp::bulk("v"));
+    }
+    // Module threads: the refresher and the upstream loops.
+    assert!(wait_until(Duration::from_secs(3), || stat(
+        &envoy,
+        "cluster.main.upstream_rq_total"
+    ) >= 40));
+    assert_eq!(stat(&envoy, "cluster.main.slots_covered"), 16384);
+    assert!(stat(&envoy, "cluster.main.topology_refresh_success") >= 1);
+    // Workers.
+    assert_eq!(stat(&envoy, "command.get.total"), 20);
+    assert_eq!(stat(&envoy, "command.set.success"), 20);
+    // Envoy::start's readiness probe is a connection too.
+    assert!(stat(&envoy, "downstream_cx_total") >= 1);
+    assert!(stat(&envoy, "downstream_cx_active") >= 1);
+    assert!(stat(&envoy, "downstream_rq_total") >= 40);
+}
+
+/// `(major, minor)` of the Envoy under test, from `envoy --version`.
+fn envoy_version() -> (u32, u32) {
+    let out = std::process::Command::new(envoy_bin())
+        .arg("--version")
+        .output()
+        .expect("run envoy --version");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    // `envoy  version: <sha>/1.40.0/Clean/RELEASE/BoringSSL`
+    text.split('/')
+        .find_map(|part| {
+            let mut n = part.split('.').map(|x| x.parse::<u32>().ok());
+            match (n.next(), n.next(), n.next(), n.next()) {
+                (Some(Some(a)), Some(Some(b)), Some(Some(_)), None) => Some((a, b)),
+                _ => None,
+            }
+        })
+        .unwrap_or_else(|| panic!("no version in `envoy --version`: {text:?}"))
+}
+
+/// What the README says of each version: from 1.39 an update made away from
+/// client traffic (here a connection's close) reaches Envoy at once; 1.38
+/// takes updates only through a connection, so it waits for the next
+/// activity of any client of the listener.
+#[test]
+fn a_close_shows_at_once_from_1_39_and_with_the_next_traffic_on_1_38() {
+    let cluster = Cluster::start(3, 0);
+    let envoy = Envoy::start(module_config(&cluster, json!({})));
+    let pong = Resp::Simple("PONG".into());
+    let mut c = RawClient::connect(envoy.port());
+    let mut d = RawClient::connect(envoy.port());
+    assert_eq!(c.cmd(&["PING"]), pong);
+    // Exactly the two clients (Envoy::start's probe connection has gone).
+    assert!(wait_until(Duration::from_secs(5), || {
+        assert_eq!(d.cmd(&["PING"]), pong);
+        stat(&envoy, "downstream_cx_active") == 2
+    }));
+
+    drop(c);
+    if envoy_version() >= (1, 39) {
+        assert!(wait_until(Duration::from_secs(3), || stat(
+            &envoy,
+            "downstream_cx_active"
+        ) == 1));
+    } else {
+        std::thread::sleep(Duration::from_secs(1));
+        assert_eq!(
+            stat(&envoy, "downstream_cx_active"),
+            2,
+            "1.38 delivered early"
+        );
+        assert_eq!(d.cmd(&["PING"]), pong);
+        assert!(wait_until(Duration::from_secs(3), || stat(
+            &envoy,
+            "downstream_cx_active"
+        ) == 1));
+    }
+}
+
 #[test]
 fn counters_and_gauges_follow_traffic() {
     let mut cluster = Cluster::start(3, 0);

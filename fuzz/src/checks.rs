@@ -14,24 +14,6 @@ use envoy_redis_cluster::upstream::Notify;
 use std::ops::Range;
 use std::sync::Arc;
 
-// The crate logs through Envoy's logger only once Envoy has loaded it
-// (`envoy::log` checks first), but the session code still references these
-// two imports, so a binary that runs it outside Envoy must define them.
-
-/// Stand-in for Envoy's export: logging is off.
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_callback_log_enabled(_level: i32) -> bool {
-    false
-}
-
-/// Stand-in for Envoy's export: never called while logging is off.
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_callback_log(
-    _level: i32,
-    _msg: envoy_redis_cluster::envoy::ffi::ModuleBuffer,
-) {
-}
-
 // ---------------------------------------------------------------------------
 // request_decoder: codec::scan_request and codec::reply_len
 // ---------------------------------------------------------------------------

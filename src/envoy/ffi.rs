@@ -1,9 +1,11 @@
-//! Hand-written declarations of the Envoy 1.40 dynamic-module ABI functions
-//! this module imports. Only functions exported by *both* Envoy 1.39.3 and
-//! 1.40.0 are declared: a missing symbol makes `dlopen` fail and Envoy
-//! reject the configuration (see `../shared/notes/envoy-abi-1.40.md`).
+//! Hand-written declarations of the Envoy dynamic-module ABI functions this
+//! module imports. Only functions exported by every supported Envoy (1.38.3,
+//! 1.39.3, 1.40.0) are declared: a missing symbol makes `dlopen` fail and
+//! Envoy reject the configuration (`scripts/check-symbols.sh` checks it).
+//! Functions only newer Envoys have are looked up at run time instead
+//! (`dlsym`, see `metrics.rs`).
 
-use std::ffi::c_void;
+use std::ffi::{c_char, c_void};
 
 /// `envoy_dynamic_module_type_envoy_buffer`: bytes owned by Envoy.
 #[repr(C)]
@@ -93,23 +95,23 @@ extern "C" {
         name: ModuleBuffer,
         id_out: *mut usize,
     ) -> i32;
-    pub fn envoy_dynamic_module_callback_network_filter_config_increment_counter(
-        c: ConfigEnvoyPtr,
+    pub fn envoy_dynamic_module_callback_network_filter_increment_counter(
+        f: FilterEnvoyPtr,
         id: usize,
         v: u64,
     ) -> i32;
-    pub fn envoy_dynamic_module_callback_network_filter_config_increment_gauge(
-        c: ConfigEnvoyPtr,
+    pub fn envoy_dynamic_module_callback_network_filter_increment_gauge(
+        f: FilterEnvoyPtr,
         id: usize,
         v: u64,
     ) -> i32;
-    pub fn envoy_dynamic_module_callback_network_filter_config_decrement_gauge(
-        c: ConfigEnvoyPtr,
+    pub fn envoy_dynamic_module_callback_network_filter_decrement_gauge(
+        f: FilterEnvoyPtr,
         id: usize,
         v: u64,
     ) -> i32;
-    pub fn envoy_dynamic_module_callback_network_filter_config_set_gauge(
-        c: ConfigEnvoyPtr,
+    pub fn envoy_dynamic_module_callback_network_filter_set_gauge(
+        f: FilterEnvoyPtr,
         id: usize,
         v: u64,
     ) -> i32;
@@ -127,4 +129,13 @@ extern "C" {
         event_id: u64,
     );
     pub fn envoy_dynamic_module_callback_network_filter_scheduler_delete(s: SchedulerPtr);
+}
+
+/// glibc's `RTLD_DEFAULT`: search the global scope, which holds the Envoy
+/// executable's exported functions.
+pub const RTLD_DEFAULT: *mut c_void = std::ptr::null_mut();
+
+extern "C" {
+    /// libc's symbol lookup (glibc exports it from libc.so.6 since 2.34).
+    pub fn dlsym(handle: *mut c_void, symbol: *const c_char) -> *mut c_void;
 }

@@ -3,30 +3,26 @@
 //! Envoy.
 
 use super::ffi::{self, EnvoyBuffer, FilterEnvoyPtr};
-use super::{EnvoyConnection, EnvoyScheduler, Level};
+use super::metrics::EnvoyMetrics;
+use super::{logger, EnvoyConnection, EnvoyScheduler};
 use crate::config::Config;
+use crate::log;
+use crate::logging::Level;
 use crate::proxy::Proxy;
 use crate::session::{Downstream, Session};
+use crate::stats::{MetricsSink, Stats};
 use std::cell::{Cell, RefCell};
 use std::ffi::c_void;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-static LOADED: AtomicBool = AtomicBool::new(false);
-
-/// True once Envoy has called `on_program_init`, i.e. the Envoy symbols we
-/// import are really there (false in unit tests).
-pub(super) fn loaded_by_envoy() -> bool {
-    LOADED.load(Ordering::Relaxed)
-}
-
-/// Envoy 1.40's ABI version. Envoy 1.39 expects v0.1.0 and only warns.
+/// Envoy 1.40's ABI version. Envoy 1.38 and 1.39 expect v0.1.0 and only warn.
 static ABI_VERSION: &[u8] = b"v0.2.0\0";
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const u8 {
-    LOADED.store(true, Ordering::Relaxed);
+    // Nothing here can panic: set_logger only fails if already set.
+    logger::install();
     ABI_VERSION.as_ptr()
 }
 
@@ -51,10 +47,7 @@ pub extern "C" fn envoy_dynamic_module_on_network_filter_config_new(
         let cfg = match Config::from_json(&raw) {
             Ok(c) => c,
             Err(e) => {
-                super::log(
-                    Level::Error,
-                    &format!("redis_cluster: invalid filter_config: {e}"),
-                );
+                log!(Level::Error, "redis_cluster: invalid filter_config: {e}");
                 return std::ptr::null();
             }
         };
@@ -65,9 +58,15 @@ pub extern "C" fn envoy_dynamic_module_on_network_filter_config_new(
                 ffi::envoy_dynamic_module_callback_get_concurrency(),
             )
         };
-        let sink = Arc::new(super::EnvoyMetrics {
-            ptr: config_envoy_ptr,
-        });
+        let sink = Arc::new(EnvoyMetrics::new(config_envoy_ptr));
+        if sink.any_thread_updates().is_none() {
+            log!(
+                Level::Info,
+                "redis_cluster: this Envoy takes metric updates only through connections \
+                 (no config-level callbacks, Envoy < 1.39): statistics changed away from \
+                 client traffic appear with the next client activity"
+            );
+        }
         let names: Vec<String> = cfg.clusters.keys().cloned().collect();
         let stats = Arc::new(crate::stats::Stats::define(sink, &cfg.stat_prefix, &names));
         // `--mode validate` must have no side effects: no threads, no sockets.
@@ -79,9 +78,9 @@ pub extern "C" fn envoy_dynamic_module_on_network_filter_config_new(
         Box::into_raw(Box::new(proxy)) as *const c_void
     }));
     result.unwrap_or_else(|_| {
-        super::log(
+        log!(
             Level::Error,
-            "redis_cluster: panic while loading the config",
+            "redis_cluster: panic while loading the config"
         );
         std::ptr::null()
     })
@@ -103,6 +102,8 @@ pub extern "C" fn envoy_dynamic_module_on_network_filter_config_destroy(config_p
 /// Per-connection state behind `filter_module_ptr`.
 struct Filter {
     session: RefCell<Session>,
+    /// The config's stats, whose pending updates this connection delivers.
+    stats: Arc<Stats>,
     /// Set when a hook panicked: the connection is being closed, ignore it.
     poisoned: Cell<bool>,
     /// A watermark event Envoy raised re-entrantly (inside our own `write`,
@@ -131,9 +132,11 @@ pub extern "C" fn envoy_dynamic_module_on_network_filter_new(
             return std::ptr::null();
         }
         let notifier = Box::new(EnvoyScheduler { ptr: sched });
+        let stats = proxy.stats.clone();
         let session = Session::new(proxy, worker as usize, notifier);
         Box::into_raw(Box::new(Filter {
             session: RefCell::new(session),
+            stats,
             poisoned: Cell::new(false),
             pending_watermark: Cell::new(None),
         })) as *const c_void
@@ -144,7 +147,8 @@ pub extern "C" fn envoy_dynamic_module_on_network_filter_new(
 
 /// Run `f` on the filter's session, catching panics (which close the
 /// connection) and tolerating re-entrant calls (Envoy calls `on_event`
-/// synchronously from inside `close`).
+/// synchronously from inside `close`); then deliver the config's pending
+/// metric updates through this connection (Envoy 1.38: see `Stats::flush`).
 fn with_session(
     filter_envoy_ptr: FilterEnvoyPtr,
     filter_ptr: *const c_void,
@@ -171,13 +175,14 @@ fn with_session(
         while let Some(above) = filter.pending_watermark.take() {
             session.on_write_watermark(above, &mut conn);
         }
+        filter.stats.flush(&conn);
     }));
     drop(session);
     if outcome.is_err() {
         filter.poisoned.set(true);
-        super::log(
+        log!(
             Level::Error,
-            "redis_cluster: internal error, closing the connection",
+            "redis_cluster: internal error, closing the connection"
         );
         conn.close(false);
     }
@@ -208,12 +213,14 @@ pub extern "C" fn envoy_dynamic_module_on_network_filter_new_connection(
             &mut port,
         )
     };
-    if ok {
-        let ip = String::from_utf8_lossy(&buffer_bytes(&addr)).into_owned();
-        with_session(filter_envoy_ptr, filter_ptr, |session, _| {
+    let local = ok.then(|| String::from_utf8_lossy(&buffer_bytes(&addr)).into_owned());
+    // Always through with_session: it also delivers the connection's first
+    // metric updates (downstream_cx_total/active, counted in filter_new).
+    with_session(filter_envoy_ptr, filter_ptr, |session, _| {
+        if let Some(ip) = local {
             session.set_local_address(ip, port as u16)
-        });
-    }
+        }
+    });
     ffi::DATA_STATUS_CONTINUE
 }
 

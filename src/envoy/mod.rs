@@ -1,26 +1,23 @@
 //! The FFI boundary with Envoy: every `unsafe` block, raw pointer and
 //! `extern "C"` item of the crate lives under this module.
 //!
-//! [`hooks`] holds the functions Envoy calls; [`ffi`] the functions we call.
-//! The rest of the crate sees only safe types: [`EnvoyConnection`] (a worker-
-//! thread handle implementing [`crate::session::Downstream`]) and
+//! `hooks` holds the functions Envoy calls; `ffi` the functions we call;
+//! `metrics` Envoy's stats for a filter config; `logger` the `log` facade's
+//! backend. The rest of the crate sees only safe types:
+//! [`EnvoyConnection`] (a worker-thread handle implementing
+//! [`crate::session::Downstream`] and [`crate::stats::MetricUpdates`]) and
 //! [`EnvoyScheduler`] (implementing [`crate::session::Notify`]).
 
-pub mod ffi;
+mod ffi;
 mod hooks;
+mod logger;
+mod metrics;
 
 use crate::session::{Downstream, Notify};
-use crate::stats::MetricsSink;
+use crate::stats::MetricUpdates;
 
-/// Envoy's log levels.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Level {
-    Trace = 0,
-    Debug = 1,
-    Info = 2,
-    Warn = 3,
-    Error = 4,
-}
+/// Where call sites have always taken the level of `log!` from.
+pub use crate::logging::Level;
 
 /// A handle on the downstream connection, valid only on its worker thread and
 /// only during a hook call (it is created per call, never stored).
@@ -72,89 +69,31 @@ impl Downstream for EnvoyConnection {
     }
 }
 
-/// Envoy's stats for one filter config. Counters and gauges are atomic in
-/// Envoy and may be updated from any thread through the config pointer,
-/// which stays valid until `config_destroy` (after every module thread has
-/// been joined).
-pub struct EnvoyMetrics {
-    ptr: ffi::ConfigEnvoyPtr,
-}
-
-// SAFETY: Envoy's config-level metric updates are thread-safe (atomic stats
-// looked up by an id vector that is frozen after config_new).
-unsafe impl Send for EnvoyMetrics {}
-// SAFETY: as above.
-unsafe impl Sync for EnvoyMetrics {}
-
-impl EnvoyMetrics {
-    fn define(
-        &self,
-        f: unsafe extern "C" fn(ffi::ConfigEnvoyPtr, ffi::ModuleBuffer, *mut usize) -> i32,
-        name: &str,
-    ) -> Option<usize> {
-        let mut id = 0usize;
-        // SAFETY: called from config_new on the main thread with the live
-        // config pointer; Envoy copies the name.
-        let rc = unsafe {
-            f(
-                self.ptr,
-                ffi::ModuleBuffer::from_slice(name.as_bytes()),
-                &mut id,
-            )
-        };
-        // Ids start at 1; 0 and a non-zero result mean "not defined".
-        (rc == 0 && id != 0).then_some(id)
-    }
-}
-
-impl MetricsSink for EnvoyMetrics {
-    fn define_counter(&self, name: &str) -> Option<usize> {
-        self.define(
-            ffi::envoy_dynamic_module_callback_network_filter_config_define_counter,
-            name,
-        )
-    }
-    fn define_gauge(&self, name: &str) -> Option<usize> {
-        self.define(
-            ffi::envoy_dynamic_module_callback_network_filter_config_define_gauge,
-            name,
-        )
-    }
-    fn define_histogram(&self, name: &str) -> Option<usize> {
-        self.define(
-            ffi::envoy_dynamic_module_callback_network_filter_config_define_histogram,
-            name,
-        )
-    }
+/// Metric updates through the connection (Envoy's per-filter callbacks, the
+/// only ones Envoy 1.38 has): on its worker, during a hook, like the handle.
+impl MetricUpdates for EnvoyConnection {
     fn counter_add(&self, id: usize, v: u64) {
-        // SAFETY: see the Send/Sync note; the id came from a define call.
+        // SAFETY: live filter pointer on its worker thread (see `write`); the
+        // id came from a define call on this filter's config.
         unsafe {
-            ffi::envoy_dynamic_module_callback_network_filter_config_increment_counter(
-                self.ptr, id, v,
-            )
+            ffi::envoy_dynamic_module_callback_network_filter_increment_counter(self.ptr, id, v)
         };
     }
     fn gauge_add(&self, id: usize, v: u64) {
         // SAFETY: as counter_add.
         unsafe {
-            ffi::envoy_dynamic_module_callback_network_filter_config_increment_gauge(
-                self.ptr, id, v,
-            )
+            ffi::envoy_dynamic_module_callback_network_filter_increment_gauge(self.ptr, id, v)
         };
     }
     fn gauge_sub(&self, id: usize, v: u64) {
         // SAFETY: as counter_add.
         unsafe {
-            ffi::envoy_dynamic_module_callback_network_filter_config_decrement_gauge(
-                self.ptr, id, v,
-            )
+            ffi::envoy_dynamic_module_callback_network_filter_decrement_gauge(self.ptr, id, v)
         };
     }
     fn gauge_set(&self, id: usize, v: u64) {
         // SAFETY: as counter_add.
-        unsafe {
-            ffi::envoy_dynamic_module_callback_network_filter_config_set_gauge(self.ptr, id, v)
-        };
+        unsafe { ffi::envoy_dynamic_module_callback_network_filter_set_gauge(self.ptr, id, v) };
     }
 }
 
@@ -182,39 +121,4 @@ impl Drop for EnvoyScheduler {
         // SAFETY: `ptr` came from `scheduler_new` and is deleted exactly once.
         unsafe { ffi::envoy_dynamic_module_callback_network_filter_scheduler_delete(self.ptr) }
     }
-}
-
-/// Log through Envoy's `dynamic_modules` logger once the module is loaded by
-/// Envoy; before that (unit tests) messages go nowhere.
-pub fn log(level: Level, msg: &str) {
-    if !hooks::loaded_by_envoy() {
-        return;
-    }
-    // SAFETY: both functions are thread-safe in Envoy (spdlog); the buffer
-    // outlives the call.
-    unsafe {
-        if ffi::envoy_dynamic_module_callback_log_enabled(level as i32) {
-            ffi::envoy_dynamic_module_callback_log(
-                level as i32,
-                ffi::ModuleBuffer::from_slice(msg.as_bytes()),
-            );
-        }
-    }
-}
-
-/// Cheap check to skip formatting a message nobody will see.
-pub fn log_enabled(level: Level) -> bool {
-    // SAFETY: thread-safe query of Envoy's log level.
-    hooks::loaded_by_envoy()
-        && unsafe { ffi::envoy_dynamic_module_callback_log_enabled(level as i32) }
-}
-
-/// `log!(Level::Info, "x {}", y)`: formats only when the level is enabled.
-#[macro_export]
-macro_rules! log {
-    ($lvl:expr, $($arg:tt)*) => {
-        if $crate::envoy::log_enabled($lvl) {
-            $crate::envoy::log($lvl, &format!($($arg)*));
-        }
-    };
 }
