@@ -9,14 +9,18 @@
 //! - [`config`]: the filter's JSON configuration;
 //! - [`topology`]: `CLUSTER SLOTS` parsing, the slot map and its refresher;
 //! - [`routing`]: prefix routes and read policy → which node gets a command;
+//! - [`key_routing`]: each key's own prefix route; splitting across clusters;
 //! - [`upstream`]: the module-owned event loops and connections to Redis nodes;
 //! - [`session`]: one client connection: parsing, local replies, reply ordering;
+//! - [`clock`]: the session's time source (a manual one for tests and fuzzing);
 //! - [`envoy`]: the only `unsafe` code, the FFI boundary with Envoy.
 
+pub mod clock;
 pub mod codec;
 pub mod command;
 pub mod config;
 pub mod envoy;
+pub mod key_routing;
 pub mod local;
 pub mod proxy;
 pub mod routing;
