@@ -18,7 +18,7 @@ use envoy_redis_cluster::session::{Session, Upstream};
 use envoy_redis_cluster::stats::Stats;
 use envoy_redis_cluster::topology::{self, SlotMap};
 use envoy_redis_cluster::upstream::Request;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 /// The upstream loop's contract, with the fuzzer deciding when.
@@ -48,8 +48,14 @@ const REPLIES: [&[u8]; 8] = [
     b"+PONG\r\n",
 ];
 
-/// Topologies, in the order the schedule cycles through them.
-fn topologies() -> [SlotMap; 3] {
+/// Topologies, in the order the schedule cycles through them (built once
+/// per process).
+fn topologies() -> &'static [SlotMap; 3] {
+    static MAPS: OnceLock<[SlotMap; 3]> = OnceLock::new();
+    MAPS.get_or_init(build_topologies)
+}
+
+fn build_topologies() -> [SlotMap; 3] {
     let three = b"*3\r\n\
         *3\r\n:0\r\n:5460\r\n*2\r\n$9\r\n127.0.0.1\r\n:7001\r\n\
         *3\r\n:5461\r\n:10922\r\n*2\r\n$9\r\n127.0.0.1\r\n:7002\r\n\
