@@ -16,17 +16,21 @@
 //! - [`splitter`]: splitting multi-key and cluster-wide commands, merging
 //!   their replies;
 //! - [`local`]: commands the proxy answers itself;
+//! - [`key_routing`]: each key's own prefix route; splitting across clusters;
 //! - [`upstream`]: the module-owned event loops and connections to Redis nodes;
 //! - [`tls`]: TLS to the nodes;
 //! - [`session`]: one client connection: parsing, local replies, reply ordering;
 //! - [`stats`]: statistics, through Envoy's stats;
 //! - [`logging`]: the `log!` macro (the `log` facade; Envoy's logger once loaded);
+//! - [`clock`]: the session's time source (a manual one for tests and fuzzing);
 //! - [`envoy`]: the only `unsafe` code, the FFI boundary with Envoy.
 
+pub mod clock;
 pub mod codec;
 pub mod command;
 pub mod config;
 pub mod envoy;
+pub mod key_routing;
 pub mod local;
 pub mod logging;
 pub mod proxy;

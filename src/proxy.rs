@@ -26,6 +26,7 @@ pub struct Proxy {
 }
 
 /// Where a key goes.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Route<'a> {
     pub cluster: usize,
     pub read_policy: ReadPolicy,
@@ -134,6 +135,25 @@ impl Proxy {
 
     pub fn cluster_index(&self, name: &str) -> Option<usize> {
         self.names.iter().position(|n| n == name)
+    }
+
+    /// The configured name of cluster `index` (for messages).
+    pub fn cluster_name(&self, index: usize) -> &str {
+        self.names.get(index).map_or("?", String::as_str)
+    }
+
+    /// Keys may go to different routes (there is at least one prefix
+    /// route); without, every key follows the catch-all.
+    pub fn has_prefix_routes(&self) -> bool {
+        !self.config.prefix_routes.routes.is_empty()
+    }
+
+    /// Publish a slot map for a cluster as its refresher would. For tests
+    /// and fuzzing of an inert proxy, which has no refresher running.
+    pub fn publish_topology(&self, cluster: usize, map: crate::topology::SlotMap) {
+        if let Some(c) = self.clusters.get(cluster) {
+            c.publish(map, false);
+        }
     }
 
     /// Downstream authentication settings.

@@ -13,18 +13,18 @@
 //! commands, or while Envoy's write buffer is above its high watermark, the
 //! session stops parsing and asks Envoy to stop reading (backpressure).
 
+use crate::clock::Clock;
 use crate::codec::{self, Scan};
-use crate::command::Fanout;
 use crate::command::{self, Dispatch};
 use crate::config::{MirrorPolicy, ReadPolicy};
+use crate::key_routing::{self as keys, KeyRoutes, SingleError};
 use crate::local::{self, ConnState};
 use crate::proxy::Proxy;
-use crate::slot;
 use crate::splitter::{self, Gather, Merge};
-use crate::upstream::{ClientShared, Delivery, Request, Target, WHOLE};
+use crate::upstream::{ClientShared, Delivery, LoopShared, Request, Target, WHOLE};
 
-/// Part number marking the probe of a command deferred until the first
-/// topology (never a real part: splits have far fewer parts).
+/// Part number marking the probe of a command deferred until a topology
+/// with masters (never a real part: splits have far fewer parts).
 const DEFERRED: u32 = u32::MAX - 1;
 use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
@@ -42,6 +42,23 @@ pub trait Downstream {
     fn read_disable(&mut self, disable: bool);
     /// Record a histogram value (Envoy requires its worker thread).
     fn record_histogram(&mut self, _id: usize, _value: u64) {}
+}
+
+/// Where a session's requests go: its worker's upstream loop in Envoy, a
+/// model of one in tests and fuzzing.
+///
+/// The contract a session relies on: every request that is not a mirrored
+/// copy gets exactly one reply, delivered to its client's mailbox, by its
+/// deadline (the loop answers a timeout error then).
+pub trait Upstream {
+    /// Take every request of `batch`, leaving it empty.
+    fn submit(&self, batch: &mut Vec<Request>);
+}
+
+impl Upstream for LoopShared {
+    fn submit(&self, batch: &mut Vec<Request>) {
+        LoopShared::submit(self, batch)
+    }
 }
 
 /// Where a keyed command goes: (cluster, slot, bytes to send).
@@ -103,7 +120,9 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 pub struct Session {
     proxy: Arc<Proxy>,
-    worker: usize,
+    /// `None` in validation mode (no upstream loop runs).
+    upstream: Option<Arc<dyn Upstream>>,
+    clock: Clock,
     client: Arc<ClientShared>,
     /// Unparsed bytes (a partial request, or input held back while paused).
     inbuf: Vec<u8>,
@@ -126,7 +145,8 @@ pub struct Session {
     txn: Option<Txn>,
     /// Parsing waits for this command's reply (EXEC ordering).
     barrier: Option<u64>,
-    /// Commands waiting for the first topology, by their reply slot.
+    /// Cluster-wide commands waiting for a topology with masters, by their
+    /// reply slot.
     deferred: HashMap<u64, Vec<u8>>,
     /// Set while re-handling a deferred command: its existing reply slot.
     reuse_seq: Option<u64>,
@@ -143,19 +163,37 @@ pub struct Session {
 }
 
 impl Session {
+    /// A session of worker `worker`, whose requests go to that worker's
+    /// upstream loop.
     pub fn new(proxy: Arc<Proxy>, worker: usize, notifier: Box<dyn Notify>) -> Session {
+        let upstream = proxy
+            .loop_for(worker)
+            .map(|l| l.clone() as Arc<dyn Upstream>);
+        Session::with_upstream(proxy, notifier, upstream, Clock::System)
+    }
+
+    /// A session whose requests go to `upstream` (`None`: validation mode,
+    /// every request fails at once) and which reads the time from `clock`.
+    pub fn with_upstream(
+        proxy: Arc<Proxy>,
+        notifier: Box<dyn Notify>,
+        upstream: Option<Arc<dyn Upstream>>,
+        clock: Clock,
+    ) -> Session {
         let open = proxy.config.downstream_auth_passwords.is_empty();
         let stats = &proxy.stats;
         stats.inc(stats.downstream_cx_total);
         stats.gauge_add(stats.downstream_cx_active, 1);
+        let now = clock.now();
         Session {
             proxy,
-            worker,
+            upstream,
+            clock,
             client: ClientShared::new(notifier),
             inbuf: Vec::new(),
             need: 0,
             slots: VecDeque::new(),
-            current: (usize::MAX, Instant::now()),
+            current: (usize::MAX, now),
             reported_buffered: 0,
             head_seq: 0,
             out: Vec::new(),
@@ -184,6 +222,13 @@ impl Session {
 
     fn next_seq(&self) -> u64 {
         self.head_seq + self.slots.len() as u64
+    }
+
+    /// When the oldest command whose reply the client has not been sent yet
+    /// arrived (its deadline is `op_timeout` later); `None` when every
+    /// command so far is answered.
+    pub fn oldest_unanswered(&self) -> Option<Instant> {
+        self.slots.front().map(|s| s.start)
     }
 
     fn paused(&self) -> bool {
@@ -228,7 +273,7 @@ impl Session {
     /// Parse and handle whole requests from `buf`; returns bytes used.
     fn process(&mut self, buf: &[u8]) -> usize {
         let mut pos = 0;
-        let now = Instant::now();
+        let now = self.clock.now();
         let limit = self.proxy.config.settings.max_buffered_bytes_per_connection;
         while pos < buf.len() && !self.closing && !self.paused() {
             let mut args = std::mem::take(&mut self.args);
@@ -415,7 +460,7 @@ impl Session {
         now: Instant,
     ) -> Result<(), Vec<u8>> {
         let cluster = self.proxy.default_cluster().ok_or_else(no_route)?;
-        let data = encode(frame, args);
+        let data = keys::encode(frame, args);
         let needs_masters = matches!(
             cmd.name,
             "dbsize"
@@ -429,9 +474,15 @@ impl Session {
                 | "info"
                 | "scan"
         );
-        if needs_masters && self.proxy.topology(cluster).is_none() {
-            // Like keyed commands, wait (within op_timeout) for the first
-            // topology: a PING parked in the loop until then tells us.
+        if needs_masters && !self.has_masters(cluster) {
+            if self.reuse_seq.is_some() {
+                // Handling a deferred command again: its wait is over.
+                return Err(self.no_masters(cluster));
+            }
+            // Like keyed commands, wait (within op_timeout) for a topology
+            // with masters (the first one, or one where slots are assigned
+            // at last): a PING to any master, parked in the loop until one
+            // exists, tells us.
             let seq = self.push_slot();
             self.deferred.insert(seq, data);
             let ping = codec::command(&[b"PING"]);
@@ -498,36 +549,53 @@ impl Session {
         }
     }
 
-    /// The first topology arrived (or the wait failed): handle the deferred
-    /// command now, into the reply slot it already has.
+    /// A master serves slots (a cluster whose slots are not assigned yet
+    /// publishes an empty map).
+    fn has_masters(&self, cluster: usize) -> bool {
+        self.proxy
+            .topology(cluster)
+            .is_some_and(|m| !m.shards.is_empty())
+    }
+
+    fn no_masters(&self, cluster: usize) -> Vec<u8> {
+        codec::error(&format!(
+            "CLUSTERDOWN Hash slot not served: cluster '{}' has no master serving slots",
+            self.proxy.cluster_name(cluster)
+        ))
+    }
+
+    /// The wait for masters is over (the probe got a reply, or timed out):
+    /// handle the deferred command now, into the reply slot it already has,
+    /// within the deadline it had from its arrival.
     fn resume_deferred(&mut self, seq: u64, probe_reply: Vec<u8>) {
         let Some(data) = self.deferred.remove(&seq) else {
             return;
         };
+        let cluster = self.proxy.default_cluster().unwrap_or(0);
         if codec::error_text(&probe_reply).is_some() {
-            return self.fill(seq, probe_reply);
+            // Timed out: say why when the map is there but has no master.
+            let reply = match self.proxy.topology(cluster) {
+                Some(m) if m.shards.is_empty() => self.no_masters(cluster),
+                _ => probe_reply,
+            };
+            return self.fill(seq, reply);
         }
         let mut ranges = Vec::new();
-        if !matches!(
+        let parsed = matches!(
             codec::scan_request(&data, &mut ranges),
             Ok(Scan::Complete(_))
-        ) {
-            return self.fill(seq, codec::error("ERR internal: deferred command lost"));
-        }
+        );
         let args: Vec<&[u8]> = ranges.iter().map(|r| &data[r.clone()]).collect();
-        let Some(cmd) = args.first().and_then(|n| command::lookup(n)) else {
-            return;
+        let Some(cmd) = args
+            .first()
+            .and_then(|n| command::lookup(n))
+            .filter(|_| parsed)
+        else {
+            return self.fill(seq, codec::error("ERR internal: deferred command lost"));
         };
+        let arrived = self.slot_start(seq).unwrap_or_else(|| self.clock.now());
         self.reuse_seq = Some(seq);
-        let result = match self
-            .proxy
-            .topology(self.proxy.default_cluster().unwrap_or(0))
-        {
-            Some(_) => self.keyless(cmd, &data, &args, Instant::now()),
-            None => Err(codec::error(
-                "CLUSTERDOWN the proxy has no cluster topology",
-            )),
-        };
+        let result = self.keyless(cmd, &data, &args, arrived);
         if let Err(reply) = result {
             let seq = self.push_slot();
             self.fill(seq, reply);
@@ -535,12 +603,21 @@ impl Session {
         self.reuse_seq = None;
     }
 
+    /// When the command of reply slot `seq` arrived.
+    fn slot_start(&self, seq: u64) -> Option<Instant> {
+        let i = seq.checked_sub(self.head_seq)?;
+        self.slots.get(usize::try_from(i).ok()?).map(|s| s.start)
+    }
+
     /// Masters of a cluster, ordered by the first slot they own (stable
-    /// across failovers, which matters for SCAN cursors).
+    /// across failovers, which matters for SCAN cursors); an error when
+    /// there is none.
     fn masters(&self, cluster: usize) -> Result<Vec<String>, Vec<u8>> {
-        let map = self.proxy.topology(cluster).ok_or_else(|| {
-            codec::error("CLUSTERDOWN the proxy has not fetched the cluster topology yet")
-        })?;
+        let map = self
+            .proxy
+            .topology(cluster)
+            .filter(|m| !m.shards.is_empty())
+            .ok_or_else(|| self.no_masters(cluster))?;
         let mut first: Vec<Option<u16>> = vec![None; map.shards.len()];
         for slot in 0..crate::slot::SLOT_COUNT {
             if let Some(i) = map.shard_index(slot) {
@@ -556,6 +633,10 @@ impl Session {
             .filter_map(|(i, s)| Some((first.get(i).copied().flatten()?, s.master.clone())))
             .collect();
         order.sort();
+        if order.is_empty() {
+            // A gather of zero parts would never complete.
+            return Err(self.no_masters(cluster));
+        }
         Ok(order.into_iter().map(|(_, m)| m).collect())
     }
 
@@ -631,92 +712,81 @@ impl Session {
         keys: &[usize],
         now: Instant,
     ) -> Result<(), Vec<u8>> {
-        let first_key = args.get(keys[0]).copied().unwrap_or_default();
         let proxy = self.proxy.clone();
-        let route = proxy.route(first_key).ok_or_else(no_route)?;
+        let routes = key_routes(&proxy, args, keys)?;
         let hashtags = proxy.config.settings.enable_hashtagging;
-        let slots = key_slots(args, keys, route.strip, hashtags);
+        let slots = keys::key_slots(args, keys, &routes, hashtags);
         let read = command::effective_flags(cmd, args) & command::READONLY != 0;
-        let same_slot = slots.windows(2).all(|w| w[0] == w[1]);
-        if !same_slot {
-            let Dispatch::Fanout(kind) = &cmd.dispatch else {
-                return Err(codec::error(
-                    "CROSSSLOT Keys in request don't hash to the same slot",
-                ));
-            };
-            return self.fanout(kind, args, keys, &slots, &route, read, now);
+        let one_place =
+            matches!(routes, KeyRoutes::One(_)) && slots.windows(2).all(|w| w[0] == w[1]);
+        if let (Dispatch::Fanout(kind), false) = (cmd.dispatch, one_place) {
+            let (parts, merge) = keys::split(kind, args, keys, &routes, &slots);
+            let seq = self.push_slot();
+            self.gathers.insert(seq, Gather::new(merge, parts.len()));
+            for (i, p) in parts.into_iter().enumerate() {
+                let target = Target::Slot { slot: p.slot, read };
+                self.send(
+                    seq,
+                    i as u32,
+                    p.cluster,
+                    p.mirrors,
+                    target,
+                    p.read_policy,
+                    p.data,
+                    now,
+                );
+            }
+            return Ok(());
         }
-        let slot = slots.first().copied().unwrap_or(0);
-        let data = encode_keyed(frame, args, keys, route.strip);
+        let one = keys::single(&routes, &slots).map_err(|e| self.single_error(cmd.name, e))?;
+        let data = keys::encode_keyed(frame, args, keys, &routes);
         let seq = self.push_slot();
-        let target = Target::Slot { slot, read };
+        let target = Target::Slot {
+            slot: one.slot,
+            read,
+        };
         self.send(
             seq,
             WHOLE,
-            route.cluster,
-            route.mirrors,
+            one.cluster,
+            &one.mirrors,
             target,
-            route.read_policy,
+            one.read_policy,
             data,
             now,
         );
         Ok(())
     }
 
-    /// Split a cross-slot multi-key command into one command per slot.
-    #[allow(clippy::too_many_arguments)]
-    fn fanout(
-        &mut self,
-        kind: &Fanout,
-        args: &[&[u8]],
-        keys: &[usize],
-        slots: &[u16],
-        route: &crate::proxy::Route<'_>,
-        read: bool,
-        now: Instant,
-    ) -> Result<(), Vec<u8>> {
-        // Arguments that travel with each key: MSET's value.
-        let width = if matches!(kind, Fanout::Mset) { 2 } else { 1 };
-        let mut groups: Vec<(u16, Vec<&[u8]>)> = Vec::new();
-        let mut order = Vec::with_capacity(keys.len());
-        for (n, &k) in keys.iter().enumerate() {
-            let slot = slots[n];
-            let g = match groups.iter().position(|(s, _)| *s == slot) {
-                Some(g) => g,
-                None => {
-                    groups.push((slot, vec![args[0]]));
-                    groups.len() - 1
-                }
-            };
-            let words = &mut groups[g].1;
-            order.push((g as u32, ((words.len() - 1) / width) as u32));
-            for a in args.get(k..k + width).unwrap_or_default() {
-                words.push(a);
+    /// The reply to a command that cannot go to one node as it is.
+    fn single_error(&self, command: &str, e: SingleError) -> Vec<u8> {
+        match e {
+            SingleError::CrossSlot => {
+                codec::error("CROSSSLOT Keys in request don't hash to the same slot")
             }
+            SingleError::CrossCluster { first, other } => self.cross_cluster(command, first, other),
         }
-        let merge = match kind {
-            Fanout::Mget => Merge::Mget { order },
-            Fanout::Mset => Merge::AllOk,
-            Fanout::SumIntegers => Merge::Sum,
-        };
-        let seq = self.push_slot();
-        self.gathers.insert(seq, Gather::new(merge, groups.len()));
-        for (i, (slot, words)) in groups.into_iter().enumerate() {
-            let keys: Vec<usize> = (1..words.len()).step_by(width).collect();
-            let data = encode_keyed(&[], &words, &keys, route.strip);
-            let target = Target::Slot { slot, read };
-            self.send(
-                seq,
-                i as u32,
-                route.cluster,
-                route.mirrors,
-                target,
-                route.read_policy,
-                data,
-                now,
-            );
+    }
+
+    fn cross_cluster(&self, command: &str, first: usize, other: usize) -> Vec<u8> {
+        codec::error(&format!(
+            "CROSSSLOT Keys in request map to different clusters: '{command}' has keys in clusters '{}' and '{}' (prefix routes) and cannot be split",
+            self.proxy.cluster_name(first),
+            self.proxy.cluster_name(other)
+        ))
+    }
+
+    /// A transaction's keys must share one cluster and one slot.
+    fn txn_conflict(&self, command: &str, cluster: usize, slot: u16) -> Option<Vec<u8>> {
+        let t = self.txn.as_ref()?;
+        if let Some(c) = t.cluster.filter(|&c| c != cluster) {
+            return Some(self.cross_cluster(command, c, cluster));
         }
-        Ok(())
+        t.slot.filter(|&s| s != slot).map(|_| {
+            codec::error(
+                "CROSSSLOT Keys in request don't hash to the same slot (a transaction's keys must share one slot)",
+            )
+        })
     }
 
     fn abort_multi(&mut self) {
@@ -734,24 +804,17 @@ impl Session {
         frame: &[u8],
         args: &[&[u8]],
     ) -> Result<Option<Located>, Vec<u8>> {
-        let mut keys = Vec::new();
-        command::key_indices(cmd, args, &mut keys).map_err(|m| codec::error(&m))?;
-        let Some(&first) = keys.first() else {
+        let mut key_args = Vec::new();
+        command::key_indices(cmd, args, &mut key_args).map_err(|m| codec::error(&m))?;
+        if key_args.is_empty() {
             return Ok(None);
-        };
-        let route = self
-            .proxy
-            .route(args.get(first).copied().unwrap_or_default())
-            .ok_or_else(no_route)?;
-        let hashtags = self.proxy.config.settings.enable_hashtagging;
-        let slots = key_slots(args, &keys, route.strip, hashtags);
-        if slots.windows(2).any(|w| w[0] != w[1]) {
-            return Err(codec::error(
-                "CROSSSLOT Keys in request don't hash to the same slot",
-            ));
         }
-        let data = encode_keyed(frame, args, &keys, route.strip);
-        Ok(Some((route.cluster, slots[0], data)))
+        let routes = key_routes(&self.proxy, args, &key_args)?;
+        let hashtags = self.proxy.config.settings.enable_hashtagging;
+        let slots = keys::key_slots(args, &key_args, &routes, hashtags);
+        let one = keys::single(&routes, &slots).map_err(|e| self.single_error(cmd.name, e))?;
+        let data = keys::encode_keyed(frame, args, &key_args, &routes);
+        Ok(Some((one.cluster, one.slot, data)))
     }
 
     /// MULTI / EXEC / DISCARD / WATCH / UNWATCH. A transaction runs on a
@@ -817,12 +880,10 @@ impl Session {
                         "ERR wrong number of arguments for 'watch' command",
                     ));
                 };
-                let t = self.txn.get_or_insert_with(Txn::new);
-                if t.slot.is_some_and(|s| s != slot) || t.cluster.is_some_and(|c| c != cluster) {
-                    return Err(codec::error(
-                        "CROSSSLOT Keys in request don't hash to the same slot (a transaction's keys must share one slot)",
-                    ));
+                if let Some(e) = self.txn_conflict(cmd.name, cluster, slot) {
+                    return Err(e);
                 }
+                let t = self.txn.get_or_insert_with(Txn::new);
                 t.slot = Some(slot);
                 t.cluster = Some(cluster);
                 t.watched = true;
@@ -857,16 +918,16 @@ impl Session {
             )));
         }
         let located = self.locate(cmd, frame, args)?;
+        if let Some((cluster, slot, _)) = &located {
+            if let Some(e) = self.txn_conflict(cmd.name, *cluster, *slot) {
+                return Err(e);
+            }
+        }
         let Some(t) = self.txn.as_mut() else {
             return Ok(());
         };
         match located {
             Some((cluster, slot, data)) => {
-                if t.slot.is_some_and(|s| s != slot) || t.cluster.is_some_and(|c| c != cluster) {
-                    return Err(codec::error(
-                        "CROSSSLOT Keys in request don't hash to the same slot (a transaction's keys must share one slot)",
-                    ));
-                }
                 t.slot = Some(slot);
                 t.cluster = Some(cluster);
                 t.queued.extend_from_slice(&data);
@@ -879,7 +940,7 @@ impl Session {
                         cmd.name
                     )));
                 }
-                t.queued.extend(encode(frame, args));
+                t.queued.extend(keys::encode(frame, args));
             }
         }
         t.count += 1;
@@ -1016,15 +1077,15 @@ impl Session {
     fn finish(&mut self, conn: &mut dyn Downstream) {
         loop {
             if !self.batch.is_empty() {
-                match self.proxy.loop_for(self.worker) {
-                    Some(l) => l.submit(&mut self.batch),
+                match self.upstream.as_ref() {
+                    Some(u) => u.submit(&mut self.batch),
                     None => {
+                        // Answered like replies from a loop, so split and
+                        // deferred commands are completed and forgotten.
                         let reqs = std::mem::take(&mut self.batch);
-                        for r in reqs {
-                            self.fill(
-                                r.seq,
-                                codec::error("ERR proxy is not running (validation mode)"),
-                            );
+                        for r in reqs.into_iter().filter(|r| !r.mirror) {
+                            let reply = codec::error("ERR proxy is not running (validation mode)");
+                            self.apply(r.seq, r.part, reply);
                         }
                     }
                 }
@@ -1100,7 +1161,7 @@ impl Session {
     fn flush(&mut self, conn: &mut dyn Downstream) {
         let stats = &self.proxy.stats;
         let command_stats = self.proxy.config.settings.enable_command_stats;
-        let now = Instant::now();
+        let now = self.clock.now();
         let mut n = 0;
         while self.slots.front().is_some_and(|s| s.reply.is_some()) {
             let Some(slot) = self.slots.pop_front() else {
@@ -1136,21 +1197,26 @@ impl Session {
         }
     }
 
+    /// A reply for part `part` of command `seq`.
+    fn apply(&mut self, seq: u64, part: u32, reply: Vec<u8>) {
+        if part == DEFERRED {
+            self.resume_deferred(seq, reply);
+        } else if part == WHOLE {
+            self.fill(seq, reply);
+        } else if let Some(g) = self.gathers.get_mut(&seq) {
+            if let Some(merged) = g.add(part, reply) {
+                self.gathers.remove(&seq);
+                self.fill(seq, merged);
+            }
+        }
+    }
+
     /// Replies arrived from the upstream loop.
     pub fn on_scheduled(&mut self, conn: &mut dyn Downstream) {
         let mut delivered = std::mem::take(&mut self.delivered);
         self.client.take(&mut delivered);
         for d in delivered.drain(..) {
-            if d.part == DEFERRED {
-                self.resume_deferred(d.seq, d.reply);
-            } else if d.part == WHOLE {
-                self.fill(d.seq, d.reply);
-            } else if let Some(g) = self.gathers.get_mut(&d.seq) {
-                if let Some(merged) = g.add(d.part, d.reply) {
-                    self.gathers.remove(&d.seq);
-                    self.fill(d.seq, merged);
-                }
-            }
+            self.apply(d.seq, d.part, d.reply);
         }
         self.delivered = delivered;
         self.release_barrier();
@@ -1210,48 +1276,19 @@ fn seed() -> u64 {
     h.finish() | 1
 }
 
-/// `key` without the first `strip` bytes (a route's `remove_prefix`).
-fn strip_prefix(key: &[u8], strip: usize) -> &[u8] {
-    key.get(strip.min(key.len())..).unwrap_or_default()
-}
-
-/// The slot of each key argument, after prefix removal.
-fn key_slots(args: &[&[u8]], keys: &[usize], strip: usize, hashtags: bool) -> Vec<u16> {
-    keys.iter()
-        .map(|&k| {
-            let key = args.get(k).copied().unwrap_or_default();
-            slot::key_slot(strip_prefix(key, strip), hashtags)
-        })
-        .collect()
-}
-
-/// The bytes to send for a keyed command: the client's own frame, or, when
-/// the route removes a prefix, the command re-encoded with stripped keys.
-fn encode_keyed(frame: &[u8], args: &[&[u8]], keys: &[usize], strip: usize) -> Vec<u8> {
-    if strip == 0 {
-        return encode(frame, args);
-    }
-    let words: Vec<&[u8]> = args
-        .iter()
-        .enumerate()
-        .map(|(i, a)| {
-            if keys.contains(&i) {
-                strip_prefix(a, strip)
-            } else {
-                a
-            }
-        })
-        .collect();
-    codec::command(&words)
-}
-
-/// The raw frame when it is multibulk; inline commands are re-encoded.
-fn encode(frame: &[u8], args: &[&[u8]]) -> Vec<u8> {
-    if frame.first() == Some(&b'*') {
-        frame.to_vec()
+/// Each key's route; an error when one has none.
+fn key_routes<'p>(
+    proxy: &'p Proxy,
+    args: &[&[u8]],
+    keys: &[usize],
+) -> Result<KeyRoutes<'p>, Vec<u8>> {
+    let routes = if proxy.has_prefix_routes() {
+        keys::key_routes(args, keys, |k| proxy.route(k))
     } else {
-        codec::command(args)
-    }
+        // Every key follows the catch-all: no per-key lookup.
+        proxy.route(b"").map(KeyRoutes::One)
+    };
+    routes.ok_or_else(no_route)
 }
 
 fn no_route() -> Vec<u8> {
@@ -1275,6 +1312,7 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use crate::stats::Stats;
+    use std::time::Duration;
 
     struct NoNotify;
 
@@ -1381,5 +1419,232 @@ mod tests {
             );
             assert!(c.closed);
         }
+    }
+
+    /// Records what a session submits; the test answers by hand.
+    #[derive(Default)]
+    struct Recorder {
+        inbox: parking_lot::Mutex<Vec<Request>>,
+    }
+
+    impl Upstream for Recorder {
+        fn submit(&self, batch: &mut Vec<Request>) {
+            self.inbox.lock().append(batch);
+        }
+    }
+
+    impl Recorder {
+        fn take(&self) -> Vec<Request> {
+            std::mem::take(&mut *self.inbox.lock())
+        }
+    }
+
+    fn reply(r: &Request, bytes: &[u8]) {
+        r.client.deliver(r.seq, r.part, bytes.to_vec());
+    }
+
+    fn words(data: &[u8]) -> Vec<String> {
+        let mut ranges = Vec::new();
+        assert_eq!(
+            codec::scan_request(data, &mut ranges),
+            Ok(Scan::Complete(data.len()))
+        );
+        ranges
+            .iter()
+            .map(|r| String::from_utf8_lossy(&data[r.clone()]).into_owned())
+            .collect()
+    }
+
+    /// A session on an inert proxy whose requests go to a recorder, on a
+    /// manual clock; `config` is the filter config.
+    fn recorded(
+        config: &str,
+    ) -> (
+        Session,
+        Arc<Proxy>,
+        Arc<Recorder>,
+        Arc<crate::clock::ManualClock>,
+    ) {
+        let config = Config::from_json(config.as_bytes()).unwrap();
+        let n = config.clusters.len();
+        let proxy = Proxy::inert(config, Arc::new(Stats::disabled(n)));
+        let rec = Arc::new(Recorder::default());
+        let clock = crate::clock::ManualClock::new();
+        let s = Session::with_upstream(
+            proxy.clone(),
+            Box::new(NoNotify),
+            Some(rec.clone() as Arc<dyn Upstream>),
+            Clock::Manual(clock.clone()),
+        );
+        (s, proxy, rec, clock)
+    }
+
+    const ONE_CLUSTER: &str = r#"{"settings":{"op_timeout":"2s"},
+        "clusters":{"main":{"seeds":["127.0.0.1:7000"]}},
+        "prefix_routes":{"catch_all_route":{"cluster":"main"}}}"#;
+
+    fn three_masters() -> crate::topology::SlotMap {
+        let mut reply = b"*3\r\n".to_vec();
+        for (a, b, port) in [(0, 5460, 7001), (5461, 10922, 7002), (10923, 16383, 7003)] {
+            reply.extend(
+                format!("*3\r\n:{a}\r\n:{b}\r\n*2\r\n$9\r\n127.0.0.1\r\n:{port}\r\n").as_bytes(),
+            );
+        }
+        crate::topology::parse_cluster_slots(&reply, "127.0.0.1:7001").unwrap()
+    }
+
+    /// Regression: with a slot map that has no master (a cluster whose
+    /// slots are not assigned yet publishes an empty CLUSTER SLOTS), DBSIZE
+    /// registered a gather of zero parts that nothing ever completed, and
+    /// every later reply on the connection waited behind it forever. Now
+    /// it waits for masters until its deadline, then fails, in order.
+    #[test]
+    fn cluster_wide_command_without_masters_fails_at_its_deadline() {
+        let (mut s, proxy, rec, clock) = recorded(ONE_CLUSTER);
+        proxy.publish_topology(0, crate::topology::SlotMap::empty());
+        let mut c = Client::default();
+        let arrived = clock.now();
+        s.on_data(b"DBSIZE\r\nPING\r\n", &mut c);
+        assert!(c.out.is_empty(), "answered before the wait was over");
+        let probe = rec.take();
+        assert_eq!(probe.len(), 1, "one probe waits for masters in the loop");
+        assert_eq!(probe[0].deadline, arrived + Duration::from_secs(2));
+        // The loop's timeout answer to the probe.
+        clock.advance(Duration::from_secs(2));
+        reply(&probe[0], b"-ERR operation timed out\r\n");
+        s.on_scheduled(&mut c);
+        assert_eq!(
+            String::from_utf8(c.out).unwrap(),
+            "-CLUSTERDOWN Hash slot not served: cluster 'main' has no master serving slots\r\n+PONG\r\n"
+        );
+        assert!(rec.take().is_empty());
+        assert_eq!(s.oldest_unanswered(), None);
+    }
+
+    /// Masters appear while DBSIZE waits: it is sent to each of them with
+    /// the deadline it had from its arrival, and the counts are summed.
+    #[test]
+    fn cluster_wide_command_runs_once_masters_appear_within_its_deadline() {
+        let (mut s, proxy, rec, clock) = recorded(ONE_CLUSTER);
+        proxy.publish_topology(0, crate::topology::SlotMap::empty());
+        let mut c = Client::default();
+        let arrived = clock.now();
+        s.on_data(b"DBSIZE\r\n", &mut c);
+        let probe = rec.take();
+        clock.advance(Duration::from_millis(1500));
+        proxy.publish_topology(0, three_masters());
+        reply(&probe[0], b"+PONG\r\n");
+        s.on_scheduled(&mut c);
+        let parts = rec.take();
+        assert_eq!(parts.len(), 3);
+        for p in &parts {
+            assert_eq!(words(&p.data), vec!["DBSIZE"]);
+            assert_eq!(p.deadline, arrived + Duration::from_secs(2));
+            reply(p, b":2\r\n");
+        }
+        s.on_scheduled(&mut c);
+        assert_eq!(c.out, b":6\r\n".to_vec());
+    }
+
+    const ROUTES: &str = r#"{"clusters":{"a":{"seeds":["127.0.0.1:7000"]},"b":{"seeds":["127.0.0.1:7100"]},
+          "m":{"seeds":["127.0.0.1:7200"]}},
+        "prefix_routes":{"routes":[
+          {"prefix":"r:","cluster":"b","remove_prefix":true},
+          {"prefix":"b:","cluster":"b","request_mirror_policy":[{"cluster":"m"}]}],
+          "catch_all_route":{"cluster":"a"}}}"#;
+
+    /// Each key of a split command goes to its own route's cluster, its
+    /// prefix stripped where that route says so, mirrored where that route
+    /// mirrors; the replies come back in key order.
+    #[test]
+    fn split_commands_route_each_key_by_its_own_prefix() {
+        let (mut s, proxy, rec, _) = recorded(ROUTES);
+        let (a, b, m) = (
+            proxy.cluster_index("a").unwrap(),
+            proxy.cluster_index("b").unwrap(),
+            proxy.cluster_index("m").unwrap(),
+        );
+        let mut c = Client::default();
+        s.on_data(
+            &codec::command(&[b"MGET", b"r:{x}t0", b"b:{x}m0", b"{x}c0", b"r:{x}t1"]),
+            &mut c,
+        );
+        let reqs = rec.take();
+        let seen: Vec<(usize, bool, Vec<String>)> = reqs
+            .iter()
+            .map(|r| (r.cluster, r.mirror, words(&r.data)))
+            .collect();
+        let w = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            seen,
+            vec![
+                (b, false, w(&["MGET", "{x}t0", "{x}t1"])),
+                (m, true, w(&["MGET", "b:{x}m0"])),
+                (b, false, w(&["MGET", "b:{x}m0"])),
+                (a, false, w(&["MGET", "{x}c0"])),
+            ]
+        );
+        reply(&reqs[3], b"*1\r\n$2\r\nc0\r\n");
+        reply(&reqs[0], b"*2\r\n$2\r\nt0\r\n$2\r\nt1\r\n");
+        reply(&reqs[2], b"*1\r\n$2\r\nm0\r\n");
+        s.on_scheduled(&mut c);
+        assert_eq!(
+            c.out,
+            b"*4\r\n$2\r\nt0\r\n$2\r\nm0\r\n$2\r\nc0\r\n$2\r\nt1\r\n".to_vec()
+        );
+    }
+
+    /// A command that cannot be split is refused when its keys are in two
+    /// clusters (also inside MULTI), and sent whole with each key stripped
+    /// by its own route when they share one.
+    #[test]
+    fn unsplittable_commands_stay_in_one_cluster() {
+        let (mut s, proxy, rec, _) = recorded(ROUTES);
+        let mut c = Client::default();
+        s.on_data(
+            b"MSETNX r:{x}a 1 {x}b 2\r\nRENAME {x}a b:{x}b\r\nEVAL s 2 r:{x}a {x}b\r\n",
+            &mut c,
+        );
+        let text = String::from_utf8(std::mem::take(&mut c.out)).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        for (line, (cmd, x, y)) in lines.iter().zip([
+            ("msetnx", "b", "a"),
+            ("rename", "a", "b"),
+            ("eval", "b", "a"),
+        ]) {
+            assert!(
+                line.starts_with("-CROSSSLOT")
+                    && line.contains(&format!("'{cmd}' has keys in clusters '{x}' and '{y}'")),
+                "{line}"
+            );
+        }
+        assert!(rec.take().is_empty(), "nothing sent for refused commands");
+        s.on_data(b"RENAME r:{x}a b:{x}b\r\n", &mut c);
+        let reqs = rec.take();
+        let b = proxy.cluster_index("b").unwrap();
+        let sent: Vec<(usize, bool, Vec<String>)> = reqs
+            .iter()
+            .map(|r| (r.cluster, r.mirror, words(&r.data)))
+            .collect();
+        assert!(sent.contains(&(
+            b,
+            false,
+            vec!["RENAME".into(), "{x}a".into(), "b:{x}b".into()]
+        )));
+        assert!(sent.iter().any(|(_, mirror, _)| *mirror), "b: mirrors");
+        for r in reqs.iter().filter(|r| !r.mirror) {
+            reply(r, b"+OK\r\n");
+        }
+        s.on_scheduled(&mut c);
+        assert_eq!(std::mem::take(&mut c.out), b"+OK\r\n".to_vec());
+        // In a transaction: a command whose keys are in another cluster
+        // than the transaction's.
+        s.on_data(b"MULTI\r\nSET {x}a 1\r\nSET r:{x}a 2\r\n", &mut c);
+        let text = String::from_utf8(std::mem::take(&mut c.out)).unwrap();
+        assert!(
+            text.ends_with("+OK\r\n+QUEUED\r\n-CROSSSLOT Keys in request map to different clusters: 'set' has keys in clusters 'a' and 'b' (prefix routes) and cannot be split\r\n"),
+            "{text}"
+        );
     }
 }

@@ -171,7 +171,8 @@ impl ClusterTopology {
         }
     }
 
-    fn publish(&self, map: SlotMap, first: bool) {
+    /// Install a fetched map (also used by tests of an inert proxy).
+    pub fn publish(&self, map: SlotMap, first: bool) {
         let changed = match self.map.read().as_ref() {
             Some(old) => !old.same_as(&map),
             None => true,

@@ -438,3 +438,217 @@ fn prefix_routes_pick_the_longest_prefix_and_strip_it() {
     let v: String = c.get("main:k4").unwrap();
     assert_eq!(v, "d");
 }
+
+/// Two clusters and a mirror behind the routes: `r:` → cluster
+/// "b" with its prefix removed, `b:` → cluster "b" mirrored to "mirror",
+/// everything else → "main".
+struct ThreeRoutes {
+    main: Cluster,
+    b: Cluster,
+    mirror: Standalone,
+    envoy: Envoy,
+}
+
+impl ThreeRoutes {
+    fn start() -> ThreeRoutes {
+        let main = Cluster::start(3, 0);
+        let b = Cluster::start(3, 0);
+        let mirror = Standalone::start();
+        let mut cfg = module_config(&main, json!({}));
+        cfg["clusters"]["b"] = json!({ "seeds": b.seeds() });
+        cfg["clusters"]["mirror"] = json!({ "seeds": [format!("127.0.0.1:{}", mirror.port)] });
+        cfg["prefix_routes"] = json!({
+            "routes": [
+                { "prefix": "r:", "cluster": "b", "remove_prefix": true },
+                { "prefix": "b:", "cluster": "b",
+                  "request_mirror_policy": [ { "cluster": "mirror" } ] },
+            ],
+            "catch_all_route": { "cluster": "main" },
+        });
+        let envoy = Envoy::start(cfg);
+        ThreeRoutes {
+            main,
+            b,
+            mirror,
+            envoy,
+        }
+    }
+
+    /// The key's value read straight from the node of `cluster` that owns
+    /// `stored` (the key as the node knows it).
+    fn direct(cluster: &Cluster, stored: &str) -> Option<String> {
+        let port = cluster.node_for_key(stored.as_bytes());
+        connect(port).get(stored).unwrap()
+    }
+}
+
+/// Where each key must live: (client's key, value, cluster "b"?, the key
+/// as stored on the node).
+fn three_route_keys() -> Vec<(String, String, bool, String)> {
+    let mut keys = Vec::new();
+    for i in 0..4 {
+        keys.push((
+            format!("r:{{x}}t{i}"),
+            format!("t{i}"),
+            true,
+            format!("{{x}}t{i}"),
+        ));
+        keys.push((
+            format!("b:xm{i}"),
+            format!("m{i}"),
+            true,
+            format!("b:xm{i}"),
+        ));
+        keys.push((format!("xc{i}"), format!("c{i}"), false, format!("xc{i}")));
+    }
+    keys
+}
+
+/// Per-key routing of split commands: MSET with keys of all three routes
+/// puts every key in its own route's cluster (prefix stripped where the
+/// route says so) and nowhere else, mirrors only the mirrored route's
+/// keys; MGET returns them in the client's order; EXISTS and DEL counts
+/// are summed across clusters.
+#[test]
+fn split_commands_route_every_key_by_its_own_prefix() {
+    let t = ThreeRoutes::start();
+    let mut c = connect(t.envoy.port());
+    let keys = three_route_keys();
+    let mut mset = redis::cmd("MSET");
+    for (k, v, _, _) in &keys {
+        mset.arg(k).arg(v);
+    }
+    let _: () = mset.query(&mut c).expect("MSET across three routes");
+    for (k, v, on_b, stored) in &keys {
+        let (home, other) = if *on_b {
+            (&t.b, &t.main)
+        } else {
+            (&t.main, &t.b)
+        };
+        assert_eq!(
+            ThreeRoutes::direct(home, stored).as_deref(),
+            Some(v.as_str()),
+            "{k} is not on its route's cluster as {stored}"
+        );
+        assert_eq!(
+            ThreeRoutes::direct(other, stored),
+            None,
+            "{k} is also on the other cluster"
+        );
+        assert_eq!(
+            ThreeRoutes::direct(other, k),
+            None,
+            "{k} on the other cluster"
+        );
+        if stored != k {
+            assert_eq!(ThreeRoutes::direct(home, k), None, "{k} kept its prefix");
+        }
+    }
+    // Mirroring follows each key's route: only the b: keys.
+    let mut m = t.mirror.conn();
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            let n: i64 = redis::cmd("DBSIZE").query(&mut t.mirror.conn()).unwrap();
+            n >= 4
+        }),
+        "b: keys were not mirrored"
+    );
+    let mirrored: Vec<String> = {
+        let mut v: Vec<String> = m.keys("*").unwrap();
+        v.sort();
+        v
+    };
+    assert_eq!(mirrored, vec!["b:xm0", "b:xm1", "b:xm2", "b:xm3"]);
+
+    // MGET in an order that interleaves the routes, plus a missing key.
+    let mut order: Vec<&(String, String, bool, String)> = keys.iter().rev().collect();
+    order.swap(1, 7);
+    let mut mget = redis::cmd("MGET");
+    for (k, ..) in &order {
+        mget.arg(k);
+    }
+    mget.arg("r:{x}missing");
+    let got: Vec<Option<String>> = mget.query(&mut c).unwrap();
+    let mut want: Vec<Option<String>> = order.iter().map(|(_, v, ..)| Some(v.clone())).collect();
+    want.push(None);
+    assert_eq!(got, want, "MGET order");
+
+    let mut exists = redis::cmd("EXISTS");
+    for (k, ..) in &keys {
+        exists.arg(k);
+    }
+    exists.arg("b:none").arg("none");
+    let n: i64 = exists.query(&mut c).unwrap();
+    assert_eq!(n, 12, "EXISTS summed over clusters");
+
+    // DEL one key of each route (and a missing one): 3, each gone at home.
+    let n: i64 = redis::cmd("DEL")
+        .arg("xc0")
+        .arg("r:{x}t0")
+        .arg("b:xm0")
+        .arg("r:{x}none")
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(n, 3, "DEL summed over clusters");
+    assert_eq!(ThreeRoutes::direct(&t.main, "xc0"), None);
+    assert_eq!(ThreeRoutes::direct(&t.b, "{x}t0"), None);
+    assert_eq!(ThreeRoutes::direct(&t.b, "b:xm0"), None);
+    assert_eq!(
+        ThreeRoutes::direct(&t.b, "{x}t1").as_deref(),
+        Some("t1"),
+        "DEL removed too much"
+    );
+}
+
+/// A command that cannot be split, with keys in two clusters, is refused
+/// with an error naming it and both clusters, and runs nowhere; with keys
+/// in one cluster under different routes, each key is stripped by its own
+/// route.
+#[test]
+fn unsplittable_commands_across_clusters_are_refused() {
+    let t = ThreeRoutes::start();
+    let mut c = t.envoy.raw_client();
+    let refused: [&[&str]; 3] = [
+        &["MSETNX", "r:{x}a", "1", "{x}b", "2"],
+        &["RENAME", "{x}b", "b:{x}c"],
+        &[
+            "EVAL",
+            "return redis.call('SET', KEYS[1], 1)",
+            "2",
+            "r:{x}a",
+            "{x}b",
+        ],
+    ];
+    for cmd in refused {
+        let r = c.cmd(cmd);
+        let Resp::Error(e) = &r else {
+            panic!("{cmd:?} was not refused: {r:?}")
+        };
+        let name = cmd[0].to_lowercase();
+        assert!(
+            e.contains(&format!("'{name}'")) && e.contains("'main'") && e.contains("'b'"),
+            "{cmd:?}: the error must name the command and both clusters: {e}"
+        );
+    }
+    for stored in ["{x}a", "r:{x}a", "{x}b", "b:{x}c"] {
+        assert_eq!(
+            ThreeRoutes::direct(&t.main, stored),
+            None,
+            "{stored} on main"
+        );
+        assert_eq!(ThreeRoutes::direct(&t.b, stored), None, "{stored} on b");
+    }
+
+    // One cluster, two routes: RENAME r:{x}a b:{x}c runs on b as
+    // RENAME {x}a b:{x}c.
+    assert_eq!(c.cmd(&["SET", "r:{x}a", "moved"]), Resp::ok());
+    assert_eq!(c.cmd(&["RENAME", "r:{x}a", "b:{x}c"]), Resp::ok());
+    assert_eq!(ThreeRoutes::direct(&t.b, "{x}a"), None);
+    assert_eq!(
+        ThreeRoutes::direct(&t.b, "b:{x}c").as_deref(),
+        Some("moved")
+    );
+    assert_eq!(c.cmd(&["GET", "b:{x}c"]), Resp::bulk("moved"));
+    // The connection is fine after the refusals.
+    assert_eq!(c.cmd(&["PING"]), Resp::Simple("PONG".into()));
+}

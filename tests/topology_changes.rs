@@ -10,7 +10,7 @@ use serde_json::json;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A client loop writing and reading back keys through the proxy while
 /// something happens; returns every error it saw.
@@ -228,4 +228,121 @@ fn only_replica_read_connections_are_readonly() {
             "no READONLY connection serving GETs on replica {p}: {clients:?}"
         );
     }
+}
+
+// ---------------------------------------------------------------------------
+// Nodes whose slots are not assigned yet: no client waits forever.
+// ---------------------------------------------------------------------------
+
+/// The pipeline of the slot-assignment tests: cluster-wide and keyed
+/// commands mixed, on one connection.
+const PIPELINE: [&[&str]; 5] = [
+    &["DBSIZE"],
+    &["GET", "k"],
+    &["INFO"],
+    &["RANDOMKEY"],
+    &["SET", "k", "v"],
+];
+
+/// Envoy in front of `cluster` once the proxy has fetched its (empty) slot
+/// map, so the commands meet a map without masters, not a missing one.
+fn proxy_on_empty_map(cluster: &Cluster, op_timeout: &str) -> Envoy {
+    let envoy = Envoy::start(module_config(cluster, json!({ "op_timeout": op_timeout })));
+    let stat = "dynamicmodulescustom.redis.redis.cluster.main.topology_refresh_success";
+    assert!(
+        wait_until(Duration::from_secs(10), || envoy
+            .stat(stat)
+            .is_some_and(|n| n >= 1)),
+        "the proxy never fetched the slot map"
+    );
+    envoy
+}
+
+fn send_pipeline(c: &mut RawClient) {
+    let mut bytes = Vec::new();
+    for cmd in PIPELINE {
+        bytes.extend(encode_cmd(cmd));
+    }
+    c.send(&bytes).unwrap();
+}
+
+/// Commands sent while no node owns a slot wait (within op_timeout); the
+/// slots are assigned meanwhile, and every command is answered correctly,
+/// in order.
+#[test]
+fn commands_sent_before_slots_are_assigned_are_answered_once_they_are() {
+    let cluster = Cluster::start_unassigned(3);
+    let envoy = proxy_on_empty_map(&cluster, "15s");
+    let mut c = envoy.raw_client();
+    c.set_timeout(Duration::from_millis(700));
+    send_pipeline(&mut c);
+    // Nothing can be answered yet, and nothing is: they wait.
+    let early = c.read_outcome();
+    assert_eq!(
+        early,
+        Outcome::TimedOut,
+        "answered before any slot was assigned"
+    );
+    cluster.assign_slots();
+    let assigned = Instant::now();
+    c.set_timeout(Duration::from_secs(20));
+    let replies = c.read_replies(PIPELINE.len());
+    let waited = assigned.elapsed();
+    assert!(waited < Duration::from_secs(15), "took {waited:?}");
+    // Run in parallel on several nodes, SET may overtake DBSIZE and
+    // RANDOMKEY (as on any cluster proxy), never GET k on the same node.
+    assert!(
+        matches!(replies[0], Resp::Int(0 | 1)),
+        "DBSIZE: {:?}",
+        replies[0]
+    );
+    assert_eq!(replies[1], Resp::Nil, "GET k");
+    let info = replies[2].text().unwrap_or_default();
+    assert!(
+        info.contains("# Node 127.0.0.1:") && info.contains("redis_version:"),
+        "INFO: {:?}",
+        replies[2]
+    );
+    assert!(
+        matches!(&replies[3], Resp::Nil) || replies[3] == Resp::bulk("k"),
+        "RANDOMKEY: {:?}",
+        replies[3]
+    );
+    assert_eq!(replies[4], Resp::ok(), "SET k v");
+    assert_eq!(c.cmd(&["GET", "k"]), Resp::bulk("v"));
+    assert_eq!(c.cmd(&["DBSIZE"]), Resp::Int(1));
+}
+
+/// Slots are never assigned: every command gets an error within
+/// op_timeout (cluster-wide ones say no master serves slots, keyed ones
+/// that the wait timed out), in order, and the connection still works.
+#[test]
+fn commands_fail_within_op_timeout_when_slots_are_never_assigned() {
+    let cluster = Cluster::start_unassigned(3);
+    let op_timeout = Duration::from_millis(1500);
+    let envoy = proxy_on_empty_map(&cluster, "1500ms");
+    let mut c = envoy.raw_client();
+    c.set_timeout(Duration::from_secs(10));
+    let sent = Instant::now();
+    send_pipeline(&mut c);
+    let replies = c.read_replies(PIPELINE.len());
+    let took = sent.elapsed();
+    assert!(
+        took < op_timeout + Duration::from_millis(700),
+        "replies took {took:?} (op_timeout {op_timeout:?})"
+    );
+    for (cmd, r) in PIPELINE.iter().zip(&replies) {
+        let Resp::Error(e) = r else {
+            panic!("{cmd:?}: not an error: {r:?}")
+        };
+        let cluster_wide = cmd.len() == 1;
+        let expect = if cluster_wide {
+            "CLUSTERDOWN Hash slot not served: cluster 'main' has no master serving slots"
+        } else {
+            "ERR operation timed out after 1500 ms waiting for the cluster"
+        };
+        assert_eq!(e, expect, "{cmd:?}");
+    }
+    assert_eq!(c.cmd(&["PING"]), Resp::Simple("PONG".into()));
+    assert_eq!(c.cmd(&["ECHO", "still"]), Resp::bulk("still"));
 }

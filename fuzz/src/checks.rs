@@ -120,6 +120,9 @@ fn check_reply_len(data: &[u8]) {
 // session: one client connection against an inert proxy
 // ---------------------------------------------------------------------------
 
+#[path = "session_timing.rs"]
+mod session_timing;
+
 /// Filter configs the session target picks from (low 2 bits of byte 0).
 pub const CONFIGS: [&str; 4] = [
     // One cluster, everything to it.
@@ -268,11 +271,15 @@ fn chunk_len(b: u8) -> usize {
 }
 
 /// Input: byte 0 picks the config (bits 0-1), whether the client vanishes
-/// half way (bit 2) and whether its FIN arrives while the write buffer is
-/// still above its watermark (bit 3); bytes 1..=8 are the schedule: each gives a
-/// chunk length (low 5 bits) and what happens after that chunk (high 3
-/// bits: nothing, an upstream wake-up, the write buffer going above or
-/// below its watermark). The rest is what the client sends.
+/// half way (bit 2), whether its FIN arrives while the write buffer is
+/// still above its watermark (bit 3) and the first topology of the timed
+/// run (bits 4-5, see [`session_timing::check`]); bytes 1..=8 are the
+/// schedule: each gives a chunk length (low 5 bits) and what happens after
+/// that chunk (high 3 bits: nothing, an upstream wake-up, the write buffer
+/// going above or below its watermark). The rest is what the client sends.
+///
+/// A and B run against an inert proxy (every request fails at once); C,
+/// against a model of the upstream loop on a manual clock.
 pub fn session(data: &[u8]) {
     let Some((&mode, rest)) = data.split_first() else {
         return;
@@ -286,6 +293,10 @@ pub fn session(data: &[u8]) {
     let config = usize::from(mode & 3);
     let vanish = mode & 4 != 0;
     let fin_while_blocked = mode & 8 != 0;
+
+    // C: against a model of the upstream loop, on a clock the check moves:
+    // no command unanswered past its deadline.
+    session_timing::check(mode, schedule, payload);
 
     // A: everything in one read, then FIN.
     let (mut a, mut ca) = new_session(config);

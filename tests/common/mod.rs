@@ -279,6 +279,28 @@ impl Cluster {
     /// cluster is fully up (see [`Cluster::wait_healthy`]).
     pub fn start(masters: usize, replicas_per_master: usize) -> Cluster {
         assert!(masters >= 3, "redis-cli --cluster create needs 3 masters");
+        let cluster = Cluster::launch(masters, replicas_per_master);
+        let ports = cluster.ports();
+        let mut args: Vec<String> = vec!["--cluster".into(), "create".into()];
+        args.extend(ports.iter().map(|p| format!("127.0.0.1:{p}")));
+        args.extend([
+            "--cluster-replicas".into(),
+            replicas_per_master.to_string(),
+            "--cluster-yes".into(),
+        ]);
+        let out = cluster.redis_cli(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(
+            out.success,
+            "cluster create failed:\n{}\n{}",
+            out.stdout, out.stderr
+        );
+        cluster.wait_healthy(Duration::from_secs(60));
+        cluster
+    }
+
+    /// Start the nodes of a cluster-to-be (each answers PING) without
+    /// forming it: every node is alone and owns no slot.
+    fn launch(masters: usize, replicas_per_master: usize) -> Cluster {
         let dir = new_temp_dir("cluster");
         let n = masters * (1 + replicas_per_master);
         let ports = alloc_ports(n);
@@ -306,21 +328,47 @@ impl Cluster {
                 tail(&cluster.node(p).dir.join("redis.log"), 20)
             );
         }
-        let mut args: Vec<String> = vec!["--cluster".into(), "create".into()];
-        args.extend(ports.iter().map(|p| format!("127.0.0.1:{p}")));
-        args.extend([
-            "--cluster-replicas".into(),
-            replicas_per_master.to_string(),
-            "--cluster-yes".into(),
-        ]);
-        let out = cluster.redis_cli(&args.iter().map(String::as_str).collect::<Vec<_>>());
-        assert!(
-            out.success,
-            "cluster create failed:\n{}\n{}",
-            out.stdout, out.stderr
-        );
-        cluster.wait_healthy(Duration::from_secs(60));
         cluster
+    }
+
+    /// `n` cluster-enabled masters whose slots are not assigned yet (no
+    /// `--cluster create`): each knows only itself and its `CLUSTER SLOTS`
+    /// is empty. [`Cluster::assign_slots`] makes them a cluster.
+    pub fn start_unassigned(n: usize) -> Cluster {
+        let cluster = Cluster::launch(n, 0);
+        for p in cluster.ports() {
+            let slots = cluster.slot_map_of(p).expect("CLUSTER SLOTS");
+            assert!(slots.is_empty(), "node {p} already owns slots: {slots:?}");
+        }
+        cluster
+    }
+
+    /// Split the 16384 slots in equal ranges over the nodes (`CLUSTER
+    /// ADDSLOTSRANGE` on each) and introduce them to the first one
+    /// (`CLUSTER MEET`). Returns without waiting for the cluster to
+    /// converge.
+    pub fn assign_slots(&self) {
+        let ports = self.ports();
+        let n = ports.len();
+        for (i, &p) in ports.iter().enumerate() {
+            let start = i * 16384 / n;
+            let end = (i + 1) * 16384 / n - 1;
+            let _: () = redis::cmd("CLUSTER")
+                .arg("ADDSLOTSRANGE")
+                .arg(start)
+                .arg(end)
+                .query(&mut connect(p))
+                .unwrap_or_else(|e| panic!("ADDSLOTSRANGE {start} {end} on {p}: {e}"));
+        }
+        for &p in &ports[1..] {
+            let _: () = redis::cmd("CLUSTER")
+                .arg("MEET")
+                .arg("127.0.0.1")
+                .arg(p)
+                .arg(p + BUS_OFFSET)
+                .query(&mut connect(ports[0]))
+                .unwrap_or_else(|e| panic!("CLUSTER MEET {p}: {e}"));
+        }
     }
 
     fn node(&self, port: u16) -> &Node {
