@@ -156,31 +156,50 @@ fn scan_inline(buf: &[u8], args: &mut Vec<Range<usize>>) -> Result<Scan, Protoco
     } else {
         nl
     };
-    // Words separated by spaces/tabs. Quoting ("a b") is honoured for plain
-    // double quotes without escapes, which covers telnet-style use; anything
-    // fancier should use multibulk like every client library does.
+    // Words as Redis's `sdssplitargs` splits them: separated by blanks, a
+    // word may hold one "double-quoted" (with \n, \xHH … escapes) or
+    // 'single-quoted' section, and a closing quote must end the word. The
+    // ranges keep the quotes and escapes; `inline_word` decodes one.
     let mut i = 0;
     while i < line_end {
-        while i < line_end && (buf[i] == b' ' || buf[i] == b'\t') {
+        while i < line_end && is_blank(buf[i]) {
             i += 1;
         }
         if i >= line_end {
             break;
         }
-        if buf[i] == b'"' {
-            let start = i + 1;
-            let Some(close) = buf[start..line_end].iter().position(|&b| b == b'"') else {
-                return Err(ProtocolError("unbalanced quotes in request".into()));
-            };
-            args.push(start..start + close);
-            i = start + close + 1;
-        } else {
-            let start = i;
-            while i < line_end && buf[i] != b' ' && buf[i] != b'\t' {
-                i += 1;
+        let start = i;
+        let mut quote: Option<u8> = None;
+        loop {
+            match quote {
+                None => {
+                    if i >= line_end || is_blank(buf[i]) {
+                        break;
+                    }
+                    if buf[i] == b'"' || buf[i] == b'\'' {
+                        quote = Some(buf[i]);
+                    }
+                    i += 1;
+                }
+                Some(q) => {
+                    if i >= line_end {
+                        return Err(ProtocolError("unbalanced quotes in request".into()));
+                    }
+                    if buf[i] == b'\\' && i + 1 < line_end && (q == b'"' || buf[i + 1] == b'\'') {
+                        i += 2;
+                    } else if buf[i] == q {
+                        i += 1;
+                        if i < line_end && !is_blank(buf[i]) {
+                            return Err(ProtocolError("unbalanced quotes in request".into()));
+                        }
+                        break;
+                    } else {
+                        i += 1;
+                    }
+                }
             }
-            args.push(start..i);
         }
+        args.push(start..i);
         if args.len() > MAX_ARGS {
             return Err(ProtocolError("invalid multibulk length".into()));
         }
@@ -189,6 +208,55 @@ fn scan_inline(buf: &[u8], args: &mut Vec<Range<usize>>) -> Result<Scan, Protoco
         return Ok(Scan::Empty(nl + 1));
     }
     Ok(Scan::Complete(nl + 1))
+}
+
+fn is_blank(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\r' | b'\n' | 0x0b | 0x0c)
+}
+
+/// The argument an inline request's word stands for: quotes removed and
+/// escapes decoded as Redis's `sdssplitargs` does (`\n \r \t \b \a`,
+/// `\xHH` and `\<any>` inside double quotes; `\'` inside single quotes).
+/// `word` is one range [`scan_request`] returned for an inline request.
+pub fn inline_word(word: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(word.len());
+    let mut quote: Option<u8> = None;
+    let mut i = 0;
+    while i < word.len() {
+        let c = word[i];
+        match quote {
+            None if c == b'"' || c == b'\'' => quote = Some(c),
+            None => out.push(c),
+            Some(q) if c == q => quote = None,
+            Some(b'"') if c == b'\\' && i + 1 < word.len() => {
+                let hex = |b: u8| (b as char).to_digit(16);
+                let next = word[i + 1];
+                if next == b'x' && i + 3 < word.len() {
+                    if let (Some(h), Some(l)) = (hex(word[i + 2]), hex(word[i + 3])) {
+                        out.push((h * 16 + l) as u8);
+                        i += 4;
+                        continue;
+                    }
+                }
+                out.push(match next {
+                    b'n' => b'\n',
+                    b'r' => b'\r',
+                    b't' => b'\t',
+                    b'b' => 0x08,
+                    b'a' => 0x07,
+                    other => other,
+                });
+                i += 1;
+            }
+            Some(_) if c == b'\\' && word.get(i + 1) == Some(&b'\'') => {
+                out.push(b'\'');
+                i += 1;
+            }
+            Some(_) => out.push(c),
+        }
+        i += 1;
+    }
+    out
 }
 
 /// Length of the first complete reply (RESP2 or RESP3) at the front of
@@ -389,7 +457,18 @@ mod tests {
     fn scan(buf: &[u8]) -> (Result<Scan, ProtocolError>, Vec<Vec<u8>>) {
         let mut args = Vec::new();
         let r = scan_request(buf, &mut args);
-        let words = args.iter().map(|r| buf[r.clone()].to_vec()).collect();
+        let inline = buf.first() != Some(&b'*');
+        let words = args
+            .iter()
+            .map(|r| {
+                let w = &buf[r.clone()];
+                if inline {
+                    inline_word(w)
+                } else {
+                    w.to_vec()
+                }
+            })
+            .collect();
         (r, words)
     }
 
@@ -508,6 +587,30 @@ mod tests {
         assert_eq!(scan(b"*0\r\n").0, Ok(Scan::Empty(4)));
         assert!(matches!(scan(b"PIN").0, Ok(Scan::Incomplete { .. })));
         assert!(scan(b"SET \"a\n").0.is_err());
+    }
+
+    #[test]
+    fn inline_quoting_follows_redis() {
+        let (r, words) = scan(b"SET k\"ey\" 'it''s'\r\n");
+        // 'it''s': the closing quote is followed by another quote.
+        assert!(r.is_err(), "{r:?} {words:?}");
+        let (r, words) = scan(b"SET \"a\\\"b\\n\\x41\" 'c\\'d' e\"f g\"\r\n");
+        assert!(matches!(r, Ok(Scan::Complete(_))), "{r:?}");
+        assert_eq!(
+            words,
+            vec![
+                b"SET".to_vec(),
+                b"a\"b\nA".to_vec(),
+                b"c'd".to_vec(),
+                b"ef g".to_vec()
+            ]
+        );
+        // Redis's own test: set """test-key""" test-value
+        let (r, _) = scan(b"set \"\"\"test-key\"\"\" test-value\r\n");
+        assert_eq!(r, Err(ProtocolError("unbalanced quotes in request".into())));
+        let (r, words) = scan(b"ECHO \"\"\r\n");
+        assert!(matches!(r, Ok(Scan::Complete(_))));
+        assert_eq!(words, vec![b"ECHO".to_vec(), Vec::new()]);
     }
 
     #[test]

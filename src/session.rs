@@ -67,9 +67,20 @@ type Located = (usize, u16, Vec<u8>);
 /// A reply slot: filled when the reply is known, written in order.
 struct Slot {
     reply: Option<Vec<u8>>,
+    /// `CLIENT REPLY OFF|SKIP`: the command runs, its reply is not written.
+    silent: bool,
     /// Command table index (usize::MAX: not a known command).
     cmd: usize,
     start: Instant,
+}
+
+/// `CLIENT REPLY` mode: whether replies are written to the client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ReplyMode {
+    On,
+    Off,
+    /// The next command's reply is dropped, then back to `On`.
+    Skip,
 }
 
 /// A transaction in progress (WATCH and/or MULTI).
@@ -152,6 +163,9 @@ pub struct Session {
     reuse_seq: Option<u64>,
     args: Vec<Range<usize>>,
     keys: Vec<usize>,
+    reply_mode: ReplyMode,
+    /// The command being handled is not answered (`CLIENT REPLY`).
+    silent: bool,
     /// Close once every pending reply is written (QUIT, protocol error, FIN).
     closing: bool,
     /// The client sent FIN: close once everything it sent is answered.
@@ -211,6 +225,8 @@ impl Session {
             },
             args: Vec::new(),
             keys: Vec::new(),
+            reply_mode: ReplyMode::On,
+            silent: false,
             closing: false,
             end_stream: false,
             closed: false,
@@ -286,8 +302,18 @@ impl Session {
             match scanned {
                 Ok(Scan::Complete(n)) => {
                     let frame = &buf[pos..pos + n];
-                    let words: Vec<&[u8]> = args.iter().map(|r| &frame[r.clone()]).collect();
-                    self.handle(frame, &words, now);
+                    if frame.first() == Some(&b'*') {
+                        let words: Vec<&[u8]> = args.iter().map(|r| &frame[r.clone()]).collect();
+                        self.handle(frame, &words, now);
+                    } else {
+                        // Inline (telnet-style): quotes and escapes decoded.
+                        let owned: Vec<Vec<u8>> = args
+                            .iter()
+                            .map(|r| codec::inline_word(&frame[r.clone()]))
+                            .collect();
+                        let words: Vec<&[u8]> = owned.iter().map(Vec::as_slice).collect();
+                        self.handle(frame, &words, now);
+                    }
                     pos += n;
                     self.need = 0;
                 }
@@ -334,6 +360,7 @@ impl Session {
         let (cmd, start) = self.current;
         self.slots.push_back(Slot {
             reply: None,
+            silent: self.silent,
             cmd,
             start,
         });
@@ -362,6 +389,14 @@ impl Session {
         }
         let found = command::lookup(name);
         self.current = (found.map_or(usize::MAX, command::index_of), now);
+        self.silent = match self.reply_mode {
+            ReplyMode::On => false,
+            ReplyMode::Off => true,
+            ReplyMode::Skip => {
+                self.reply_mode = ReplyMode::On;
+                true
+            }
+        };
         let Some(cmd) = found else {
             self.abort_multi();
             return self.reply_now(unknown_command(args));
@@ -371,8 +406,12 @@ impl Session {
             let msg = format!("ERR wrong number of arguments for '{}' command", cmd.name);
             return self.reply_now(codec::error(&msg));
         }
-        if !self.state.authenticated && !matches!(cmd.name, "auth" | "hello" | "quit") {
+        if !self.state.authenticated && !matches!(cmd.name, "auth" | "hello" | "quit" | "reset") {
             return self.reply_now(codec::error("NOAUTH Authentication required."));
+        }
+        // RESET always resets, inside MULTI too.
+        if cmd.name == "reset" {
+            return self.reset(now);
         }
         if matches!(cmd.name, "multi" | "exec" | "discard" | "watch" | "unwatch") {
             let reply = self.transaction(cmd, args, now);
@@ -387,6 +426,14 @@ impl Session {
                 self.reply_now(e);
             }
             return;
+        }
+        if cmd.name == "client"
+            && args
+                .get(1)
+                .is_some_and(|a| a.eq_ignore_ascii_case(b"reply"))
+        {
+            let reply = self.client_reply(args);
+            return self.reply_now(reply);
         }
         if let Some(reply) = self.local_reply(cmd, args) {
             // QUIT: answer, then close once earlier replies are out.
@@ -443,13 +490,46 @@ impl Session {
                 args,
                 self.proxy.config.settings.enable_hashtagging,
             ),
-            "reset" => {
-                self.state.resp3 = false;
-                self.state.name = None;
-                codec::simple("RESET")
-            }
             _ => return None,
         })
+    }
+
+    /// `RESET`: back to a new connection's state — no transaction (its
+    /// WATCH connection released), RESP2, no name, replies on, and
+    /// unauthenticated again when downstream auth is configured.
+    fn reset(&mut self, now: Instant) {
+        self.end_txn(now);
+        self.state.resp3 = false;
+        self.state.name = None;
+        self.state.authenticated = !self.proxy.auth().required();
+        self.reply_mode = ReplyMode::On;
+        self.silent = false;
+        self.reply_now(codec::simple("RESET"));
+    }
+
+    /// `CLIENT REPLY ON|OFF|SKIP`, kept by the proxy: the commands still
+    /// run, only their replies are dropped before they reach the client.
+    fn client_reply(&mut self, args: &[&[u8]]) -> Vec<u8> {
+        if args.len() != 3 {
+            return codec::error("ERR wrong number of arguments for 'client|reply' command");
+        }
+        let mode = args[2];
+        if mode.eq_ignore_ascii_case(b"on") {
+            self.reply_mode = ReplyMode::On;
+            self.silent = false;
+        } else if mode.eq_ignore_ascii_case(b"off") {
+            self.reply_mode = ReplyMode::Off;
+            self.silent = true;
+        } else if mode.eq_ignore_ascii_case(b"skip") {
+            // As in Redis, SKIP does nothing while replies are off.
+            if self.reply_mode != ReplyMode::Off {
+                self.reply_mode = ReplyMode::Skip;
+            }
+            self.silent = true;
+        } else {
+            return codec::error("ERR syntax error");
+        }
+        codec::simple("OK")
     }
 
     fn keyless(
@@ -911,6 +991,9 @@ impl Session {
         frame: &[u8],
         args: &[&[u8]],
     ) -> Result<(), Vec<u8>> {
+        if cmd.flags & command::NO_MULTI != 0 {
+            return Err(codec::error("ERR Command not allowed inside a transaction"));
+        }
         if cmd.flags & command::PUBSUB != 0 {
             return Err(codec::error(&format!(
                 "ERR '{}' is not allowed in a transaction",
@@ -1180,7 +1263,9 @@ impl Session {
                     conn.record_histogram(h, now.duration_since(slot.start).as_micros() as u64);
                 }
             }
-            self.out.extend_from_slice(&reply);
+            if !slot.silent {
+                self.out.extend_from_slice(&reply);
+            }
             self.head_seq += 1;
             n += 1;
         }
