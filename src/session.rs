@@ -599,6 +599,11 @@ impl Session {
             "dbsize" => self.broadcast(cluster, data, |_| Merge::Sum, now),
             "keys" => self.broadcast(cluster, data, |_| Merge::Concat, now),
             "flushall" | "flushdb" => self.broadcast(cluster, data, |_| Merge::AllOk, now),
+            "script" | "function"
+                if args.get(1).is_some_and(|a| a.eq_ignore_ascii_case(b"kill")) =>
+            {
+                self.broadcast_kill(cluster, data, now)
+            }
             "script" | "function" => self.broadcast(cluster, data, |_| Merge::Same, now),
             "wait" => self.broadcast(cluster, data, |_| Merge::Min, now),
             "randomkey" => {
@@ -749,6 +754,47 @@ impl Session {
                 d,
                 now,
             );
+        }
+        Ok(())
+    }
+
+    /// `SCRIPT KILL` / `FUNCTION KILL`: the shared connection to a node
+    /// running a long script waits behind it, so each master is asked on a
+    /// connection of its own, closed once it has answered (Redis serves
+    /// these two commands while a script is busy).
+    fn broadcast_kill(
+        &mut self,
+        cluster: usize,
+        data: Vec<u8>,
+        now: Instant,
+    ) -> Result<(), Vec<u8>> {
+        let masters = self.masters(cluster)?;
+        let seq = self.push_slot();
+        self.gathers
+            .insert(seq, Gather::new(Merge::Kill, masters.len()));
+        for (i, addr) in masters.into_iter().enumerate() {
+            self.batch.push(Request {
+                client: self.client.clone(),
+                seq,
+                part: i as u32,
+                cluster,
+                target: Target::Node {
+                    addr,
+                    slot: 0,
+                    asking: false,
+                },
+                policy: ReadPolicy::Master,
+                data: data.clone(),
+                deadline: now + self.proxy.config.settings.op_timeout,
+                redirects: 0,
+                retry_at: None,
+                wait_gen: None,
+                mirror: false,
+                resp3: self.state.resp3,
+                pin: Some(NEXT_ID.fetch_add(1, Ordering::Relaxed)),
+                release_pin: true,
+                swallow: 0,
+            });
         }
         Ok(())
     }

@@ -31,6 +31,9 @@ pub enum Merge {
     /// name); integer arrays that differ (`SCRIPT EXISTS`) combine by
     /// element-wise minimum: "present on every master".
     Same,
+    /// `SCRIPT KILL` / `FUNCTION KILL` sent to every master: the busy one's
+    /// answer (`+OK`, or why it could not kill), else `NOTBUSY`.
+    Kill,
     /// Sum of integer replies.
     Sum,
     /// Minimum of integer replies (`WAIT`).
@@ -80,14 +83,30 @@ impl Gather {
     }
 }
 
+/// Only the master running a script has one to kill; the others answer
+/// `NOTBUSY`, which is the answer only when every master gives it.
+fn merge_kill(parts: &[&[u8]]) -> Vec<u8> {
+    let notbusy = |p: &&[u8]| codec::error_text(p).is_some_and(|e| e.starts_with(b"NOTBUSY"));
+    parts
+        .iter()
+        .find(|p| codec::error_text(p).is_none())
+        .or_else(|| parts.iter().find(|p| !notbusy(p)))
+        .or_else(|| parts.first())
+        .map_or_else(|| codec::error("ERR no master to ask"), |p| p.to_vec())
+}
+
 /// Merge complete part replies (RESP2 or RESP3).
 pub fn merge(how: &Merge, parts: &[&[u8]]) -> Vec<u8> {
-    if let Some(err) = parts.iter().find(|p| codec::error_text(p).is_some()) {
-        return err.to_vec();
+    // A node's error is the answer, except where errors are expected.
+    if *how != Merge::Kill {
+        if let Some(err) = parts.iter().find(|p| codec::error_text(p).is_some()) {
+            return err.to_vec();
+        }
     }
     let bad = || codec::error("ERR proxy could not merge the nodes' replies");
     match how {
         Merge::AllOk => codec::simple("OK"),
+        Merge::Kill => merge_kill(parts),
         Merge::Same => {
             let Some(first) = parts.first() else {
                 return bad();
@@ -323,6 +342,18 @@ mod tests {
         );
         assert_eq!(exists, b"*2\r\n:1\r\n:0\r\n".to_vec());
         assert!(merge(&Merge::Same, &[b"+a\r\n", b"+b\r\n"]).starts_with(b"-ERR"));
+    }
+
+    #[test]
+    fn kill_takes_the_busy_masters_answer() {
+        let nb: &[u8] = b"-NOTBUSY No scripts in execution right now.\r\n";
+        let unk: &[u8] = b"-UNKILLABLE Sorry the script already executed write commands\r\n";
+        assert_eq!(
+            merge(&Merge::Kill, &[nb, b"+OK\r\n", nb]),
+            b"+OK\r\n".to_vec()
+        );
+        assert_eq!(merge(&Merge::Kill, &[nb, nb, unk]), unk.to_vec());
+        assert_eq!(merge(&Merge::Kill, &[nb, nb]), nb.to_vec());
     }
 
     /// Regression (fuzz/splitter_merge): summing the nodes' integer
