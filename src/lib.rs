@@ -16,6 +16,7 @@
 //! - [`splitter`]: splitting multi-key and cluster-wide commands, merging
 //!   their replies;
 //! - [`local`]: commands the proxy answers itself;
+//! - [`scripts`]: script bodies by SHA1, to answer `NOSCRIPT` on nodes that lack one;
 //! - [`key_routing`]: each key's own prefix route; splitting across clusters;
 //! - [`upstream`]: the module-owned event loops and connections to Redis nodes;
 //! - [`tls`]: TLS to the nodes;
@@ -35,6 +36,7 @@ pub mod local;
 pub mod logging;
 pub mod proxy;
 pub mod routing;
+pub mod scripts;
 pub mod session;
 pub mod slot;
 pub mod splitter;

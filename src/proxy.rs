@@ -5,6 +5,7 @@
 use crate::config::{Config, MirrorPolicy, ReadPolicy};
 use crate::envoy::Level;
 use crate::log;
+use crate::scripts::ScriptCache;
 use crate::stats::Stats;
 use crate::topology_refresh::ClusterTopology;
 use crate::upstream::{LoopShared, UpstreamLoop};
@@ -19,6 +20,8 @@ pub struct Proxy {
     /// `DEBUG-PANIC` command, which panics inside the module: the tests use
     /// it to prove a panic closes one connection and never Envoy.
     pub test_hooks: bool,
+    /// Script bodies seen, for `EVALSHA` on nodes without them.
+    pub scripts: Arc<ScriptCache>,
     names: Vec<String>,
     clusters: Vec<Arc<ClusterTopology>>,
     loops: Vec<Arc<LoopShared>>,
@@ -50,6 +53,7 @@ impl Proxy {
             stats,
             test_hooks: std::env::var_os("ENVOY_REDIS_CLUSTER_TEST_HOOKS")
                 .is_some_and(|v| v == "1"),
+            scripts: Arc::default(),
             names,
             clusters,
             loops: Vec::new(),
@@ -68,7 +72,12 @@ impl Proxy {
         let mut threads = Vec::new();
         for i in 0..workers {
             let settings = proxy.config.settings.clone();
-            match UpstreamLoop::new(settings, &proxy.clusters, proxy.stats.clone()) {
+            match UpstreamLoop::new(
+                settings,
+                &proxy.clusters,
+                proxy.stats.clone(),
+                proxy.scripts.clone(),
+            ) {
                 Ok((lp, shared)) => {
                     for c in &proxy.clusters {
                         c.add_listener(shared.clone());

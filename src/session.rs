@@ -448,6 +448,15 @@ impl Session {
             );
             return self.reply_now(codec::error(&msg));
         }
+        // Bodies the upstream loops may need to load where a node lacks them.
+        let body = match cmd.name {
+            "eval" | "eval_ro" => args.get(1),
+            "script" if args.get(1).is_some_and(|a| a.eq_ignore_ascii_case(b"load")) => args.get(2),
+            _ => None,
+        };
+        if let Some(body) = body {
+            self.proxy.scripts.remember(body);
+        }
         let mut keys = std::mem::take(&mut self.keys);
         keys.clear();
         let outcome = command::key_indices(cmd, args, &mut keys);
@@ -794,6 +803,7 @@ impl Session {
                 pin: Some(NEXT_ID.fetch_add(1, Ordering::Relaxed)),
                 release_pin: true,
                 swallow: 0,
+                script_reloaded: false,
             });
         }
         Ok(())
@@ -1122,6 +1132,7 @@ impl Session {
             pin: Some(t.pin),
             release_pin: release,
             swallow,
+            script_reloaded: false,
         });
     }
 
@@ -1170,6 +1181,7 @@ impl Session {
                 pin: None,
                 release_pin: false,
                 swallow: 0,
+                script_reloaded: false,
             });
         }
         self.batch.push(Request {
@@ -1189,6 +1201,7 @@ impl Session {
             pin: None,
             release_pin: false,
             swallow: 0,
+            script_reloaded: false,
         });
     }
 

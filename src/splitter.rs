@@ -29,7 +29,9 @@ pub enum Merge {
     AllOk,
     /// The reply every part gave (`SCRIPT LOAD`'s sha, `FUNCTION LOAD`'s
     /// name); integer arrays that differ (`SCRIPT EXISTS`) combine by
-    /// element-wise minimum: "present on every master".
+    /// element-wise maximum: a script one master has can run anywhere,
+    /// because the proxy loads it on a master that answers `NOSCRIPT`
+    /// (see `scripts`).
     Same,
     /// `SCRIPT KILL` / `FUNCTION KILL` sent to every master: the busy one's
     /// answer (`+OK`, or why it could not kill), else `NOTBUSY`.
@@ -120,10 +122,10 @@ pub fn merge(how: &Merge, parts: &[&[u8]]) -> Vec<u8> {
                 .collect();
             match arrays {
                 Some(a) if a.iter().all(|x| x.len() == a[0].len()) => {
-                    let mins: Vec<Vec<u8>> = (0..a[0].len())
-                        .map(|i| codec::integer(a.iter().map(|x| x[i]).min().unwrap_or(0)))
+                    let maxes: Vec<Vec<u8>> = (0..a[0].len())
+                        .map(|i| codec::integer(a.iter().map(|x| x[i]).max().unwrap_or(0)))
                         .collect();
-                    let refs: Vec<&[u8]> = mins.iter().map(|m| m.as_slice()).collect();
+                    let refs: Vec<&[u8]> = maxes.iter().map(|m| m.as_slice()).collect();
                     array(&refs)
                 }
                 _ => codec::error("ERR the masters answered differently"),
@@ -340,7 +342,7 @@ mod tests {
             &Merge::Same,
             &[b"*2\r\n:1\r\n:1\r\n", b"*2\r\n:1\r\n:0\r\n"],
         );
-        assert_eq!(exists, b"*2\r\n:1\r\n:0\r\n".to_vec());
+        assert_eq!(exists, b"*2\r\n:1\r\n:1\r\n".to_vec());
         assert!(merge(&Merge::Same, &[b"+a\r\n", b"+b\r\n"]).starts_with(b"-ERR"));
     }
 

@@ -17,6 +17,7 @@ use crate::config::{ClusterConfig, ReadPolicy, Settings};
 use crate::envoy::Level;
 use crate::log;
 use crate::routing;
+use crate::scripts::ScriptCache;
 use crate::stats::Stats;
 use crate::topology::{self, Redirect, SlotMap};
 use crate::topology_refresh::ClusterTopology;
@@ -157,6 +158,9 @@ pub struct Request {
     /// Replies before this command's own that belong to it and are
     /// swallowed (MULTI's +OK and each +QUEUED of an EXEC batch).
     pub swallow: u32,
+    /// An `EVALSHA` already sent again after loading its script on the node
+    /// (a second `NOSCRIPT` goes to the client).
+    pub script_reloaded: bool,
 }
 
 impl Request {
@@ -329,6 +333,7 @@ pub struct UpstreamLoop {
     stats: Arc<Stats>,
     /// Socket reads land here first (READ_CHUNK bytes).
     scratch: Vec<u8>,
+    scripts: Arc<ScriptCache>,
 }
 
 impl UpstreamLoop {
@@ -337,6 +342,7 @@ impl UpstreamLoop {
         settings: Settings,
         clusters: &[Arc<ClusterTopology>],
         stats: Arc<Stats>,
+        scripts: Arc<ScriptCache>,
     ) -> io::Result<(UpstreamLoop, Arc<LoopShared>)> {
         let poll = Poll::new()?;
         let waker = Waker::new(poll.registry(), WAKER)?;
@@ -372,6 +378,7 @@ impl UpstreamLoop {
             mirror_logged: Instant::now() - MIRROR_LOG_EVERY,
             stats,
             scratch: vec![0; READ_CHUNK],
+            scripts,
         };
         Ok((lp, shared))
     }
@@ -849,6 +856,7 @@ impl UpstreamLoop {
 
     fn on_readable(&mut self, idx: usize) {
         let mut redo: Vec<Request> = Vec::new();
+        let mut reload: Vec<(Request, Arc<[u8]>)> = Vec::new();
         let mut failure: Option<String> = None;
         let mut release = false;
         let mut tls_flush = false;
@@ -932,7 +940,17 @@ impl UpstreamLoop {
                 } else {
                     classify(reply, &conn.addr, &self.settings, &req)
                 };
+                let outcome = match outcome {
+                    Outcome::Deliver if !req.script_reloaded && reply.starts_with(b"-NOSCRIPT") => {
+                        match evalsha_body(&req.data, &self.scripts) {
+                            Some(body) => Outcome::Reload(body),
+                            None => Outcome::Deliver,
+                        }
+                    }
+                    other => other,
+                };
                 match outcome {
+                    Outcome::Reload(body) => reload.push((req, body)),
                     Outcome::Deliver => {
                         if codec::error_text(reply).is_some() {
                             self.stats
@@ -977,6 +995,17 @@ impl UpstreamLoop {
         } else if tls_flush {
             // Handshake messages or alerts rustls wants to send.
             self.flush(idx);
+        }
+        for (mut req, body) in reload {
+            // Load the script where it is missing, then run it there again.
+            req.script_reloaded = true;
+            if let Some(conn) = self.conns.get_mut(idx).and_then(|c| c.as_mut()) {
+                conn.queue_internal(&codec::command(&[b"SCRIPT", b"LOAD", &body]));
+                self.enqueue(idx, req, false);
+                self.flush(idx);
+            } else {
+                redo.push(req);
+            }
         }
         let now = Instant::now();
         for req in redo {
@@ -1139,8 +1168,13 @@ fn read_tls(
 
 enum Outcome {
     Deliver,
+    /// `NOSCRIPT` for a script the proxy knows: load it and retry.
+    Reload(Arc<[u8]>),
     Redirect(Redirect),
-    Retry { refresh: bool, delay: Duration },
+    Retry {
+        refresh: bool,
+        delay: Duration,
+    },
 }
 
 /// Decide what a node's reply means for the command that caused it.
@@ -1174,6 +1208,18 @@ fn classify(reply: &[u8], addr: &str, settings: &Settings, req: &Request) -> Out
         };
     }
     Outcome::Deliver
+}
+
+/// The body of the script an `EVALSHA`/`EVALSHA_RO` request names, if the
+/// proxy has seen it.
+fn evalsha_body(data: &[u8], scripts: &ScriptCache) -> Option<Arc<[u8]>> {
+    let mut args = Vec::new();
+    codec::scan_request(data, &mut args).ok()?;
+    let name = &data[args.first()?.clone()];
+    if !(name.eq_ignore_ascii_case(b"evalsha") || name.eq_ignore_ascii_case(b"evalsha_ro")) {
+        return None;
+    }
+    scripts.body(&data[args.get(1)?.clone()])
 }
 
 fn redirected(mut req: Request, r: Redirect) -> Request {

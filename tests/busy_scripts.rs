@@ -72,3 +72,65 @@ fn script_kill_and_function_kill_reach_a_busy_node() {
         "{r:?}"
     );
 }
+
+/// `EVAL` loads a script on one master only; `SCRIPT EXISTS` through the
+/// proxy still says it exists, and `EVALSHA` runs it on any master (the
+/// proxy loads it where a master answers `NOSCRIPT`), also after
+/// `SCRIPT FLUSH` on one node behind the proxy's back.
+#[test]
+fn evalsha_runs_wherever_the_keys_are() {
+    let cluster = Cluster::start(3, 0);
+    let envoy = Envoy::start(module_config(&cluster, json!({})));
+    let mut c = envoy.raw_client();
+    let body = "return redis.call('incr', KEYS[1])";
+    let sha = match c.cmd(&["EVAL", body, "1", "{a}k"]) {
+        Resp::Int(1) => {
+            let mut d = RawClient::connect(cluster.master_ports()[0]);
+            match d.cmd(&["SCRIPT", "LOAD", body]) {
+                Resp::Bulk(s) => String::from_utf8(s).unwrap(),
+                other => panic!("SCRIPT LOAD on a node: {other:?}"),
+            }
+        }
+        other => panic!("EVAL: {other:?}"),
+    };
+    // Flush every node's cache but the one that ran the EVAL.
+    let ran_on = cluster.node_for_key(b"{a}k");
+    for p in cluster.master_ports() {
+        if p != ran_on {
+            let mut d = RawClient::connect(p);
+            assert_eq!(d.cmd(&["SCRIPT", "FLUSH"]), Resp::ok());
+        }
+    }
+    assert_eq!(
+        c.cmd(&[
+            "SCRIPT",
+            "EXISTS",
+            &sha,
+            "0000000000000000000000000000000000000000"
+        ]),
+        Resp::Array(vec![Resp::Int(1), Resp::Int(0)])
+    );
+    // Keys on every master: EVALSHA works on each.
+    let keys: Vec<String> = (0..200).map(|i| format!("es:{i}")).collect();
+    let by = by_owner(&cluster, &keys);
+    assert_eq!(by.len(), 3, "keys on every master");
+    for (port, ks) in &by {
+        let k = &ks[0];
+        assert_eq!(
+            c.cmd(&["EVALSHA", &sha, "1", k]),
+            Resp::Int(1),
+            "EVALSHA for a key of master {port}"
+        );
+        let r = c.cmd(&["EVALSHA_RO", &sha, "1", k]);
+        assert!(
+            matches!(&r, Resp::Error(e) if !e.starts_with("NOSCRIPT")),
+            "a write script under EVALSHA_RO: {r:?}"
+        );
+    }
+    // A script the proxy never saw: NOSCRIPT, as from Redis.
+    let r = c.cmd(&["EVALSHA", "ffffffffffffffffffffffffffffffffffffffff", "0"]);
+    assert!(
+        matches!(&r, Resp::Error(e) if e.starts_with("NOSCRIPT")),
+        "{r:?}"
+    );
+}
