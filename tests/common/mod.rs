@@ -173,8 +173,17 @@ fn log_file(path: &Path) -> Stdio {
     )
 }
 
-/// Send a signal with the `kill` program (no libc needed).
+/// Send a signal with the `kill` program (no libc needed), only to a
+/// `redis-server` or `envoy` process. PIDs wrap quickly on a busy machine
+/// (pid_max 32768 here) and thread ids share their space: a stale PID can
+/// name another test's thread, and a stray SIGSTOP/SIGCONT there makes its
+/// socket reads fail with EINTR.
 pub fn signal(pid: u32, sig: &str) {
+    let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    let comm = comm.trim();
+    if !(comm.starts_with("redis-server") || comm.starts_with("envoy")) {
+        return;
+    }
     let _ = Command::new("kill")
         .arg(format!("-{sig}"))
         .arg(pid.to_string())
