@@ -195,22 +195,6 @@ fn scenario(
     report
 }
 
-fn reshard(from_port: u16, from: &str, to: &str, slots: usize) {
-    let out = redis_cli(&[
-        "--cluster",
-        "reshard",
-        &format!("127.0.0.1:{from_port}"),
-        "--cluster-from",
-        from,
-        "--cluster-to",
-        to,
-        "--cluster-slots",
-        &slots.to_string(),
-        "--cluster-yes",
-    ]);
-    assert!(out.success, "reshard failed: {}{}", out.stdout, out.stderr);
-}
-
 fn role(port: u16) -> Option<String> {
     let mut c = RawClient::try_connect(port, Duration::from_millis(300)).ok()?;
     c.set_timeout(Duration::from_millis(500));

@@ -89,11 +89,7 @@ fn config_with_policy(cluster: &Cluster, policy: &str) -> Json {
 fn read_policies_send_reads_exactly_where_they_say() {
     let cluster = Cluster::start(3, 2);
     let masters = cluster.master_ports();
-    let replicas: Vec<u16> = cluster
-        .ports()
-        .into_iter()
-        .filter(|p| !masters.contains(p))
-        .collect();
+    let replicas = cluster.replica_ports();
     assert_eq!(replicas.len(), 6);
     let keys: Vec<String> = (0..60).map(|i| format!("rp:{i}")).collect();
     for policy in [

@@ -49,22 +49,6 @@ fn with_load(port: u16, f: impl FnOnce()) -> Vec<String> {
     e
 }
 
-fn reshard(from_port: u16, from: &str, to: &str, slots: usize) {
-    let out = redis_cli(&[
-        "--cluster",
-        "reshard",
-        &format!("127.0.0.1:{from_port}"),
-        "--cluster-from",
-        from,
-        "--cluster-to",
-        to,
-        "--cluster-slots",
-        &slots.to_string(),
-        "--cluster-yes",
-    ]);
-    assert!(out.success, "reshard failed: {}{}", out.stdout, out.stderr);
-}
-
 #[test]
 fn added_node_moved_slots_removed_node_and_returning_master() {
     let mut cluster = Cluster::start(3, 0);
@@ -170,11 +154,7 @@ fn has_readonly_flag(line: &str) -> bool {
 fn only_replica_read_connections_are_readonly() {
     let cluster = Cluster::start(3, 1);
     let masters = cluster.master_ports();
-    let replicas: Vec<u16> = cluster
-        .ports()
-        .into_iter()
-        .filter(|p| !masters.contains(p))
-        .collect();
+    let replicas = cluster.replica_ports();
     assert_eq!(replicas.len(), 3, "expected one replica per master");
 
     // Read policy MASTER: no connection anywhere may be READONLY.

@@ -1780,3 +1780,32 @@ pub fn reset_stats(ports: &[u16]) {
             .expect("CONFIG RESETSTAT");
     }
 }
+
+/// `redis-cli --cluster reshard`: move `slots` slots from node `from` to
+/// node `to` (node ids), asking the node on `from_port`; panics on failure.
+pub fn reshard(from_port: u16, from: &str, to: &str, slots: usize) {
+    let out = redis_cli(&[
+        "--cluster",
+        "reshard",
+        &format!("127.0.0.1:{from_port}"),
+        "--cluster-from",
+        from,
+        "--cluster-to",
+        to,
+        "--cluster-slots",
+        &slots.to_string(),
+        "--cluster-yes",
+    ]);
+    assert!(out.success, "reshard failed: {}{}", out.stdout, out.stderr);
+}
+
+impl Cluster {
+    /// The replicas' ports (every node that owns no slots).
+    pub fn replica_ports(&self) -> Vec<u16> {
+        let masters = self.master_ports();
+        self.ports()
+            .into_iter()
+            .filter(|p| !masters.contains(p))
+            .collect()
+    }
+}
