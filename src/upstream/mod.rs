@@ -12,6 +12,9 @@
 //!
 //! Nothing here touches Envoy: the only link is the [`Notify`] trait.
 
+mod pipeline;
+mod policy;
+
 use crate::codec;
 use crate::config::{ClusterConfig, ReadPolicy, Settings};
 use crate::envoy::Level;
@@ -19,12 +22,14 @@ use crate::log;
 use crate::routing;
 use crate::scripts::ScriptCache;
 use crate::stats::Stats;
-use crate::topology::{self, Redirect, SlotMap};
+use crate::topology::{Redirect, SlotMap};
 use crate::topology_refresh::ClusterTopology;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 use parking_lot::Mutex;
-use std::collections::{HashMap, VecDeque};
+use pipeline::{Next, Pipeline, Unanswered};
+use policy::Outcome;
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::ToSocketAddrs;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -222,15 +227,6 @@ const MIRROR_LOG_EVERY: Duration = Duration::from_secs(10);
 const BACKOFF_MIN: Duration = Duration::from_millis(20);
 const BACKOFF_MAX: Duration = Duration::from_millis(1000);
 
-struct Inflight {
-    /// `None` for the proxy's own commands (ASKING, READONLY, AUTH).
-    req: Option<Request>,
-    /// Stream offset just past this command's bytes: it reached the node
-    /// whole only if `written >= end`.
-    end: u64,
-    timed_out: bool,
-}
-
 /// What a shared connection is for. Replica reads need `READONLY` on the
 /// connection; every other connection must not have it, because a node we
 /// still believe is a master may have become a replica (failover, or a
@@ -266,11 +262,8 @@ struct Conn {
     stream: TcpStream,
     connected: bool,
     opened: Instant,
-    out: Vec<u8>,
-    out_pos: usize,
-    queued: u64,
-    written: u64,
-    inflight: VecDeque<Inflight>,
+    /// Bytes to write and replies owed, in order.
+    pipe: Pipeline,
     inbuf: Vec<u8>,
     in_start: usize,
     /// Progress through the reply at `in_start` when it is not whole yet.
@@ -278,25 +271,6 @@ struct Conn {
     /// TLS session over `stream`, when the cluster uses TLS: `out` is then
     /// plaintext handed to it, and `inbuf` receives its plaintext.
     tls: Option<Box<rustls::ClientConnection>>,
-}
-
-impl Conn {
-    /// Queue one of the proxy's own commands (ASKING, READONLY, AUTH,
-    /// HELLO); its reply is read and dropped in turn.
-    fn queue_internal(&mut self, cmd: &[u8]) {
-        self.out.extend_from_slice(cmd);
-        self.queued += cmd.len() as u64;
-        self.expect_internal();
-    }
-
-    /// One more reply on this connection belongs to no client command.
-    fn expect_internal(&mut self) {
-        self.inflight.push_back(Inflight {
-            req: None,
-            end: self.queued,
-            timed_out: false,
-        });
-    }
 }
 
 struct Down {
@@ -393,7 +367,7 @@ impl UpstreamLoop {
                     .conns
                     .iter()
                     .flatten()
-                    .any(|c| !c.inflight.is_empty() || !c.connected);
+                    .any(|c| !c.pipe.is_idle() || !c.connected);
             let timeout = if busy {
                 Some(Duration::from_millis(5))
             } else {
@@ -433,10 +407,8 @@ impl UpstreamLoop {
         }
         // Shutdown: fail what is left so no reply slot stays empty.
         for c in self.conns.iter_mut().flatten() {
-            for f in c.inflight.drain(..) {
-                if let Some(r) = f.req {
-                    r.respond(codec::error("ERR proxy is shutting down"));
-                }
+            for u in c.pipe.unanswered() {
+                u.req.respond(codec::error("ERR proxy is shutting down"));
             }
         }
         for r in self.parked.drain(..) {
@@ -616,7 +588,7 @@ impl UpstreamLoop {
         let Some(conn) = self.conns[idx].as_mut() else {
             return;
         };
-        if req.mirror && conn.inflight.len() >= MIRROR_QUEUE_MAX {
+        if req.mirror && conn.pipe.owed() >= MIRROR_QUEUE_MAX {
             return self.drop_mirror(req.cluster);
         }
         let cs = self.stats.cluster(req.cluster);
@@ -625,20 +597,7 @@ impl UpstreamLoop {
         } else {
             cs.upstream_rq_total
         });
-        if asking {
-            conn.queue_internal(ASKING);
-        }
-        conn.out.extend_from_slice(&req.data);
-        conn.queued += req.data.len() as u64;
-        for _ in 0..req.swallow {
-            conn.expect_internal();
-        }
-        let end = conn.queued;
-        conn.inflight.push_back(Inflight {
-            req: Some(req),
-            end,
-            timed_out: false,
-        });
+        conn.pipe.push_request(req, asking.then_some(ASKING));
         if conn.connected && !self.dirty.contains(&idx) {
             self.dirty.push(idx);
         }
@@ -678,11 +637,7 @@ impl UpstreamLoop {
             stream,
             connected: false,
             opened: now,
-            out: Vec::new(),
-            out_pos: 0,
-            queued: 0,
-            written: 0,
-            inflight: VecDeque::new(),
+            pipe: Pipeline::default(),
             inbuf: Vec::new(),
             in_start: 0,
             framer: codec::ReplyFramer::default(),
@@ -716,10 +671,10 @@ impl UpstreamLoop {
             setup.push(pass.as_bytes());
         }
         if !setup.is_empty() {
-            conn.queue_internal(&codec::command(&setup));
+            conn.pipe.push_internal(&codec::command(&setup));
         }
         if role == Role::ReplicaRead {
-            conn.queue_internal(READONLY);
+            conn.pipe.push_internal(READONLY);
         }
         self.conns[idx] = Some(conn);
         if pin.is_none() {
@@ -814,13 +769,13 @@ impl UpstreamLoop {
         if let Some(tls) = conn.tls.as_mut() {
             // Plaintext goes into the TLS session (which buffers it until
             // the handshake is done), records go out as the socket allows.
-            if conn.out_pos < conn.out.len() {
-                if let Err(e) = tls.writer().write_all(&conn.out[conn.out_pos..]) {
+            let plain = conn.pipe.unwritten();
+            if !plain.is_empty() {
+                if let Err(e) = tls.writer().write_all(plain) {
                     return self.fail_conn(idx, &format!("tls write: {e}"));
                 }
-                conn.written += (conn.out.len() - conn.out_pos) as u64;
-                conn.out.clear();
-                conn.out_pos = 0;
+                let n = plain.len();
+                conn.pipe.wrote(n);
             }
             while tls.wants_write() {
                 match tls.write_tls(&mut conn.stream) {
@@ -833,24 +788,14 @@ impl UpstreamLoop {
             }
             return;
         }
-        while conn.out_pos < conn.out.len() {
-            match conn.stream.write(&conn.out[conn.out_pos..]) {
+        while !conn.pipe.unwritten().is_empty() {
+            match conn.stream.write(conn.pipe.unwritten()) {
                 Ok(0) => return self.fail_conn(idx, "write returned 0"),
-                Ok(n) => {
-                    conn.out_pos += n;
-                    conn.written += n as u64;
-                }
+                Ok(n) => conn.pipe.wrote(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return self.fail_conn(idx, &format!("write: {e}")),
             }
-        }
-        if conn.out_pos == conn.out.len() {
-            conn.out.clear();
-            conn.out_pos = 0;
-        } else if conn.out_pos > 1 << 20 {
-            conn.out.drain(..conn.out_pos);
-            conn.out_pos = 0;
         }
     }
 
@@ -905,49 +850,42 @@ impl UpstreamLoop {
                         break;
                     }
                 };
-                let Some(entry) = conn.inflight.pop_front() else {
+                let Some(next) = conn.pipe.next_reply() else {
                     failure = Some("reply without a request".into());
                     break;
                 };
                 let reply = &buf[..n];
                 conn.in_start += n;
-                let Some(req) = entry.req else {
-                    if let Some(err) = codec::error_text(reply) {
-                        // READONLY on a standalone node errors; that is fine.
-                        // On a pinned connection these are a transaction's
-                        // queued commands: EXEC's reply tells the client.
-                        if conn.pin.is_none()
-                            && !err.starts_with(b"ERR This instance has cluster support disabled")
-                        {
-                            log!(
-                                Level::Warn,
-                                "redis_cluster: node {} refused setup command: {}",
-                                conn.addr,
-                                String::from_utf8_lossy(err)
-                            );
+                let req = match next {
+                    Next::Request(req) => req,
+                    Next::TimedOut => continue,
+                    Next::Internal => {
+                        if let Some(err) = codec::error_text(reply) {
+                            // READONLY on a standalone node errors; that is fine.
+                            // On a pinned connection these are a transaction's
+                            // queued commands: EXEC's reply tells the client.
+                            if conn.pin.is_none()
+                                && !err
+                                    .starts_with(b"ERR This instance has cluster support disabled")
+                            {
+                                log!(
+                                    Level::Warn,
+                                    "redis_cluster: node {} refused setup command: {}",
+                                    conn.addr,
+                                    String::from_utf8_lossy(err)
+                                );
+                            }
                         }
+                        continue;
                     }
-                    continue;
                 };
-                if entry.timed_out {
-                    continue;
-                }
                 if req.release_pin {
                     release = true;
                 }
                 let outcome = if req.pin.is_some() {
                     Outcome::Deliver // a transaction is never redirected piecemeal
                 } else {
-                    classify(reply, &conn.addr, &self.settings, &req)
-                };
-                let outcome = match outcome {
-                    Outcome::Deliver if !req.script_reloaded && reply.starts_with(b"-NOSCRIPT") => {
-                        match evalsha_body(&req.data, &self.scripts) {
-                            Some(body) => Outcome::Reload(body),
-                            None => Outcome::Deliver,
-                        }
-                    }
-                    other => other,
+                    policy::classify(reply, &conn.addr, &self.settings, &req, &self.scripts)
                 };
                 match outcome {
                     Outcome::Reload(body) => reload.push((req, body)),
@@ -964,7 +902,7 @@ impl UpstreamLoop {
                             Redirect::Moved { .. } => cs.redirections_moved,
                             Redirect::Ask { .. } => cs.redirections_ask,
                         });
-                        redo.push(redirected(req, r))
+                        redo.push(policy::redirected(req, r))
                     }
                     Outcome::Retry { refresh, delay } => {
                         let mut req = req;
@@ -1000,7 +938,8 @@ impl UpstreamLoop {
             // Load the script where it is missing, then run it there again.
             req.script_reloaded = true;
             if let Some(conn) = self.conns.get_mut(idx).and_then(|c| c.as_mut()) {
-                conn.queue_internal(&codec::command(&[b"SCRIPT", b"LOAD", &body]));
+                conn.pipe
+                    .push_internal(&codec::command(&[b"SCRIPT", b"LOAD", &body]));
                 self.enqueue(idx, req, false);
                 self.flush(idx);
             } else {
@@ -1028,10 +967,9 @@ impl UpstreamLoop {
             self.pinned.remove(&pin);
         }
         self.free.push(idx);
-        for f in conn.inflight.drain(..) {
-            if let Some(req) = f.req {
-                req.respond(codec::error("ERR transaction connection released"));
-            }
+        for u in conn.pipe.unanswered() {
+            u.req
+                .respond(codec::error("ERR transaction connection released"));
         }
     }
 
@@ -1068,16 +1006,8 @@ impl UpstreamLoop {
             "redis_cluster: connection to {} lost: {why}",
             conn.addr
         );
-        for f in conn.inflight.drain(..) {
-            let Some(req) = f.req else { continue };
-            if f.timed_out {
-                continue;
-            }
-            // Unsent commands and reads are safe to run again elsewhere.
-            let unsent = f.end > conn.written;
-            let read = matches!(req.target, Target::Slot { read: true, .. });
-            let retry = unsent || read || self.settings.retry_unanswered_writes;
-            if retry && req.pin.is_none() {
+        for Unanswered { req, reached_node } in conn.pipe.unanswered() {
+            if policy::resend_after_loss(&req, reached_node, &self.settings) {
                 self.park(req, "connection lost");
             } else {
                 let msg = format!("ERR connection to {} lost: {why}", conn.addr);
@@ -1116,24 +1046,14 @@ impl UpstreamLoop {
             self.fail_conn(i, "connect timeout");
         }
         let op_ms = self.settings.op_timeout.as_millis();
+        let stats = &self.stats;
         for conn in self.conns.iter_mut().flatten() {
-            for f in conn.inflight.iter_mut() {
-                if f.timed_out {
-                    continue;
-                }
-                let Some(req) = f.req.as_ref() else { continue };
-                if req.deadline > now {
-                    break;
-                }
-                f.timed_out = true;
-                self.stats
-                    .inc(self.stats.cluster(conn.cluster).upstream_rq_timeout);
-                let msg = format!(
-                    "ERR upstream timeout: no reply from {} within {op_ms} ms",
-                    conn.addr
-                );
+            let (cluster, addr) = (conn.cluster, &conn.addr);
+            conn.pipe.expire(now, |req| {
+                stats.inc(stats.cluster(cluster).upstream_rq_timeout);
+                let msg = format!("ERR upstream timeout: no reply from {addr} within {op_ms} ms");
                 req.respond(codec::error(&msg));
-            }
+            });
         }
     }
 }
@@ -1164,77 +1084,4 @@ fn read_tls(
             }
         }
     }
-}
-
-enum Outcome {
-    Deliver,
-    /// `NOSCRIPT` for a script the proxy knows: load it and retry.
-    Reload(Arc<[u8]>),
-    Redirect(Redirect),
-    Retry {
-        refresh: bool,
-        delay: Duration,
-    },
-}
-
-/// Decide what a node's reply means for the command that caused it.
-fn classify(reply: &[u8], addr: &str, settings: &Settings, req: &Request) -> Outcome {
-    let Some(err) = codec::error_text(reply) else {
-        return Outcome::Deliver;
-    };
-    if settings.enable_redirection
-        && req.redirects < settings.max_redirects
-        && (err.starts_with(b"MOVED ") || err.starts_with(b"ASK "))
-    {
-        if let Some(r) = topology::parse_redirect(err, addr) {
-            return Outcome::Redirect(r);
-        }
-    }
-    // The command did not run: safe to retry after a pause / a refresh.
-    if err.starts_with(b"TRYAGAIN") {
-        return Outcome::Retry {
-            refresh: false,
-            delay: Duration::from_millis(10),
-        };
-    }
-    if err.starts_with(b"CLUSTERDOWN")
-        || err.starts_with(b"MASTERDOWN")
-        || err.starts_with(b"LOADING")
-        || err.starts_with(b"READONLY")
-    {
-        return Outcome::Retry {
-            refresh: true,
-            delay: Duration::from_millis(50),
-        };
-    }
-    Outcome::Deliver
-}
-
-/// The body of the script an `EVALSHA`/`EVALSHA_RO` request names, if the
-/// proxy has seen it.
-fn evalsha_body(data: &[u8], scripts: &ScriptCache) -> Option<Arc<[u8]>> {
-    let mut args = Vec::new();
-    codec::scan_request(data, &mut args).ok()?;
-    let name = &data[args.first()?.clone()];
-    if !(name.eq_ignore_ascii_case(b"evalsha") || name.eq_ignore_ascii_case(b"evalsha_ro")) {
-        return None;
-    }
-    scripts.body(&data[args.get(1)?.clone()])
-}
-
-fn redirected(mut req: Request, r: Redirect) -> Request {
-    req.redirects += 1;
-    req.target = match r {
-        Redirect::Moved { slot, addr } => Target::Node {
-            addr,
-            slot,
-            asking: false,
-        },
-        Redirect::Ask { slot, addr } => Target::Node {
-            addr,
-            slot,
-            asking: true,
-        },
-    };
-    req
 }
