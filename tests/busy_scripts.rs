@@ -134,3 +134,59 @@ fn evalsha_runs_wherever_the_keys_are() {
         "{r:?}"
     );
 }
+
+/// While a script keeps its node busy past `busy-reply-threshold`, other
+/// clients' commands for that node get Redis's `-BUSY` at once (not a wait
+/// of `op_timeout` behind the script), commands for other nodes are served,
+/// and once the script is killed the node serves again.
+#[test]
+fn commands_for_a_busy_node_fail_fast_with_busy() {
+    let cluster = Cluster::start(3, 0);
+    for p in cluster.master_ports() {
+        let mut c = RawClient::connect(p);
+        assert_eq!(
+            c.cmd(&["CONFIG", "SET", "busy-reply-threshold", "100"]),
+            Resp::ok()
+        );
+    }
+    let envoy = Envoy::start(module_config(&cluster, json!({ "op_timeout": "10s" })));
+    let busy_node = cluster.node_for_key(b"{b}");
+    let elsewhere = (0..1000)
+        .map(|i| format!("other:{i}"))
+        .find(|k| cluster.node_for_key(k.as_bytes()) != busy_node)
+        .expect("a key on another master");
+    let mut c = envoy.raw_client();
+    assert_eq!(c.cmd(&["SET", "{b}k", "v"]), Resp::ok());
+    assert_eq!(c.cmd(&["SET", &elsewhere, "w"]), Resp::ok());
+
+    let mut spinner = RawClient::connect(envoy.port());
+    spinner.set_timeout(Duration::from_secs(20));
+    spinner.send_cmd(&["EVAL", "while true do end", "1", "{b}spin"]);
+    thread::sleep(Duration::from_millis(800));
+
+    let t = Instant::now();
+    let r = c.cmd(&["GET", "{b}k"]);
+    let took = t.elapsed();
+    assert!(
+        matches!(&r, Resp::Error(e) if e.starts_with("BUSY")),
+        "a command for the busy node: {r:?}"
+    );
+    assert!(took < Duration::from_secs(1), "BUSY took {took:?}");
+    assert_eq!(
+        c.cmd(&["GET", &elsewhere]),
+        Resp::bulk("w"),
+        "other nodes serve"
+    );
+
+    assert_eq!(c.cmd(&["SCRIPT", "KILL"]), Resp::ok());
+    let spun = spinner.read_reply();
+    assert!(
+        matches!(&spun, Resp::Error(e) if e.contains("killed")),
+        "{spun:?}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || c.cmd(&["GET", "{b}k"])
+            == Resp::bulk("v")),
+        "the node did not serve again after the script was killed"
+    );
+}

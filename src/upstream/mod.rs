@@ -12,6 +12,7 @@
 //!
 //! Nothing here touches Envoy: the only link is the [`Notify`] trait.
 
+mod busy;
 mod pipeline;
 mod policy;
 
@@ -24,6 +25,7 @@ use crate::scripts::ScriptCache;
 use crate::stats::Stats;
 use crate::topology::{Redirect, SlotMap};
 use crate::topology_refresh::ClusterTopology;
+use busy::BusyNodes;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 use parking_lot::Mutex;
@@ -308,6 +310,10 @@ pub struct UpstreamLoop {
     /// Socket reads land here first (READ_CHUNK bytes).
     scratch: Vec<u8>,
     scripts: Arc<ScriptCache>,
+    busy: BusyNodes,
+    /// Pin ids for the loop's own one-off connections (busy probes), apart
+    /// from the sessions' ids, which count up from 1.
+    next_pin: u64,
 }
 
 impl UpstreamLoop {
@@ -353,6 +359,8 @@ impl UpstreamLoop {
             stats,
             scratch: vec![0; READ_CHUNK],
             scripts,
+            busy: BusyNodes::default(),
+            next_pin: 1 << 63,
         };
         Ok((lp, shared))
     }
@@ -403,6 +411,7 @@ impl UpstreamLoop {
             }
             self.retry_parked(now);
             self.check_timeouts(now);
+            self.check_busy(now);
             self.flush_dirty();
         }
         // Shutdown: fail what is left so no reply slot stays empty.
@@ -531,6 +540,14 @@ impl UpstreamLoop {
                     return req.respond(codec::error(&msg));
                 }
                 return self.park(req, "node down");
+            }
+        }
+        if req.pin.is_none() {
+            if let Some(reply) = self.busy.reply_for(key.0, &key.1) {
+                if req.mirror {
+                    return self.drop_mirror(req.cluster);
+                }
+                return req.respond(reply);
             }
         }
         let resp3 = req.resp3;
@@ -882,6 +899,10 @@ impl UpstreamLoop {
                 if req.release_pin {
                     release = true;
                 }
+                if conn.pin.is_none() {
+                    self.busy
+                        .saw_reply(conn.cluster, &conn.addr, reply, Instant::now());
+                }
                 let outcome = if req.pin.is_some() {
                     Outcome::Deliver // a transaction is never redirected piecemeal
                 } else {
@@ -1013,6 +1034,42 @@ impl UpstreamLoop {
                 let msg = format!("ERR connection to {} lost: {why}", conn.addr);
                 req.respond(codec::error(&msg));
             }
+        }
+    }
+
+    /// Probe the nodes whose shared connections wait behind a long script
+    /// (see `busy`), and take in the probes' answers.
+    fn check_busy(&mut self, now: Instant) {
+        self.busy.collect();
+        let op_timeout = self.settings.op_timeout;
+        let mut probe: Vec<(usize, String, bool)> = Vec::new();
+        for c in self.conns.iter().flatten() {
+            if c.pin.is_some() {
+                continue;
+            }
+            let Some(oldest) = c.pipe.front_request() else {
+                continue;
+            };
+            let arrived = oldest.deadline.checked_sub(op_timeout).unwrap_or(now);
+            if self
+                .busy
+                .wants_probe(c.cluster, &c.addr, oldest, arrived, now)
+                && !probe
+                    .iter()
+                    .any(|(cl, a, _)| *cl == c.cluster && *a == c.addr)
+            {
+                probe.push((c.cluster, c.addr.clone(), c.resp3));
+            }
+        }
+        for (cluster, addr) in self.busy.due(now) {
+            if !probe.iter().any(|(cl, a, _)| *cl == cluster && *a == addr) {
+                probe.push((cluster, addr, false));
+            }
+        }
+        for (cluster, addr, resp3) in probe {
+            self.next_pin += 1;
+            let req = self.busy.probe(cluster, &addr, self.next_pin, resp3, now);
+            self.dispatch(req, now);
         }
     }
 

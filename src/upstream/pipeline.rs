@@ -117,6 +117,12 @@ impl Pipeline {
         self.owed.is_empty()
     }
 
+    /// The oldest client command still owed a reply (answered with a
+    /// timeout or not).
+    pub fn front_request(&self) -> Option<&Request> {
+        self.owed.iter().find_map(|o| o.req.as_ref())
+    }
+
     /// A whole reply arrived: what it belongs to, or `None` if nothing was
     /// owed (the node is out of step with us).
     pub fn next_reply(&mut self) -> Option<Next> {

@@ -1,0 +1,286 @@
+//! Nodes busy with a long script.
+//!
+//! A script (or function) that runs past the node's `busy-reply-threshold`
+//! makes Redis answer every other client `-BUSY …` until it ends or is
+//! killed. Through the proxy, the other clients' commands for that node
+//! would instead queue behind the script on the shared connection and wait
+//! for `op_timeout`. So when the oldest command on a shared connection is a
+//! script that has been running a while, the loop asks the node on a
+//! connection of its own (a `PING`, sent like `SCRIPT KILL`); if the node
+//! answers `-BUSY`, new commands for it get that same reply at once, as
+//! direct clients do, until the node answers anything else.
+
+use super::{ClientShared, Delivery, Notify, Request, Target, WHOLE};
+use crate::codec;
+use crate::config::ReadPolicy;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A script older than this at the head of a connection gets its node probed.
+const PROBE_AFTER: Duration = Duration::from_millis(100);
+/// At most one probe per node this often; a busy node is probed on until it
+/// answers something else.
+const PROBE_EVERY: Duration = Duration::from_millis(200);
+/// A probe waits this long for the node (Redis answers it only once the
+/// script passes its busy-reply-threshold, 5 s by default).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Node identity: (cluster index, address).
+type Node = (usize, String);
+
+struct NoWake;
+impl Notify for NoWake {
+    fn notify(&self) {}
+}
+
+pub struct BusyNodes {
+    /// Busy nodes and the `-BUSY` reply they gave.
+    busy: HashMap<Node, Vec<u8>>,
+    /// Probes in flight, by their sequence number, with when they were sent.
+    probes: HashMap<u64, (Node, Instant)>,
+    last_probe: HashMap<Node, Instant>,
+    /// When the node last answered something other than `-BUSY`: an older
+    /// probe's `-BUSY` is stale then.
+    cleared: HashMap<Node, Instant>,
+    next_seq: u64,
+    /// Probe replies land here (the loop reads them; nobody is woken).
+    mailbox: Arc<ClientShared>,
+    delivered: Vec<Delivery>,
+}
+
+impl Default for BusyNodes {
+    fn default() -> Self {
+        BusyNodes {
+            busy: HashMap::new(),
+            probes: HashMap::new(),
+            last_probe: HashMap::new(),
+            cleared: HashMap::new(),
+            next_seq: 0,
+            mailbox: ClientShared::new(Box::new(NoWake)),
+            delivered: Vec::new(),
+        }
+    }
+}
+
+/// `EVAL*`, `EVALSHA*`, `FCALL*`: commands that can keep a node busy.
+pub fn is_script(data: &[u8]) -> bool {
+    let mut args = Vec::new();
+    if codec::scan_request(data, &mut args).is_err() {
+        return false;
+    }
+    let Some(name) = args.first().and_then(|r| data.get(r.clone())) else {
+        return false;
+    };
+    [
+        b"eval".as_slice(),
+        b"evalsha",
+        b"eval_ro",
+        b"evalsha_ro",
+        b"fcall",
+        b"fcall_ro",
+    ]
+    .iter()
+    .any(|n| name.eq_ignore_ascii_case(n))
+}
+
+impl BusyNodes {
+    /// The `-BUSY` reply for a command to this node, if it is busy.
+    pub fn reply_for(&self, cluster: usize, addr: &str) -> Option<Vec<u8>> {
+        if self.busy.is_empty() {
+            return None;
+        }
+        self.busy.get(&(cluster, addr.to_string())).cloned()
+    }
+
+    /// A reply from the node on a shared connection tells whether it is
+    /// busy now.
+    pub fn saw_reply(&mut self, cluster: usize, addr: &str, reply: &[u8], now: Instant) {
+        let busy_reply = reply.starts_with(b"-BUSY");
+        if !busy_reply && self.busy.is_empty() && self.probes.is_empty() {
+            return;
+        }
+        let node = (cluster, addr.to_string());
+        if busy_reply {
+            self.busy.insert(node, reply.to_vec());
+        } else {
+            self.busy.remove(&node);
+            self.cleared.insert(node, now);
+        }
+    }
+
+    /// Should the node be probed, given the oldest command on one of its
+    /// shared connections (`arrived` is when that command arrived)?
+    pub fn wants_probe(
+        &self,
+        cluster: usize,
+        addr: &str,
+        oldest: &Request,
+        arrived: Instant,
+        now: Instant,
+    ) -> bool {
+        now.duration_since(arrived) >= PROBE_AFTER
+            && self.may_probe(&(cluster, addr.to_string()), now)
+            && is_script(&oldest.data)
+    }
+
+    fn may_probe(&self, node: &Node, now: Instant) -> bool {
+        !self.probes.values().any(|(n, _)| n == node)
+            && self
+                .last_probe
+                .get(node)
+                .is_none_or(|t| now.duration_since(*t) >= PROBE_EVERY)
+    }
+
+    /// Busy nodes due for another probe (to see them free again).
+    pub fn due(&self, now: Instant) -> Vec<Node> {
+        self.busy
+            .keys()
+            .filter(|n| self.may_probe(n, now))
+            .cloned()
+            .collect()
+    }
+
+    /// A `PING` for the node on a connection of its own.
+    pub fn probe(
+        &mut self,
+        cluster: usize,
+        addr: &str,
+        pin: u64,
+        resp3: bool,
+        now: Instant,
+    ) -> Request {
+        self.next_seq += 1;
+        let node = (cluster, addr.to_string());
+        self.last_probe.insert(node.clone(), now);
+        self.probes.insert(self.next_seq, (node, now));
+        Request {
+            client: self.mailbox.clone(),
+            seq: self.next_seq,
+            part: WHOLE,
+            cluster,
+            target: Target::Node {
+                addr: addr.to_string(),
+                slot: 0,
+                asking: false,
+            },
+            policy: ReadPolicy::Master,
+            data: codec::command(&[b"PING"]),
+            deadline: now + PROBE_TIMEOUT,
+            redirects: 0,
+            retry_at: None,
+            wait_gen: None,
+            mirror: false,
+            resp3,
+            pin: Some(pin),
+            release_pin: true,
+            swallow: 0,
+            script_reloaded: false,
+        }
+    }
+
+    /// Take in the answers to probes.
+    pub fn collect(&mut self) {
+        if self.probes.is_empty() {
+            return;
+        }
+        self.mailbox.take(&mut self.delivered);
+        let now = Instant::now();
+        for d in self.delivered.drain(..) {
+            let Some((node, sent)) = self.probes.remove(&d.seq) else {
+                continue;
+            };
+            if !d.reply.starts_with(b"-BUSY") {
+                self.busy.remove(&node);
+                self.cleared.insert(node, now);
+            } else if self.cleared.get(&node).is_none_or(|c| *c < sent) {
+                self.busy.insert(node, d.reply);
+            }
+        }
+        if self.busy.is_empty() && self.probes.is_empty() {
+            self.cleared.clear();
+            self.last_probe.clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scripts_are_recognised_by_name() {
+        assert!(is_script(&codec::command(&[b"EVAL", b"x", b"0"])));
+        assert!(is_script(&codec::command(&[b"fcall_ro", b"f", b"0"])));
+        assert!(!is_script(&codec::command(&[b"GET", b"k"])));
+        assert!(!is_script(b"garbage"));
+    }
+
+    #[test]
+    fn busy_until_the_node_answers_otherwise() {
+        let mut b = BusyNodes::default();
+        assert!(b.reply_for(0, "n:1").is_none());
+        let busy = b"-BUSY Redis is busy running a script.\r\n";
+        let now = Instant::now();
+        let p = b.probe(0, "n:1", 1, false, now);
+        p.client.deliver(p.seq, WHOLE, busy.to_vec());
+        b.collect();
+        assert_eq!(b.reply_for(0, "n:1").as_deref(), Some(&busy[..]));
+        assert!(b.reply_for(0, "n:2").is_none());
+        assert!(b.reply_for(1, "n:1").is_none());
+        assert!(b.due(now).is_empty(), "probed just now");
+        assert_eq!(b.due(now + PROBE_EVERY), vec![(0, "n:1".to_string())]);
+        b.saw_reply(0, "n:1", b"+OK\r\n", now);
+        assert!(b.reply_for(0, "n:1").is_none());
+        b.saw_reply(0, "n:2", busy, now);
+        assert!(
+            b.reply_for(0, "n:2").is_some(),
+            "a -BUSY on a shared connection"
+        );
+    }
+
+    #[test]
+    fn probes_go_to_old_scripts_one_at_a_time() {
+        let mut b = BusyNodes::default();
+        let now = Instant::now();
+        let old = now - Duration::from_secs(1);
+        let mut script = BusyNodes::default().probe(0, "n:1", 1, false, now);
+        script.data = codec::command(&[b"EVAL", b"while true do end", b"0"]);
+        assert!(b.wants_probe(0, "n:1", &script, old, now));
+        assert!(!b.wants_probe(0, "n:1", &script, now, now), "too young");
+        let p = b.probe(0, "n:1", 7, false, now);
+        assert_eq!(p.pin, Some(7));
+        assert!(
+            !b.wants_probe(0, "n:1", &script, old, now),
+            "probe in flight"
+        );
+        p.client.deliver(p.seq, WHOLE, b"-BUSY busy\r\n".to_vec());
+        b.collect();
+        assert!(b.reply_for(0, "n:1").is_some());
+        assert!(
+            !b.wants_probe(0, "n:1", &script, old, now),
+            "probed just now"
+        );
+        let p = b.probe(0, "n:1", 9, false, now);
+        p.client.deliver(p.seq, WHOLE, b"+PONG\r\n".to_vec());
+        b.collect();
+        assert!(b.reply_for(0, "n:1").is_none());
+    }
+
+    #[test]
+    fn a_busy_answer_older_than_the_node_being_free_is_ignored() {
+        let mut b = BusyNodes::default();
+        let sent = Instant::now();
+        let p = b.probe(0, "n:1", 1, false, sent);
+        // The script ended (its reply came) before the probe's answer.
+        b.saw_reply(
+            0,
+            "n:1",
+            b"-ERR script killed\r\n",
+            sent + Duration::from_millis(5),
+        );
+        p.client.deliver(p.seq, WHOLE, b"-BUSY busy\r\n".to_vec());
+        b.collect();
+        assert!(b.reply_for(0, "n:1").is_none());
+    }
+}
