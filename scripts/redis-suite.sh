@@ -268,7 +268,7 @@ cluster_ok() { redis-cli -p "$1" cluster info 2>/dev/null | grep -q '^cluster_st
 wait_cluster_ok() {
     local p n
     for ((n = 0; n < 300; n++)); do
-        for p in "$@"; do cluster_ok "$p" || continue 2; done
+        for p in "$@"; do cluster_ok "$p" || { sleep 0.1; continue 2; }; done
         return
     done
     die "cluster on $* not ok within 30 s"
