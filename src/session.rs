@@ -34,6 +34,8 @@ use std::time::Instant;
 
 pub use crate::upstream::Notify;
 
+mod admin;
+
 /// What a session needs from the downstream connection.
 pub trait Downstream {
     fn write(&mut self, data: &[u8]);
@@ -428,6 +430,7 @@ impl Session {
                 | "randomkey"
                 | "info"
                 | "scan"
+                | "config"
         );
         if needs_masters && self.proxy.topology(cluster).is_none() {
             // Like keyed commands, wait (within op_timeout) for the first
@@ -491,6 +494,7 @@ impl Session {
                 now,
             ),
             "scan" => self.scan(cluster, args, now),
+            "config" => self.config(cluster, args, data, now),
             _ => Err(codec::error(&format!(
                 "ERR '{}' is not supported through this proxy (keyless command)",
                 cmd.name
