@@ -8,6 +8,7 @@
 //! - [`command`]: the command table (flags, key positions);
 //! - [`config`]: the filter's JSON configuration;
 //! - [`topology`]: `CLUSTER SLOTS` parsing, the slot map and its refresher;
+//! - [`info`]: one Redis-shaped `INFO` from every master's;
 //! - [`routing`]: prefix routes and read policy → which node gets a command;
 //! - [`upstream`]: the module-owned event loops and connections to Redis nodes;
 //! - [`session`]: one client connection: parsing, local replies, reply ordering;
@@ -17,6 +18,7 @@ pub mod codec;
 pub mod command;
 pub mod config;
 pub mod envoy;
+pub mod info;
 pub mod local;
 pub mod proxy;
 pub mod routing;

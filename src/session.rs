@@ -350,8 +350,7 @@ impl Session {
             self.closing |= cmd.name == "quit";
             return self.reply_now(reply);
         }
-        let flags = cmd.flags;
-        if flags & (command::BLOCKING | command::PUBSUB) != 0 {
+        if command::is_blocking(cmd, args) || cmd.has(command::PUBSUB) {
             let msg = format!(
                 "ERR '{}' is not supported through this proxy yet (blocking and pub/sub commands)",
                 cmd.name
@@ -376,9 +375,10 @@ impl Session {
     /// believes it talks to.
     fn local_reply(&mut self, cmd: &command::Command, args: &[&[u8]]) -> Option<Vec<u8>> {
         Some(match cmd.name {
-            "ping" => match args.get(1) {
-                Some(msg) => codec::bulk(msg),
-                None => codec::simple("PONG"),
+            "ping" => match args {
+                [_] => codec::simple("PONG"),
+                [_, msg] => codec::bulk(msg),
+                _ => codec::error(&command::arity_error(cmd.name)),
             },
             "echo" => codec::bulk(args.get(1)?),
             "quit" => codec::simple("OK"),
@@ -453,7 +453,7 @@ impl Session {
         match cmd.name {
             // Same answer from any node.
             "command" | "time" | "publish" | "lolwut" | "lastsave" | "eval" | "evalsha"
-            | "eval_ro" | "evalsha_ro" | "fcall" | "fcall_ro" => {
+            | "eval_ro" | "evalsha_ro" | "fcall" | "fcall_ro" | "xgroup" | "xinfo" | "object" => {
                 let seq = self.push_slot();
                 let target = Target::AnyMaster;
                 self.send(
@@ -484,17 +484,9 @@ impl Session {
                     now,
                 )
             }
-            "info" => self.broadcast(
-                cluster,
-                data,
-                |n| Merge::Info {
-                    nodes: n.to_vec(),
-                    header: local::info_header(n.len()),
-                },
-                now,
-            ),
-            "scan" => self.scan(cluster, args, now),
+            "info" => self.info(cluster, args, now),
             "config" => self.config(cluster, args, data, now),
+            "scan" => self.scan(cluster, args, now),
             _ => Err(codec::error(&format!(
                 "ERR '{}' is not supported through this proxy (keyless command)",
                 cmd.name

@@ -1,6 +1,11 @@
-//! `CONFIG` through the proxy: the client sees one server, the proxy talks
-//! to every node.
+//! `INFO` and `CONFIG` through the proxy: the client sees one server, the
+//! proxy talks to every node.
 //!
+//! - `INFO [section ...]`: every master's INFO combined into one
+//!   ([`crate::info`]), plus a `# Proxy` section when all sections are asked
+//!   for. `INFO nodes [section ...]`: each master's own INFO, labelled
+//!   `# Node host:port` (a Redis node answers an unknown section with
+//!   nothing, so the name is free).
 //! - `CONFIG GET`: the first master's answer (masters ordered by their first
 //!   slot). `CONFIG SET` through the proxy sets every node alike, so a
 //!   setting reads the same on all; per-node ones (`port`, `dir`) are that
@@ -17,7 +22,52 @@ use crate::splitter::{Gather, Merge};
 use crate::upstream::Target;
 use std::time::Instant;
 
+/// Arguments asking for every INFO section (or none, the default set).
+fn wants_proxy_section(args: &[&[u8]]) -> bool {
+    let sections = args.get(1..).unwrap_or_default();
+    sections.is_empty()
+        || sections.iter().any(|s| {
+            [&b"all"[..], b"everything", b"default", b"proxy"]
+                .iter()
+                .any(|w| s.eq_ignore_ascii_case(w))
+        })
+}
+
 impl Session {
+    pub(super) fn info(
+        &mut self,
+        cluster: usize,
+        args: &[&[u8]],
+        now: Instant,
+    ) -> Result<(), Vec<u8>> {
+        if args
+            .get(1)
+            .is_some_and(|a| a.eq_ignore_ascii_case(b"nodes"))
+        {
+            let mut words: Vec<&[u8]> = vec![b"INFO"];
+            words.extend_from_slice(args.get(2..).unwrap_or_default());
+            let data = codec::command(&words);
+            return self.broadcast(
+                cluster,
+                data,
+                |n| Merge::Info {
+                    nodes: n.to_vec(),
+                    header: crate::local::info_header(n.len()),
+                },
+                now,
+            );
+        }
+        let proxy = wants_proxy_section(args);
+        self.broadcast(
+            cluster,
+            codec::command(args),
+            |n| Merge::InfoSum {
+                proxy: proxy.then(|| crate::info::proxy_section(n.len())),
+            },
+            now,
+        )
+    }
+
     pub(super) fn config(
         &mut self,
         cluster: usize,
@@ -105,5 +155,20 @@ impl Session {
             }
         }
         Ok(nodes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::wants_proxy_section;
+
+    #[test]
+    fn proxy_section_only_with_every_section() {
+        assert!(wants_proxy_section(&[b"INFO"]));
+        assert!(wants_proxy_section(&[b"INFO", b"ALL"]));
+        assert!(wants_proxy_section(&[b"info", b"memory", b"Proxy"]));
+        assert!(wants_proxy_section(&[b"info", b"everything"]));
+        assert!(!wants_proxy_section(&[b"info", b"memory"]));
+        assert!(!wants_proxy_section(&[b"info", b"keyspace", b"stats"]));
     }
 }
