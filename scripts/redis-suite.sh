@@ -65,15 +65,16 @@ repo="$(cd "$here/.." && pwd)"
 #       its clients itself (downstream_auth_passwords)
 #   unit/latency-monitor, unit/slowlog  per-node diagnostics
 #   unit/printver  prints the version, no tests
+#   unit/info, unit/pubsubshard  every test is tagged external:skip
 DEFAULT_UNITS=(
     unit/type/string unit/type/incr unit/type/list unit/type/list-2
     unit/type/list-3 unit/type/set unit/type/zset unit/type/hash
     unit/type/stream unit/type/stream-cgroups
     unit/keyspace unit/scan unit/expire unit/sort unit/dump unit/other
-    unit/protocol unit/quit unit/multi unit/info unit/info-command
+    unit/protocol unit/quit unit/multi unit/info-command
     unit/introspection unit/introspection-2 unit/scripting unit/functions
     unit/bitops unit/bitfield unit/geo unit/hyperloglog unit/pause
-    unit/pubsub unit/pubsubshard unit/tracking
+    unit/pubsub unit/tracking
 )
 TAGS="-needs:debug -needs:repl"
 

@@ -431,6 +431,9 @@ impl Session {
                 | "info"
                 | "scan"
                 | "config"
+                | "save"
+                | "bgsave"
+                | "bgrewriteaof"
         );
         if needs_masters && self.proxy.topology(cluster).is_none() {
             // Like keyed commands, wait (within op_timeout) for the first
@@ -453,7 +456,8 @@ impl Session {
         match cmd.name {
             // Same answer from any node.
             "command" | "time" | "publish" | "lolwut" | "lastsave" | "eval" | "evalsha"
-            | "eval_ro" | "evalsha_ro" | "fcall" | "fcall_ro" | "xgroup" | "xinfo" | "object" => {
+            | "eval_ro" | "evalsha_ro" | "fcall" | "fcall_ro" | "xgroup" | "xinfo" | "object"
+            | "pfselftest" => {
                 let seq = self.push_slot();
                 let target = Target::AnyMaster;
                 self.send(
@@ -486,6 +490,7 @@ impl Session {
             }
             "info" => self.info(cluster, args, now),
             "config" => self.config(cluster, args, data, now),
+            "save" | "bgsave" | "bgrewriteaof" => self.persist(cluster, cmd.name, data, now),
             "scan" => self.scan(cluster, args, now),
             _ => Err(codec::error(&format!(
                 "ERR '{}' is not supported through this proxy (keyless command)",

@@ -202,10 +202,13 @@ fn config_get_is_answered_and_config_set_refused_by_default() {
         vec!["CONFIG", "SET", "maxmemory-policy", "allkeys-lru"],
         vec!["CONFIG", "RESETSTAT"],
         vec!["CONFIG", "REWRITE"],
+        vec!["SAVE"],
+        vec!["BGSAVE"],
+        vec!["BGREWRITEAOF"],
     ] {
         match c.cmd(&cmd) {
             Resp::Error(e) => assert!(
-                e.starts_with("ERR CONFIG") && e.contains("allow_admin_commands"),
+                e.starts_with(&format!("ERR {}", cmd[0])) && e.contains("allow_admin_commands"),
                 "{cmd:?}: {e}"
             ),
             other => panic!("{cmd:?}: expected a refusal, got {other:?}"),
@@ -258,6 +261,22 @@ fn config_set_reaches_every_node_with_allow_admin_commands() {
         node_config(cluster.ports()[0], "maxmemory-policy"),
         "allkeys-lru"
     );
+    // A node's own setting (its port, its files) cannot be one value for all.
+    for (name, value) in [
+        ("port", "7000"),
+        ("dir", "/tmp"),
+        ("cluster-announce-port", "1"),
+    ] {
+        match c.cmd(&["CONFIG", "SET", "hz", "30", name, value]) {
+            Resp::Error(e) => assert!(e.contains(name) && e.contains("each node's own"), "{e}"),
+            other => panic!("CONFIG SET {name}: expected a refusal, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        node_config(cluster.ports()[0], "hz"),
+        "20",
+        "nothing was set"
+    );
 
     // RESETSTAT clears every node's counters.
     for k in keys("reset", 30) {
@@ -267,6 +286,28 @@ fn config_set_reaches_every_node_with_allow_admin_commands() {
     assert_eq!(c.cmd(&["CONFIG", "RESETSTAT"]), Resp::ok());
     for p in cluster.ports() {
         assert_eq!(calls(p, "set"), 0, "node {p}");
+    }
+
+    // SAVE: every master writes its snapshot.
+    let saves = |p: u16| -> u64 {
+        let info = RawClient::connect(p)
+            .cmd(&["INFO", "persistence"])
+            .text()
+            .unwrap();
+        info.lines()
+            .find_map(|l| l.strip_prefix("rdb_saves:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("rdb_saves")
+    };
+    let before: Vec<u64> = cluster.master_ports().into_iter().map(saves).collect();
+    assert_eq!(c.cmd(&["SAVE"]), Resp::ok());
+    let after: Vec<u64> = cluster.master_ports().into_iter().map(saves).collect();
+    for (b, a) in before.iter().zip(&after) {
+        assert_eq!(
+            *a,
+            b + 1,
+            "every master saved once: {before:?} -> {after:?}"
+        );
     }
 }
 
@@ -328,6 +369,7 @@ fn ping_answers_like_redis_whatever_its_arguments() {
     ] {
         assert_eq!(c.cmd(&cmd), r.cmd(&cmd), "{cmd:?}");
     }
+    assert_eq!(c.cmd(&["PFSELFTEST"]), r.cmd(&["PFSELFTEST"]));
     assert_eq!(
         c.cmd(&["PING", "x", "y"]),
         Resp::Error("ERR wrong number of arguments for 'ping' command".into())

@@ -13,7 +13,12 @@
 //! - `CONFIG SET|RESETSTAT|REWRITE`: sent to every node of the cluster,
 //!   masters and replicas, only with `settings.allow_admin_commands`; `OK`
 //!   when every node said OK, else the first node's error.
+//!   Settings that are each node's own (`port`, `dir`, announced addresses:
+//!   [`PER_NODE`]) are refused: one value cannot be right for every node.
 //! - Other `CONFIG` subcommands (`HELP`, unknown ones): any master answers.
+//! - `SAVE`, `BGSAVE`, `BGREWRITEAOF`: every master saves, only with
+//!   `settings.allow_admin_commands`; the masters' common reply, or the
+//!   first error.
 
 use super::{Session, WHOLE};
 use crate::codec;
@@ -31,6 +36,37 @@ fn wants_proxy_section(args: &[&[u8]]) -> bool {
                 .iter()
                 .any(|w| s.eq_ignore_ascii_case(w))
         })
+}
+
+/// Settings whose value is each node's own: `CONFIG SET` cannot give every
+/// node the same one.
+pub const PER_NODE: &[&str] = &[
+    "port",
+    "tls-port",
+    "bind",
+    "bind-source-addr",
+    "unixsocket",
+    "dir",
+    "logfile",
+    "pidfile",
+    "dbfilename",
+    "cluster-announce-ip",
+    "cluster-announce-hostname",
+    "cluster-announce-port",
+    "cluster-announce-tls-port",
+    "cluster-announce-bus-port",
+    "replica-announce-ip",
+    "replica-announce-port",
+    "slave-announce-ip",
+    "slave-announce-port",
+    "replicaof",
+    "slaveof",
+];
+
+fn admin_refused(what: &str) -> Vec<u8> {
+    codec::error(&format!(
+        "ERR {what} would change every node of the cluster: the proxy refuses it unless settings.allow_admin_commands is true"
+    ))
 }
 
 impl Session {
@@ -101,10 +137,24 @@ impl Session {
         }
         if is("set") || is("resetstat") || is("rewrite") {
             if !self.proxy.config.settings.allow_admin_commands {
-                return Err(codec::error(&format!(
-                    "ERR CONFIG {} would change every node of the cluster: the proxy refuses it unless settings.allow_admin_commands is true",
+                let what = format!(
+                    "CONFIG {}",
                     String::from_utf8_lossy(sub).to_ascii_uppercase()
-                )));
+                );
+                return Err(admin_refused(&what));
+            }
+            if is("set") {
+                let params = args.get(2..).unwrap_or_default().iter().step_by(2);
+                for p in params {
+                    if let Some(name) = PER_NODE
+                        .iter()
+                        .find(|n| p.eq_ignore_ascii_case(n.as_bytes()))
+                    {
+                        return Err(codec::error(&format!(
+                            "ERR CONFIG SET '{name}' is each node's own setting: set it on the nodes directly, not through the proxy"
+                        )));
+                    }
+                }
             }
             let nodes = self.all_nodes(cluster)?;
             let seq = self.push_slot();
@@ -142,6 +192,19 @@ impl Session {
             now,
         );
         Ok(())
+    }
+
+    pub(super) fn persist(
+        &mut self,
+        cluster: usize,
+        name: &str,
+        data: Vec<u8>,
+        now: Instant,
+    ) -> Result<(), Vec<u8>> {
+        if !self.proxy.config.settings.allow_admin_commands {
+            return Err(admin_refused(&name.to_ascii_uppercase()));
+        }
+        self.broadcast(cluster, data, |_| Merge::Same, now)
     }
 
     /// Masters (ordered by first slot), then every replica the slot map names.
