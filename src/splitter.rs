@@ -226,7 +226,11 @@ fn info_sum(parts: &[&[u8]], proxy: Option<&str>) -> Vec<u8> {
 
 /// The replies hold the same elements, maybe in another order at any depth
 /// (`FUNCTION LIST`: each master lists its libraries, and each library its
-/// functions, in its own hash-table order).
+/// functions, in its own hash-table order). Only lists of aggregates and
+/// RESP3 sets are taken as unordered: a list of scalars keeps its order
+/// (`SCRIPT EXISTS a b` answering `1 0` and `0 1` is no agreement), and so
+/// do a map's pairs and a record's fields (Redis writes them in a fixed
+/// order).
 fn same_ignoring_order(parts: &[&[u8]]) -> bool {
     let mut canon = parts.iter().map(|p| canonical(p, 0));
     let Some(Some(first)) = canon.next() else {
@@ -235,8 +239,8 @@ fn same_ignoring_order(parts: &[&[u8]]) -> bool {
     canon.all(|c| c.as_ref() == Some(&first))
 }
 
-/// A reply with every aggregate's elements sorted (a map's pairs as
-/// units), so that equal-up-to-order replies compare equal.
+/// A reply with the elements of its unordered aggregates sorted (see
+/// [`same_ignoring_order`]), so that equal-up-to-order replies compare equal.
 fn canonical(reply: &[u8], depth: u32) -> Option<Vec<u8>> {
     let kind = *reply.first()?;
     let per_element = match kind {
@@ -254,16 +258,21 @@ fn canonical(reply: &[u8], depth: u32) -> Option<Vec<u8>> {
         .ok()?;
     let mut pos = nl + 1;
     let mut elems = Vec::with_capacity(n.max(0) as usize);
+    let mut all_aggregates = true;
     for _ in 0..n.max(0) {
         let mut unit = Vec::new();
         for _ in 0..per_element {
             let len = codec::reply_len(reply.get(pos..)?).ok()??;
-            unit.extend(canonical(reply.get(pos..pos + len)?, depth + 1)?);
+            let elem = reply.get(pos..pos + len)?;
+            all_aggregates &= matches!(elem.first(), Some(b'*' | b'~' | b'%' | b'>'));
+            unit.extend(canonical(elem, depth + 1)?);
             pos += len;
         }
         elems.push(unit);
     }
-    elems.sort();
+    if kind == b'~' || (kind == b'*' && all_aggregates) {
+        elems.sort();
+    }
     let mut out = reply.get(..=nl)?.to_vec();
     out.extend(elems.concat());
     Some(out)
@@ -393,20 +402,41 @@ mod tests {
 
     #[test]
     fn same_ignores_element_order_at_any_depth() {
-        // FUNCTION LIST: libraries, and functions inside them, in any order.
-        let a =
-            b"*2\r\n*2\r\n$4\r\nlibA\r\n*2\r\n$2\r\nf1\r\n$2\r\nf2\r\n*2\r\n$4\r\nlibB\r\n*0\r\n";
-        let b =
-            b"*2\r\n*2\r\n$4\r\nlibB\r\n*0\r\n*2\r\n$4\r\nlibA\r\n*2\r\n$2\r\nf2\r\n$2\r\nf1\r\n";
+        // FUNCTION LIST: libraries, and functions inside them, in any order
+        // (each library and function is a name/value list in fixed order).
+        let f = |n: &str| format!("*2\r\n$4\r\nname\r\n$2\r\n{n}\r\n");
+        let lib = |n: &str, fs: &[&str]| {
+            let mut l = format!(
+                "*4\r\n$12\r\nlibrary_name\r\n$4\r\n{n}\r\n$9\r\nfunctions\r\n*{}\r\n",
+                fs.len()
+            );
+            for x in fs {
+                l.push_str(&f(x));
+            }
+            l
+        };
+        let a = format!("*2\r\n{}{}", lib("libA", &["f1", "f2"]), lib("libB", &[]));
+        let b = format!("*2\r\n{}{}", lib("libB", &[]), lib("libA", &["f2", "f1"]));
+        let c = format!("*1\r\n{}", lib("libA", &["f1", "f2"]));
+        let (a, b, c) = (a.as_bytes(), b.as_bytes(), c.as_bytes());
         assert_eq!(merge(&Merge::Same, &[a, b]), a.to_vec());
-        // RESP3 maps compare pair by pair.
+        // RESP3 sets are unordered; a map's pairs keep their order.
+        let s1 = b"~2\r\n$1\r\na\r\n$1\r\nb\r\n";
+        let s2 = b"~2\r\n$1\r\nb\r\n$1\r\na\r\n";
+        assert_eq!(merge(&Merge::Same, &[s1, s2]), s1.to_vec());
         let m1 = b"%2\r\n$1\r\na\r\n:1\r\n$1\r\nb\r\n:2\r\n";
-        let m2 = b"%2\r\n$1\r\nb\r\n:2\r\n$1\r\na\r\n:1\r\n";
         let m3 = b"%2\r\n$1\r\na\r\n:2\r\n$1\r\nb\r\n:1\r\n";
-        assert_eq!(merge(&Merge::Same, &[m1, m2]), m1.to_vec());
         assert!(merge(&Merge::Same, &[m1, m3]).starts_with(b"-ERR"));
+        // SCRIPT EXISTS: a list of integers keeps its order; the answers
+        // combine element-wise ("loaded on every master").
+        assert_eq!(
+            merge(
+                &Merge::Same,
+                &[b"*2\r\n:1\r\n:0\r\n", b"*2\r\n:0\r\n:1\r\n"]
+            ),
+            b"*2\r\n:0\r\n:0\r\n".to_vec()
+        );
         // Really different libraries still differ.
-        let c = b"*1\r\n*2\r\n$4\r\nlibA\r\n*0\r\n";
         assert!(merge(&Merge::Same, &[a, c]).starts_with(b"-ERR"));
         // Truncated input is not equal to anything, and does not panic.
         assert!(merge(&Merge::Same, &[b"*2\r\n$1\r\na\r\n", b"*2\r\n"]).starts_with(b"-ERR"));
