@@ -624,6 +624,36 @@ pub fn effective_flags(cmd: &Command, args: &[&[u8]]) -> u32 {
     }
 }
 
+/// True when this invocation may block: a `blocking` command, except
+/// `XREAD`/`XREADGROUP`, which block only with a `BLOCK` option before
+/// `STREAMS` (without it they answer at once, like any read).
+pub fn is_blocking(cmd: &Command, args: &[&[u8]]) -> bool {
+    if !cmd.has(BLOCKING) {
+        return false;
+    }
+    if cmd.keys != KeySpec::Streams {
+        return true;
+    }
+    // Options come in the order key_indices parses them; the first
+    // argument that is none ends them (normally STREAMS).
+    let mut i = 1;
+    while let Some(arg) = args.get(i) {
+        if arg.eq_ignore_ascii_case(b"block") {
+            return true;
+        }
+        if arg.eq_ignore_ascii_case(b"count") {
+            i += 2;
+        } else if arg.eq_ignore_ascii_case(b"group") {
+            i += 3;
+        } else if arg.eq_ignore_ascii_case(b"noack") {
+            i += 1;
+        } else {
+            return false;
+        }
+    }
+    false
+}
+
 /// Indices (into `args`, where `args[0]` is the command name) of every key
 /// argument, pushed onto `out` (which is not cleared) in argument order.
 ///
@@ -932,6 +962,24 @@ mod tests {
             .into_iter()
             .map(|i| args[i].to_string())
             .collect()
+    }
+
+    #[test]
+    fn xread_blocks_only_with_block() {
+        let blocks = |line: &str| {
+            let args: Vec<&[u8]> = line.split(' ').map(str::as_bytes).collect();
+            is_blocking(lookup(args[0]).unwrap(), &args)
+        };
+        assert!(!blocks("XREAD STREAMS s 0"));
+        assert!(!blocks("XREAD COUNT 5 STREAMS s 0"));
+        assert!(blocks("XREAD BLOCK 0 STREAMS s $"));
+        assert!(blocks("xread count 1 block 100 streams s $"));
+        assert!(!blocks("XREADGROUP GROUP g c COUNT 1 NOACK STREAMS s >"));
+        assert!(blocks("XREADGROUP GROUP g c BLOCK 10 STREAMS s >"));
+        // A stream named "block" is a key, not the option.
+        assert!(!blocks("XREAD STREAMS block 0"));
+        assert!(blocks("BLPOP q 0"));
+        assert!(!blocks("GET k"));
     }
 
     #[test]

@@ -104,6 +104,11 @@ pub struct Settings {
     /// as Envoy's `enable_command_stats`. Default false, like Envoy's: they
     /// cost a histogram record per command.
     pub enable_command_stats: bool,
+    /// Forward `CONFIG SET`/`RESETSTAT`/`REWRITE` to every node of the
+    /// cluster (masters and replicas). Default false: they change the nodes
+    /// for every client of the cluster, so the proxy refuses them unless an
+    /// operator opts in. `CONFIG GET` is always answered.
+    pub allow_admin_commands: bool,
 }
 
 impl Default for Settings {
@@ -119,6 +124,7 @@ impl Default for Settings {
             retry_unanswered_writes: true,
             max_transaction_connections: 1000,
             enable_command_stats: false,
+            allow_admin_commands: false,
         }
     }
 }

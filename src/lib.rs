@@ -18,6 +18,7 @@
 //! - [`local`]: commands the proxy answers itself;
 //! - [`scripts`]: script bodies by SHA1, to answer `NOSCRIPT` on nodes that lack one;
 //! - [`key_routing`]: each key's own prefix route; splitting across clusters;
+//! - [`info`]: one Redis-shaped `INFO` from every master's;
 //! - [`upstream`]: the module-owned event loops and connections to Redis nodes;
 //! - [`tls`]: TLS to the nodes;
 //! - [`session`]: one client connection: parsing, local replies, reply ordering;
@@ -31,6 +32,7 @@ pub mod codec;
 pub mod command;
 pub mod config;
 pub mod envoy;
+pub mod info;
 pub mod key_routing;
 pub mod local;
 pub mod logging;

@@ -34,6 +34,8 @@ use std::time::Instant;
 
 pub use crate::upstream::Notify;
 
+mod admin;
+
 /// What a session needs from the downstream connection.
 pub trait Downstream {
     fn write(&mut self, data: &[u8]);
@@ -440,8 +442,7 @@ impl Session {
             self.closing |= cmd.name == "quit";
             return self.reply_now(reply);
         }
-        let flags = cmd.flags;
-        if flags & (command::BLOCKING | command::PUBSUB) != 0 {
+        if command::is_blocking(cmd, args) || cmd.has(command::PUBSUB) {
             let msg = format!(
                 "ERR '{}' is not supported through this proxy yet (blocking and pub/sub commands)",
                 cmd.name
@@ -475,9 +476,10 @@ impl Session {
     /// believes it talks to.
     fn local_reply(&mut self, cmd: &command::Command, args: &[&[u8]]) -> Option<Vec<u8>> {
         Some(match cmd.name {
-            "ping" => match args.get(1) {
-                Some(msg) => codec::bulk(msg),
-                None => codec::simple("PONG"),
+            "ping" => match args {
+                [_] => codec::simple("PONG"),
+                [_, msg] => codec::bulk(msg),
+                _ => codec::error(&command::arity_error(cmd.name)),
             },
             "echo" => codec::bulk(args.get(1)?),
             "quit" => codec::simple("OK"),
@@ -562,6 +564,10 @@ impl Session {
                 | "randomkey"
                 | "info"
                 | "scan"
+                | "config"
+                | "save"
+                | "bgsave"
+                | "bgrewriteaof"
         );
         if needs_masters && !self.has_masters(cluster) {
             if self.reuse_seq.is_some() {
@@ -590,7 +596,8 @@ impl Session {
         match cmd.name {
             // Same answer from any node.
             "command" | "time" | "publish" | "lolwut" | "lastsave" | "eval" | "evalsha"
-            | "eval_ro" | "evalsha_ro" | "fcall" | "fcall_ro" => {
+            | "eval_ro" | "evalsha_ro" | "fcall" | "fcall_ro" | "xgroup" | "xinfo" | "object"
+            | "pfselftest" => {
                 let seq = self.push_slot();
                 let target = Target::AnyMaster;
                 self.send(
@@ -626,15 +633,9 @@ impl Session {
                     now,
                 )
             }
-            "info" => self.broadcast(
-                cluster,
-                data,
-                |n| Merge::Info {
-                    nodes: n.to_vec(),
-                    header: local::info_header(n.len()),
-                },
-                now,
-            ),
+            "info" => self.info(cluster, args, now),
+            "config" => self.config(cluster, args, data, now),
+            "save" | "bgsave" | "bgrewriteaof" => self.persist(cluster, cmd.name, data, now),
             "scan" => self.scan(cluster, args, now),
             _ => Err(codec::error(&format!(
                 "ERR '{}' is not supported through this proxy (keyless command)",

@@ -48,6 +48,9 @@ pub enum Merge {
     Scan { shard: u32, shards: u32 },
     /// `INFO` from each node, labelled; `header` is the proxy's own section.
     Info { nodes: Vec<String>, header: String },
+    /// `INFO` as one server ([`crate::info::aggregate`]); `proxy` is the
+    /// proxy's own section, last, when all sections were asked for.
+    InfoSum { proxy: Option<String> },
 }
 
 /// Replies gathered so far for one split command.
@@ -113,7 +116,7 @@ pub fn merge(how: &Merge, parts: &[&[u8]]) -> Vec<u8> {
             let Some(first) = parts.first() else {
                 return bad();
             };
-            if parts.iter().all(|p| p == first) {
+            if parts.iter().all(|p| p == first) || same_ignoring_order(parts) {
                 return first.to_vec();
             }
             let arrays: Option<Vec<Vec<i64>>> = parts
@@ -221,7 +224,79 @@ pub fn merge(how: &Merge, parts: &[&[u8]]) -> Vec<u8> {
             }
             codec::bulk(text.as_bytes())
         }
+        Merge::InfoSum { proxy } => info_sum(parts, proxy.as_deref()),
     }
+}
+
+fn info_sum(parts: &[&[u8]], proxy: Option<&str>) -> Vec<u8> {
+    let bodies: Vec<String> = parts
+        .iter()
+        .map(|p| String::from_utf8_lossy(string_body(p).unwrap_or_default()).into_owned())
+        .collect();
+    let refs: Vec<&str> = bodies.iter().map(String::as_str).collect();
+    let text = crate::info::aggregate(&refs, proxy);
+    // A RESP3 connection got verbatim strings: answer in kind.
+    if parts.first().is_some_and(|p| p.first() == Some(&b'=')) {
+        let mut out = format!("={}\r\ntxt:", text.len() + 4).into_bytes();
+        out.extend_from_slice(text.as_bytes());
+        out.extend_from_slice(b"\r\n");
+        return out;
+    }
+    codec::bulk(text.as_bytes())
+}
+
+/// The replies hold the same elements, maybe in another order at any depth
+/// (`FUNCTION LIST`: each master lists its libraries, and each library its
+/// functions, in its own hash-table order). Only lists of aggregates and
+/// RESP3 sets are taken as unordered: a list of scalars keeps its order
+/// (`SCRIPT EXISTS a b` answering `1 0` and `0 1` is no agreement), and so
+/// do a map's pairs and a record's fields (Redis writes them in a fixed
+/// order).
+fn same_ignoring_order(parts: &[&[u8]]) -> bool {
+    let mut canon = parts.iter().map(|p| canonical(p, 0));
+    let Some(Some(first)) = canon.next() else {
+        return false;
+    };
+    canon.all(|c| c.as_ref() == Some(&first))
+}
+
+/// A reply with the elements of its unordered aggregates sorted (see
+/// [`same_ignoring_order`]), so that equal-up-to-order replies compare equal.
+fn canonical(reply: &[u8], depth: u32) -> Option<Vec<u8>> {
+    let kind = *reply.first()?;
+    let per_element = match kind {
+        b'*' | b'~' | b'>' => 1,
+        b'%' => 2,
+        _ => return Some(reply.to_vec()),
+    };
+    if depth > 32 {
+        return None;
+    }
+    let nl = reply.iter().position(|&b| b == b'\n')?;
+    let n: i64 = std::str::from_utf8(reply.get(1..nl.checked_sub(1)?)?)
+        .ok()?
+        .parse()
+        .ok()?;
+    let mut pos = nl + 1;
+    let mut elems = Vec::with_capacity(n.max(0) as usize);
+    let mut all_aggregates = true;
+    for _ in 0..n.max(0) {
+        let mut unit = Vec::new();
+        for _ in 0..per_element {
+            let len = codec::reply_len(reply.get(pos..)?).ok()??;
+            let elem = reply.get(pos..pos + len)?;
+            all_aggregates &= matches!(elem.first(), Some(b'*' | b'~' | b'%' | b'>'));
+            unit.extend(canonical(elem, depth + 1)?);
+            pos += len;
+        }
+        elems.push(unit);
+    }
+    if kind == b'~' || (kind == b'*' && all_aggregates) {
+        elems.sort();
+    }
+    let mut out = reply.get(..=nl)?.to_vec();
+    out.extend(elems.concat());
+    Some(out)
 }
 
 /// A proxy SCAN cursor from a master's cursor and the master's index.
@@ -356,6 +431,64 @@ mod tests {
         );
         assert_eq!(merge(&Merge::Kill, &[nb, nb, unk]), unk.to_vec());
         assert_eq!(merge(&Merge::Kill, &[nb, nb]), nb.to_vec());
+    }
+
+    #[test]
+    fn same_ignores_element_order_at_any_depth() {
+        // FUNCTION LIST: libraries, and functions inside them, in any order
+        // (each library and function is a name/value list in fixed order).
+        let f = |n: &str| format!("*2\r\n$4\r\nname\r\n$2\r\n{n}\r\n");
+        let lib = |n: &str, fs: &[&str]| {
+            let mut l = format!(
+                "*4\r\n$12\r\nlibrary_name\r\n$4\r\n{n}\r\n$9\r\nfunctions\r\n*{}\r\n",
+                fs.len()
+            );
+            for x in fs {
+                l.push_str(&f(x));
+            }
+            l
+        };
+        let a = format!("*2\r\n{}{}", lib("libA", &["f1", "f2"]), lib("libB", &[]));
+        let b = format!("*2\r\n{}{}", lib("libB", &[]), lib("libA", &["f2", "f1"]));
+        let c = format!("*1\r\n{}", lib("libA", &["f1", "f2"]));
+        let (a, b, c) = (a.as_bytes(), b.as_bytes(), c.as_bytes());
+        assert_eq!(merge(&Merge::Same, &[a, b]), a.to_vec());
+        // RESP3 sets are unordered; a map's pairs keep their order.
+        let s1 = b"~2\r\n$1\r\na\r\n$1\r\nb\r\n";
+        let s2 = b"~2\r\n$1\r\nb\r\n$1\r\na\r\n";
+        assert_eq!(merge(&Merge::Same, &[s1, s2]), s1.to_vec());
+        let m1 = b"%2\r\n$1\r\na\r\n:1\r\n$1\r\nb\r\n:2\r\n";
+        let m3 = b"%2\r\n$1\r\na\r\n:2\r\n$1\r\nb\r\n:1\r\n";
+        assert!(merge(&Merge::Same, &[m1, m3]).starts_with(b"-ERR"));
+        // SCRIPT EXISTS: a list of integers keeps its order; the answers
+        // combine element-wise ("loaded on some master": see scripts.rs).
+        assert_eq!(
+            merge(
+                &Merge::Same,
+                &[b"*2\r\n:1\r\n:0\r\n", b"*2\r\n:0\r\n:0\r\n"]
+            ),
+            b"*2\r\n:1\r\n:0\r\n".to_vec()
+        );
+        // Really different libraries still differ.
+        assert!(merge(&Merge::Same, &[a, c]).starts_with(b"-ERR"));
+        // Truncated input is not equal to anything, and does not panic.
+        assert!(merge(&Merge::Same, &[b"*2\r\n$1\r\na\r\n", b"*2\r\n"]).starts_with(b"-ERR"));
+    }
+
+    #[test]
+    fn info_sum_is_one_server_and_keeps_resp3_verbatim() {
+        let how = Merge::InfoSum { proxy: None };
+        let a = b"$25\r\n# Stats\r\nexpired_keys:2\r\n\r\n";
+        let b = b"$25\r\n# Stats\r\nexpired_keys:3\r\n\r\n";
+        assert_eq!(
+            merge(&how, &[a, b]),
+            b"$25\r\n# Stats\r\nexpired_keys:5\r\n\r\n".to_vec()
+        );
+        let v = b"=29\r\ntxt:# Stats\r\nexpired_keys:2\r\n\r\n";
+        assert_eq!(
+            merge(&how, &[v, v]),
+            b"=29\r\ntxt:# Stats\r\nexpired_keys:4\r\n\r\n".to_vec()
+        );
     }
 
     /// Regression (fuzz/splitter_merge): summing the nodes' integer

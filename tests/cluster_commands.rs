@@ -359,10 +359,14 @@ fn flushall_and_flushdb_empty_every_master() {
 // ---------------------------------------------------------------------------
 
 #[test]
-fn info_has_a_proxy_section_and_one_node_section_per_master() {
+fn info_nodes_has_a_proxy_section_and_one_node_section_per_master() {
     let s = setup();
     let mut c = s.raw();
-    let info = c.cmd(&["INFO"]).text().expect("INFO is a bulk string");
+    // (Plain INFO is one server: tests/suite_conformance.rs.)
+    let info = c
+        .cmd(&["INFO", "nodes"])
+        .text()
+        .expect("INFO is a bulk string");
     assert!(
         info.starts_with("# Proxy"),
         "INFO starts with: {:?}",
@@ -381,7 +385,7 @@ fn info_has_a_proxy_section_and_one_node_section_per_master() {
     assert_eq!(info.matches("redis_version:").count(), 4, "{info}");
     assert!(info.contains("cluster_masters:3"), "{info}");
     // A section argument is passed on.
-    let server = c.cmd(&["INFO", "server"]).text().unwrap();
+    let server = c.cmd(&["INFO", "nodes", "server"]).text().unwrap();
     assert!(
         server.contains("# Proxy") && server.matches("tcp_port:").count() == 3,
         "{server}"

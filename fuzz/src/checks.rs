@@ -451,7 +451,7 @@ pub fn splitter_merge(data: &[u8]) {
     }
     let tail = rest.get(pos..).unwrap_or_default();
     let n = parts.len() as u32;
-    let how = match kind % 9 {
+    let how = match kind % 10 {
         0 => Merge::AllOk,
         1 => Merge::Sum,
         2 => Merge::Min,
@@ -468,6 +468,9 @@ pub fn splitter_merge(data: &[u8]) {
             header: "# Proxy\r\nmasters:1\r\n".to_string(),
         },
         7 => Merge::Same,
+        8 => Merge::InfoSum {
+            proxy: (*param & 1 == 1).then(|| "# Proxy\r\nmasters:1\r\n".to_string()),
+        },
         _ => Merge::Mget {
             order: tail
                 .iter()
