@@ -21,11 +21,10 @@ use crate::key_routing::{self as keys, KeyRoutes, SingleError};
 use crate::local::{self, ConnState};
 use crate::proxy::Proxy;
 use crate::splitter::{self, Gather, Merge};
-use crate::upstream::{ClientShared, Delivery, LoopShared, Request, Target, WHOLE};
+use crate::upstream::{ClientShared, Delivery, LoopShared, Part, Request, Target, WHOLE};
 
 /// Part number marking the probe of a command deferred until a topology
 /// with masters (never a real part: splits have far fewer parts).
-const DEFERRED: u32 = u32::MAX - 1;
 use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -71,8 +70,8 @@ struct Slot {
     reply: Option<Vec<u8>>,
     /// `CLIENT REPLY OFF|SKIP`: the command runs, its reply is not written.
     silent: bool,
-    /// Command table index (usize::MAX: not a known command).
-    cmd: usize,
+    /// Command table index (`None`: not a known command).
+    cmd: Option<usize>,
     start: Instant,
 }
 
@@ -145,7 +144,7 @@ pub struct Session {
     slots: VecDeque<Slot>,
     /// Command being handled (index in the command table) and when it
     /// arrived: every reply slot is stamped with them for statistics.
-    current: (usize, Instant),
+    current: (Option<usize>, Instant),
     /// Buffered bytes last reported to the gauge.
     reported_buffered: u64,
     head_seq: u64,
@@ -209,7 +208,7 @@ impl Session {
             inbuf: Vec::new(),
             need: 0,
             slots: VecDeque::new(),
-            current: (usize::MAX, now),
+            current: (None, now),
             reported_buffered: 0,
             head_seq: 0,
             out: Vec::new(),
@@ -325,7 +324,7 @@ impl Session {
                         self.proxy
                             .stats
                             .inc(self.proxy.stats.downstream_cx_protocol_error);
-                        self.current = (usize::MAX, now);
+                        self.current = (None, now);
                         let seq = self.push_slot();
                         let msg = format!("ERR Protocol error: request larger than max_buffered_bytes_per_connection ({limit} bytes)");
                         self.fill(seq, codec::error(&msg));
@@ -342,7 +341,7 @@ impl Session {
                     self.proxy
                         .stats
                         .inc(self.proxy.stats.downstream_cx_protocol_error);
-                    self.current = (usize::MAX, now);
+                    self.current = (None, now);
                     let seq = self.push_slot();
                     self.fill(seq, codec::error(&format!("ERR Protocol error: {}", e.0)));
                     self.closing = true;
@@ -390,7 +389,7 @@ impl Session {
             panic!("DEBUG-PANIC test hook");
         }
         let found = command::lookup(name);
-        self.current = (found.map_or(usize::MAX, command::index_of), now);
+        self.current = (found.map(command::index_of), now);
         self.silent = match self.reply_mode {
             ReplyMode::On => false,
             ReplyMode::Off => true,
@@ -583,7 +582,7 @@ impl Session {
             let ping = codec::command(&[b"PING"]);
             self.send(
                 seq,
-                DEFERRED,
+                Part::Probe,
                 cluster,
                 &[],
                 Target::AnyMaster,
@@ -756,7 +755,7 @@ impl Session {
             let d = data.clone();
             self.send(
                 seq,
-                i as u32,
+                Part::Split(i as u32),
                 cluster,
                 &[],
                 target,
@@ -786,7 +785,7 @@ impl Session {
             self.batch.push(Request {
                 client: self.client.clone(),
                 seq,
-                part: i as u32,
+                part: Part::Split(i as u32),
                 cluster,
                 target: Target::Node {
                     addr,
@@ -837,7 +836,16 @@ impl Session {
             asking: false,
         };
         let data = codec::command(&sub);
-        self.send(seq, 0, cluster, &[], target, ReadPolicy::Master, data, now);
+        self.send(
+            seq,
+            Part::Split(0),
+            cluster,
+            &[],
+            target,
+            ReadPolicy::Master,
+            data,
+            now,
+        );
         Ok(())
     }
 
@@ -864,7 +872,7 @@ impl Session {
                 let target = Target::Slot { slot: p.slot, read };
                 self.send(
                     seq,
-                    i as u32,
+                    Part::Split(i as u32),
                     p.cluster,
                     p.mirrors,
                     target,
@@ -1002,7 +1010,7 @@ impl Session {
                 data.extend_from_slice(&t.queued);
                 data.extend(codec::command(&[b"EXEC"]));
                 let seq = self.push_slot();
-                self.send_pinned(seq, &t, data, t.count + 1, true, now);
+                self.send_pinned(seq, WHOLE, &t, data, t.count + 1, true, now);
                 // Later commands travel on shared connections and could
                 // overtake EXEC on its own connection: hold them until
                 // EXEC's reply is in.
@@ -1026,7 +1034,7 @@ impl Session {
                 t.watched = true;
                 let t = t.clone_header();
                 let seq = self.push_slot();
-                self.send_pinned(seq, &t, data, 0, false, now);
+                self.send_pinned(seq, WHOLE, &t, data, 0, false, now);
             }
             _ => {
                 // UNWATCH outside MULTI: forget the watches with the connection.
@@ -1094,14 +1102,16 @@ impl Session {
         if let Some(t) = self.txn.take() {
             if t.watched {
                 let data = codec::command(&[b"UNWATCH"]);
-                self.send_pinned(u64::MAX, &t, data, 0, true, now);
+                self.send_pinned(0, Part::Discard, &t, data, 0, true, now);
             }
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn send_pinned(
         &mut self,
         seq: u64,
+        part: Part,
         t: &Txn,
         data: Vec<u8>,
         swallow: u32,
@@ -1119,7 +1129,7 @@ impl Session {
         self.batch.push(Request {
             client: self.client.clone(),
             seq,
-            part: WHOLE,
+            part,
             cluster,
             target,
             policy: ReadPolicy::Master,
@@ -1142,7 +1152,7 @@ impl Session {
     fn send(
         &mut self,
         seq: u64,
-        part: u32,
+        part: Part,
         cluster: usize,
         mirrors: &[MirrorPolicy],
         target: Target,
@@ -1312,7 +1322,7 @@ impl Session {
             };
             let reply = slot.reply.unwrap_or_default();
             if command_stats {
-                let cs = stats.command(slot.cmd);
+                let cs = slot.cmd.map(|i| stats.command(i)).unwrap_or_default();
                 stats.inc(cs.total);
                 stats.inc(if codec::error_text(&reply).is_some() {
                     cs.error
@@ -1343,16 +1353,19 @@ impl Session {
     }
 
     /// A reply for part `part` of command `seq`.
-    fn apply(&mut self, seq: u64, part: u32, reply: Vec<u8>) {
-        if part == DEFERRED {
-            self.resume_deferred(seq, reply);
-        } else if part == WHOLE {
-            self.fill(seq, reply);
-        } else if let Some(g) = self.gathers.get_mut(&seq) {
-            if let Some(merged) = g.add(part, reply) {
-                self.gathers.remove(&seq);
-                self.fill(seq, merged);
+    fn apply(&mut self, seq: u64, part: Part, reply: Vec<u8>) {
+        match part {
+            Part::Probe => self.resume_deferred(seq, reply),
+            Part::Whole => self.fill(seq, reply),
+            Part::Split(i) => {
+                if let Some(g) = self.gathers.get_mut(&seq) {
+                    if let Some(merged) = g.add(i, reply) {
+                        self.gathers.remove(&seq);
+                        self.fill(seq, merged);
+                    }
+                }
             }
+            Part::Discard => {}
         }
     }
 

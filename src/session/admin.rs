@@ -20,7 +20,7 @@
 //!   `settings.allow_admin_commands`; the masters' common reply, or the
 //!   first error.
 
-use super::{Session, WHOLE};
+use super::{Part, Session, WHOLE};
 use crate::codec;
 use crate::config::ReadPolicy;
 use crate::splitter::{Gather, Merge};
@@ -169,7 +169,7 @@ impl Session {
                 let part = data.clone();
                 self.send(
                     seq,
-                    i as u32,
+                    Part::Split(i as u32),
                     cluster,
                     &[],
                     target,

@@ -47,13 +47,29 @@ pub trait Notify: Send + Sync {
 /// A node's reply to (part of) a client command.
 pub struct Delivery {
     pub seq: u64,
-    /// Which sub-command of a split command ([`WHOLE`] when not split).
-    pub part: u32,
+    /// Which part of the client's command this reply answers.
+    pub part: Part,
     pub reply: Vec<u8>,
 }
 
 /// The part number of a command that was not split.
-pub const WHOLE: u32 = u32::MAX;
+pub const WHOLE: Part = Part::Whole;
+
+/// What a request is to the session that sent it; the loop only carries it
+/// back with the reply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Part {
+    /// The client's whole command.
+    Whole,
+    /// Part `i` of a command the session split (MGET across slots, …).
+    Split(u32),
+    /// A request the session sends to learn when it may go on (e.g. a
+    /// `PING` that waits for a topology with masters).
+    Probe,
+    /// A request whose reply nobody waits for (the `UNWATCH` that releases
+    /// a transaction's connection).
+    Discard,
+}
 
 /// The part of a client connection that loop threads may touch.
 pub struct ClientShared {
@@ -80,7 +96,7 @@ impl ClientShared {
     }
 
     /// Hand the reply for part `part` of command `seq` to the client's worker.
-    pub fn deliver(&self, seq: u64, part: u32, reply: Vec<u8>) {
+    pub fn deliver(&self, seq: u64, part: Part, reply: Vec<u8>) {
         let mut mb = self.mailbox.lock();
         let Some(notifier) = mb.notifier.as_ref() else {
             return;
@@ -139,8 +155,7 @@ pub enum Target {
 pub struct Request {
     pub client: Arc<ClientShared>,
     pub seq: u64,
-    /// Sub-command index when the session split the command, else [`WHOLE`].
-    pub part: u32,
+    pub part: Part,
     pub cluster: usize,
     pub target: Target,
     pub policy: ReadPolicy,
