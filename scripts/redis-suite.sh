@@ -31,6 +31,8 @@
 #   --timeout S              harness --timeout: seconds without progress before
 #                            it gives up on a unit (default 180)
 #   --list-units             print the default units and exit
+#   --report DIR             print the table again from the logs of an
+#                            earlier run (DIR: target/redis-suite/run-…)
 # Environment:
 #   REDIS_SRC_CACHE  where the source is unpacked
 #                    (default ~/.cache/envoy-redis-cluster/redis-src)
@@ -79,6 +81,7 @@ DEFAULT_UNITS=(
 TAGS="-needs:debug -needs:repl"
 
 ONLY=""
+REPORT_DIR=""
 ADMIN_SETTING=1
 HARNESS_TIMEOUT=180
 UNITS=()
@@ -88,6 +91,7 @@ while [ $# -gt 0 ]; do
         --no-admin-setting) ADMIN_SETTING=0; shift ;;
         --timeout) HARNESS_TIMEOUT="$2"; shift 2 ;;
         --list-units) printf '%s\n' "${DEFAULT_UNITS[@]}"; exit 0 ;;
+        --report) REPORT_DIR="$2"; shift 2 ;;
         -h | --help) sed -n '2,44p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         unit/*) UNITS+=("$1"); shift ;;
         *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
@@ -411,7 +415,13 @@ run_side() {
 parse_log() {
     awk 'function done() { if (pending != "") print (stack ? "error " : "fail ") pending; pending = ""; stack = 0 }
          /^\[ok\]: / { done(); s = substr($0, 7); sub(/ \([0-9]+ ms\)$/, "", s); print "ok " s; next }
-         /^\[err\]: / { done(); pending = substr($0, 8); sub(/ in tests\/[^ ]+\.tcl$/, "", pending); next }
+         # "[err]: NAME in tests/unit/x.tcl"; without the file it is an error
+         # outside any test (--durable reports it so) and the unit ended.
+         /^\[err\]: / {
+             done()
+             if ($0 !~ / in tests\/[^ ]+\.tcl$/) { print "abort"; next }
+             pending = substr($0, 8); sub(/ in tests\/[^ ]+\.tcl$/, "", pending); next
+         }
          /^\[(exception|TIMEOUT)\]: / { done(); print "abort"; next }
          /^\[/ || /^(===|\*\*\*|!!!|The End|Killing|Cleanup)/ { done(); next }
          pending != "" && /(while executing|invoked from within)/ { stack = 1 }
@@ -455,6 +465,19 @@ report() {
     done
     echo "  ($missing in all)"
 }
+
+if [ -n "$REPORT_DIR" ]; then
+    RUN="$REPORT_DIR"
+    # The units that run has logs for, in the usual order.
+    ran=()
+    for unit in "${UNITS[@]}"; do
+        ls "$RUN"/*/"${unit//\//_}.log" >/dev/null 2>&1 && ran+=("$unit")
+    done
+    UNITS=("${ran[@]}")
+    for log in "$RUN"/*/*.log; do parse_log "$log" >"${log%.log}.res"; done
+    report
+    exit 0
+fi
 
 fetch_source
 RUN="$OUT/run-$(date +%Y%m%d-%H%M%S)"
