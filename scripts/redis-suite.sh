@@ -239,6 +239,24 @@ free_port() {
     die "no free port found"
 }
 
+# The harness's own test server listens on the first free port P of
+# baseport-32 .. baseport-1 with P+10000 free too (default baseport 21111,
+# so 21079): two runs at once would collide there, and its check misses a
+# port taken on 127.0.0.1 only. HARNESS_BASEPORT := P+32 for a P known free.
+harness_baseport() {
+    local p n
+    for ((n = 0; n < 500; n++)); do
+        p=$((10000 + RANDOM % 11000))
+        case "$TAKEN" in *" $p "*) continue ;; esac
+        if bindable "$p" && bindable $((p + 10000)); then
+            TAKEN="$TAKEN$p "
+            HARNESS_BASEPORT=$((p + 32))
+            return
+        fi
+    done
+    die "no free port for the harness"
+}
+
 # Same configuration for the reference and the cluster's nodes, so that only
 # the proxy differs. A long node timeout: a test that keeps one node busy
 # (a script loop, CLIENT PAUSE) must not make the others mark it failed.
@@ -398,13 +416,15 @@ run_side() {
     shift 2
     mkdir -p "$RUN/$side"
     snapshot_nodes "$@"
+    harness_baseport
     for unit in "${UNITS[@]}"; do
         log="$RUN/$side/${unit//\//_}.log"
         res="${log%.log}.res"
         log "$side: $unit"
         reset_nodes "$@"
-        (cd "$SRC" && TERM=dumb tclsh tests/test_helper.tcl --host 127.0.0.1 --port "$port" \
+        (cd "$HARNESS" && TERM=dumb tclsh tests/test_helper.tcl --host 127.0.0.1 --port "$port" \
             --singledb --cluster-mode --durable --clients 1 --timeout "$HARNESS_TIMEOUT" \
+            --baseport "$HARNESS_BASEPORT" \
             --tags "$TAGS" --single "$unit") >"$log" 2>&1 </dev/null || true
         parse_log "$log" >"$res"
     done
@@ -482,6 +502,12 @@ fi
 fetch_source
 RUN="$OUT/run-$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$RUN"
+# The harness writes under tests/tmp: each run gets its own copy of tests/
+# (3 MB), so two runs never share it.
+HARNESS="$RUN/harness"
+mkdir -p "$HARNESS"
+cp -r "$SRC/tests" "$HARNESS/tests"
+ln -s "$SRC/src" "$HARNESS/src"
 log "logs in $RUN"
 if [ "$ONLY" != proxy ]; then
     start_reference
