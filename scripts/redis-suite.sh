@@ -31,6 +31,8 @@
 #   --timeout S              harness --timeout: seconds without progress before
 #                            it gives up on a unit (default 180)
 #   --list-units             print the default units and exit
+#   --report DIR             print the table again from the logs of an
+#                            earlier run (DIR: target/redis-suite/run-…)
 # Environment:
 #   REDIS_SRC_CACHE  where the source is unpacked
 #                    (default ~/.cache/envoy-redis-cluster/redis-src)
@@ -79,6 +81,7 @@ DEFAULT_UNITS=(
 TAGS="-needs:debug -needs:repl"
 
 ONLY=""
+REPORT_DIR=""
 ADMIN_SETTING=1
 HARNESS_TIMEOUT=180
 UNITS=()
@@ -88,6 +91,7 @@ while [ $# -gt 0 ]; do
         --no-admin-setting) ADMIN_SETTING=0; shift ;;
         --timeout) HARNESS_TIMEOUT="$2"; shift 2 ;;
         --list-units) printf '%s\n' "${DEFAULT_UNITS[@]}"; exit 0 ;;
+        --report) REPORT_DIR="$2"; shift 2 ;;
         -h | --help) sed -n '2,44p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         unit/*) UNITS+=("$1"); shift ;;
         *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
@@ -233,6 +237,24 @@ free_port() {
         fi
     done
     die "no free port found"
+}
+
+# The harness's own test server listens on the first free port P of
+# baseport-32 .. baseport-1 with P+10000 free too (default baseport 21111,
+# so 21079): two runs at once would collide there, and its check misses a
+# port taken on 127.0.0.1 only. HARNESS_BASEPORT := P+32 for a P known free.
+harness_baseport() {
+    local p n
+    for ((n = 0; n < 500; n++)); do
+        p=$((10000 + RANDOM % 11000))
+        case "$TAKEN" in *" $p "*) continue ;; esac
+        if bindable "$p" && bindable $((p + 10000)); then
+            TAKEN="$TAKEN$p "
+            HARNESS_BASEPORT=$((p + 32))
+            return
+        fi
+    done
+    die "no free port for the harness"
 }
 
 # Same configuration for the reference and the cluster's nodes, so that only
@@ -394,13 +416,15 @@ run_side() {
     shift 2
     mkdir -p "$RUN/$side"
     snapshot_nodes "$@"
+    harness_baseport
     for unit in "${UNITS[@]}"; do
         log="$RUN/$side/${unit//\//_}.log"
         res="${log%.log}.res"
         log "$side: $unit"
         reset_nodes "$@"
-        (cd "$SRC" && TERM=dumb tclsh tests/test_helper.tcl --host 127.0.0.1 --port "$port" \
+        (cd "$HARNESS" && TERM=dumb tclsh tests/test_helper.tcl --host 127.0.0.1 --port "$port" \
             --singledb --cluster-mode --durable --clients 1 --timeout "$HARNESS_TIMEOUT" \
+            --baseport "$HARNESS_BASEPORT" \
             --tags "$TAGS" --single "$unit") >"$log" 2>&1 </dev/null || true
         parse_log "$log" >"$res"
     done
@@ -411,7 +435,13 @@ run_side() {
 parse_log() {
     awk 'function done() { if (pending != "") print (stack ? "error " : "fail ") pending; pending = ""; stack = 0 }
          /^\[ok\]: / { done(); s = substr($0, 7); sub(/ \([0-9]+ ms\)$/, "", s); print "ok " s; next }
-         /^\[err\]: / { done(); pending = substr($0, 8); sub(/ in tests\/[^ ]+\.tcl$/, "", pending); next }
+         # "[err]: NAME in tests/unit/x.tcl"; without the file it is an error
+         # outside any test (--durable reports it so) and the unit ended.
+         /^\[err\]: / {
+             done()
+             if ($0 !~ / in tests\/[^ ]+\.tcl$/) { print "abort"; next }
+             pending = substr($0, 8); sub(/ in tests\/[^ ]+\.tcl$/, "", pending); next
+         }
          /^\[(exception|TIMEOUT)\]: / { done(); print "abort"; next }
          /^\[/ || /^(===|\*\*\*|!!!|The End|Killing|Cleanup)/ { done(); next }
          pending != "" && /(while executing|invoked from within)/ { stack = 1 }
@@ -456,9 +486,28 @@ report() {
     echo "  ($missing in all)"
 }
 
+if [ -n "$REPORT_DIR" ]; then
+    RUN="$REPORT_DIR"
+    # The units that run has logs for, in the usual order.
+    ran=()
+    for unit in "${UNITS[@]}"; do
+        ls "$RUN"/*/"${unit//\//_}.log" >/dev/null 2>&1 && ran+=("$unit")
+    done
+    UNITS=("${ran[@]}")
+    for log in "$RUN"/*/*.log; do parse_log "$log" >"${log%.log}.res"; done
+    report
+    exit 0
+fi
+
 fetch_source
 RUN="$OUT/run-$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$RUN"
+# The harness writes under tests/tmp: each run gets its own copy of tests/
+# (3 MB), so two runs never share it.
+HARNESS="$RUN/harness"
+mkdir -p "$HARNESS"
+cp -r "$SRC/tests" "$HARNESS/tests"
+ln -s "$SRC/src" "$HARNESS/src"
 log "logs in $RUN"
 if [ "$ONLY" != proxy ]; then
     start_reference

@@ -288,6 +288,17 @@ fn config_set_reaches_every_node_with_allow_admin_commands() {
         assert_eq!(calls(p, "set"), 0, "node {p}");
     }
 
+    // REWRITE: every node's own config file gets the setting.
+    assert_eq!(c.cmd(&["CONFIG", "REWRITE"]), Resp::ok());
+    for p in cluster.ports() {
+        let conf = std::fs::read_to_string(cluster.dir().join(p.to_string()).join("redis.conf"))
+            .expect("node config file");
+        assert!(
+            conf.contains("maxmemory-policy allkeys-lru"),
+            "node {p}:\n{conf}"
+        );
+    }
+
     // SAVE: every master writes its snapshot.
     let saves = |p: u16| -> u64 {
         let info = RawClient::connect(p)
@@ -425,6 +436,7 @@ fn xread_and_xreadgroup_without_block_work_like_redis() {
         vec!["XPENDING", "{s}1", "grp"],
         vec!["XGROUP", "HELP"],
         vec!["XINFO", "HELP"],
+        vec!["OBJECT", "HELP"],
         vec!["XGROUP", "NOSUCH"],
     ];
     for cmd in &script {
