@@ -325,6 +325,8 @@ impl Session {
                             .stats
                             .inc(self.proxy.stats.downstream_cx_protocol_error);
                         self.current = (None, now);
+                        // Not a command: shown unless replies are off (CLIENT REPLY).
+                        self.silent = self.reply_mode != ReplyMode::On;
                         let seq = self.push_slot();
                         let msg = format!("ERR Protocol error: request larger than max_buffered_bytes_per_connection ({limit} bytes)");
                         self.fill(seq, codec::error(&msg));
@@ -342,6 +344,8 @@ impl Session {
                         .stats
                         .inc(self.proxy.stats.downstream_cx_protocol_error);
                     self.current = (None, now);
+                    // Not a command: shown unless replies are off (CLIENT REPLY).
+                    self.silent = self.reply_mode != ReplyMode::On;
                     let seq = self.push_slot();
                     self.fill(seq, codec::error(&format!("ERR Protocol error: {}", e.0)));
                     self.closing = true;
