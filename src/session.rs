@@ -786,29 +786,26 @@ impl Session {
         self.gathers
             .insert(seq, Gather::new(Merge::Kill, masters.len()));
         for (i, addr) in masters.into_iter().enumerate() {
-            self.batch.push(Request {
-                client: self.client.clone(),
+            let target = Target::Node {
+                addr,
+                slot: 0,
+                asking: false,
+            };
+            let deadline = now + self.proxy.config.settings.op_timeout;
+            let pin = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+            let part = Part::Split(i as u32);
+            let req = Request::new(
+                self.client.clone(),
                 seq,
-                part: Part::Split(i as u32),
+                part,
                 cluster,
-                target: Target::Node {
-                    addr,
-                    slot: 0,
-                    asking: false,
-                },
-                policy: ReadPolicy::Master,
-                data: data.clone(),
-                deadline: now + self.proxy.config.settings.op_timeout,
-                redirects: 0,
-                retry_at: None,
-                wait_gen: None,
-                mirror: false,
-                resp3: self.state.resp3,
-                pin: Some(NEXT_ID.fetch_add(1, Ordering::Relaxed)),
-                release_pin: true,
-                swallow: 0,
-                script_reloaded: false,
-            });
+                target,
+                data.clone(),
+                deadline,
+            )
+            .resp3(self.state.resp3)
+            .pinned(pin, true, 0);
+            self.batch.push(req);
         }
         Ok(())
     }
@@ -1130,25 +1127,19 @@ impl Session {
             Some(slot) => Target::Slot { slot, read: false },
             None => Target::AnyMaster,
         };
-        self.batch.push(Request {
-            client: self.client.clone(),
+        let deadline = now + self.proxy.config.settings.op_timeout;
+        let req = Request::new(
+            self.client.clone(),
             seq,
             part,
             cluster,
             target,
-            policy: ReadPolicy::Master,
             data,
-            deadline: now + self.proxy.config.settings.op_timeout,
-            redirects: 0,
-            retry_at: None,
-            wait_gen: None,
-            mirror: false,
-            resp3: self.state.resp3,
-            pin: Some(t.pin),
-            release_pin: release,
-            swallow,
-            script_reloaded: false,
-        });
+            deadline,
+        )
+        .resp3(self.state.resp3)
+        .pinned(t.pin, release, swallow);
+        self.batch.push(req);
     }
 
     /// Queue a command (and its mirrored copies) for the upstream loop.
@@ -1179,45 +1170,29 @@ impl Session {
                 continue;
             };
             // Fire and forget: the loop drops the reply.
-            self.batch.push(Request {
-                client: self.client.clone(),
+            let copy = Request::new(
+                self.client.clone(),
                 seq,
                 part,
-                cluster: mirror_cluster,
-                target: target.clone(),
-                policy: ReadPolicy::Master,
-                data: data.clone(),
+                mirror_cluster,
+                target.clone(),
+                data.clone(),
                 deadline,
-                redirects: 0,
-                retry_at: None,
-                wait_gen: None,
-                mirror: true,
-                resp3: self.state.resp3,
-                pin: None,
-                release_pin: false,
-                swallow: 0,
-                script_reloaded: false,
-            });
+            );
+            self.batch.push(copy.resp3(self.state.resp3).mirrored());
         }
-        self.batch.push(Request {
-            client: self.client.clone(),
+        let req = Request::new(
+            self.client.clone(),
             seq,
             part,
             cluster,
             target,
-            policy,
             data,
             deadline,
-            redirects: 0,
-            retry_at: None,
-            wait_gen: None,
-            mirror: false,
-            resp3: self.state.resp3,
-            pin: None,
-            release_pin: false,
-            swallow: 0,
-            script_reloaded: false,
-        });
+        )
+        .read_policy(policy)
+        .resp3(self.state.resp3);
+        self.batch.push(req);
     }
 
     /// xorshift64*: cheap, good enough to sample mirrored commands.
@@ -1240,7 +1215,7 @@ impl Session {
                         // Answered like replies from a loop, so split and
                         // deferred commands are completed and forgotten.
                         let reqs = std::mem::take(&mut self.batch);
-                        for r in reqs.into_iter().filter(|r| !r.mirror) {
+                        for r in reqs.into_iter().filter(|r| !r.is_mirror()) {
                             let reply = codec::error("ERR proxy is not running (validation mode)");
                             self.apply(r.seq, r.part, reply);
                         }
@@ -1734,7 +1709,7 @@ mod tests {
         let reqs = rec.take();
         let seen: Vec<(usize, bool, Vec<String>)> = reqs
             .iter()
-            .map(|r| (r.cluster, r.mirror, words(&r.data)))
+            .map(|r| (r.cluster, r.is_mirror(), words(&r.data)))
             .collect();
         let w = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         assert_eq!(
@@ -1787,7 +1762,7 @@ mod tests {
         let b = proxy.cluster_index("b").unwrap();
         let sent: Vec<(usize, bool, Vec<String>)> = reqs
             .iter()
-            .map(|r| (r.cluster, r.mirror, words(&r.data)))
+            .map(|r| (r.cluster, r.is_mirror(), words(&r.data)))
             .collect();
         assert!(sent.contains(&(
             b,
@@ -1795,7 +1770,7 @@ mod tests {
             vec!["RENAME".into(), "{x}a".into(), "b:{x}b".into()]
         )));
         assert!(sent.iter().any(|(_, mirror, _)| *mirror), "b: mirrors");
-        for r in reqs.iter().filter(|r| !r.mirror) {
+        for r in reqs.iter().filter(|r| !r.is_mirror()) {
             reply(r, b"+OK\r\n");
         }
         s.on_scheduled(&mut c);

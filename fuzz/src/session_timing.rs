@@ -109,7 +109,7 @@ impl Run {
                 r.deadline <= self.clock.now() + self.op_timeout,
                 "a request's deadline is later than op_timeout from now"
             );
-            if !r.mirror {
+            if !r.is_mirror() {
                 self.pending.push(r);
             }
         }

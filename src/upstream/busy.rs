@@ -12,7 +12,6 @@
 
 use super::{ClientShared, Delivery, Notify, Request, Target, WHOLE};
 use crate::codec;
-use crate::config::ReadPolicy;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -154,29 +153,23 @@ impl BusyNodes {
         let node = (cluster, addr.to_string());
         self.last_probe.insert(node.clone(), now);
         self.probes.insert(self.next_seq, (node, now));
-        Request {
-            client: self.mailbox.clone(),
-            seq: self.next_seq,
-            part: WHOLE,
+        let target = Target::Node {
+            addr: addr.to_string(),
+            slot: 0,
+            asking: false,
+        };
+        let data = codec::command(&[b"PING"]);
+        Request::new(
+            self.mailbox.clone(),
+            self.next_seq,
+            WHOLE,
             cluster,
-            target: Target::Node {
-                addr: addr.to_string(),
-                slot: 0,
-                asking: false,
-            },
-            policy: ReadPolicy::Master,
-            data: codec::command(&[b"PING"]),
-            deadline: now + PROBE_TIMEOUT,
-            redirects: 0,
-            retry_at: None,
-            wait_gen: None,
-            mirror: false,
-            resp3,
-            pin: Some(pin),
-            release_pin: true,
-            swallow: 0,
-            script_reloaded: false,
-        }
+            target,
+            data,
+            now + PROBE_TIMEOUT,
+        )
+        .resp3(resp3)
+        .pinned(pin, true, 0)
     }
 
     /// Take in the answers to probes.

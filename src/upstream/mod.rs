@@ -158,34 +158,101 @@ pub struct Request {
     pub part: Part,
     pub cluster: usize,
     pub target: Target,
-    pub policy: ReadPolicy,
+    policy: ReadPolicy,
     /// The command, encoded as RESP.
     pub data: Vec<u8>,
     pub deadline: Instant,
-    pub redirects: u32,
+    redirects: u32,
     /// Not before this instant (TRYAGAIN backoff).
-    pub retry_at: Option<Instant>,
+    retry_at: Option<Instant>,
     /// Waiting for a topology newer than this generation.
-    pub wait_gen: Option<u64>,
+    wait_gen: Option<u64>,
     /// A mirrored copy: its reply is discarded, and it is dropped rather
     /// than ever delaying anything (no parking, bounded queue).
-    pub mirror: bool,
+    mirror: bool,
     /// The client speaks RESP3: use connections that did `HELLO 3`.
-    pub resp3: bool,
+    resp3: bool,
     /// Transactions: run on the client's own dedicated connection `pin`
     /// (WATCH state lives on a connection), never retried elsewhere.
-    pub pin: Option<u64>,
+    pin: Option<u64>,
     /// Close the pinned connection once this command's reply is in.
-    pub release_pin: bool,
+    release_pin: bool,
     /// Replies before this command's own that belong to it and are
     /// swallowed (MULTI's +OK and each +QUEUED of an EXEC batch).
-    pub swallow: u32,
+    swallow: u32,
     /// An `EVALSHA` already sent again after loading its script on the node
     /// (a second `NOSCRIPT` goes to the client).
-    pub script_reloaded: bool,
+    script_reloaded: bool,
 }
 
 impl Request {
+    /// A command for the loop: `data` (RESP) for `target` in cluster
+    /// `cluster`, answered to `client` as part `part` of its command `seq`
+    /// by `deadline`. A write to the master, on a shared RESP2 connection,
+    /// unless the builder methods below say otherwise.
+    pub fn new(
+        client: Arc<ClientShared>,
+        seq: u64,
+        part: Part,
+        cluster: usize,
+        target: Target,
+        data: Vec<u8>,
+        deadline: Instant,
+    ) -> Request {
+        Request {
+            client,
+            seq,
+            part,
+            cluster,
+            target,
+            policy: ReadPolicy::Master,
+            data,
+            deadline,
+            redirects: 0,
+            retry_at: None,
+            wait_gen: None,
+            mirror: false,
+            resp3: false,
+            pin: None,
+            release_pin: false,
+            swallow: 0,
+            script_reloaded: false,
+        }
+    }
+
+    /// Where reads may go (writes always go to the master).
+    pub fn read_policy(mut self, policy: ReadPolicy) -> Request {
+        self.policy = policy;
+        self
+    }
+
+    /// The client speaks RESP3: use connections that did `HELLO 3`.
+    pub fn resp3(mut self, on: bool) -> Request {
+        self.resp3 = on;
+        self
+    }
+
+    /// A mirrored copy: its reply is discarded.
+    pub fn mirrored(mut self) -> Request {
+        self.mirror = true;
+        self
+    }
+
+    /// Is this a mirrored copy (nobody waits for its reply)?
+    pub fn is_mirror(&self) -> bool {
+        self.mirror
+    }
+
+    /// Run on dedicated connection `pin` (opened on first use), closed once
+    /// this command's reply is in when `release`; the `swallow` replies
+    /// before this command's own are dropped.
+    pub fn pinned(mut self, pin: u64, release: bool, swallow: u32) -> Request {
+        self.pin = Some(pin);
+        self.release_pin = release;
+        self.swallow = swallow;
+        self
+    }
+
     /// Answer the client (mirrored copies have no one to answer).
     fn respond(&self, reply: Vec<u8>) {
         if !self.mirror {

@@ -180,28 +180,20 @@ mod tests {
     }
 
     fn req(data: &[u8], deadline: Instant, swallow: u32) -> Request {
-        Request {
-            client: ClientShared::new(Box::new(Quiet)),
-            seq: 0,
-            part: WHOLE,
-            cluster: 0,
-            target: Target::Slot {
+        let mut r = Request::new(
+            ClientShared::new(Box::new(Quiet)),
+            0,
+            WHOLE,
+            0,
+            Target::Slot {
                 slot: 0,
                 read: false,
             },
-            policy: crate::config::ReadPolicy::Master,
-            data: data.to_vec(),
+            data.to_vec(),
             deadline,
-            redirects: 0,
-            retry_at: None,
-            wait_gen: None,
-            mirror: false,
-            resp3: false,
-            pin: None,
-            release_pin: false,
-            swallow,
-            script_reloaded: false,
-        }
+        );
+        r.swallow = swallow;
+        r
     }
 
     fn data_of(n: Next) -> Option<Vec<u8>> {

@@ -122,25 +122,15 @@ mod tests {
     }
 
     fn req(data: &[u8], target: Target) -> Request {
-        Request {
-            client: ClientShared::new(Box::new(Quiet)),
-            seq: 0,
-            part: WHOLE,
-            cluster: 0,
+        Request::new(
+            ClientShared::new(Box::new(Quiet)),
+            0,
+            WHOLE,
+            0,
             target,
-            policy: crate::config::ReadPolicy::Master,
-            data: data.to_vec(),
-            deadline: Instant::now(),
-            redirects: 0,
-            retry_at: None,
-            wait_gen: None,
-            mirror: false,
-            resp3: false,
-            pin: None,
-            release_pin: false,
-            swallow: 0,
-            script_reloaded: false,
-        }
+            data.to_vec(),
+            Instant::now(),
+        )
     }
 
     fn write() -> Target {
