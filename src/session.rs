@@ -54,11 +54,18 @@ pub trait Downstream {
 pub trait Upstream {
     /// Take every request of `batch`, leaving it empty.
     fn submit(&self, batch: &mut Vec<Request>);
+    /// A node's `-BUSY` reply while one is busy with a long script.
+    fn busy_reply(&self) -> Option<Vec<u8>> {
+        None
+    }
 }
 
 impl Upstream for LoopShared {
     fn submit(&self, batch: &mut Vec<Request>) {
         LoopShared::submit(self, batch)
+    }
+    fn busy_reply(&self) -> Option<Vec<u8>> {
+        LoopShared::busy_reply(self)
     }
 }
 
@@ -479,6 +486,17 @@ impl Session {
     /// believes it talks to.
     fn local_reply(&mut self, cmd: &command::Command, args: &[&[u8]]) -> Option<Vec<u8>> {
         Some(match cmd.name {
+            // Like a Redis busy with a script: the proxy stands for all
+            // the masters, and one of them is.
+            "ping"
+                if args.len() <= 2
+                    && self
+                        .upstream
+                        .as_ref()
+                        .is_some_and(|u| u.busy_reply().is_some()) =>
+            {
+                self.upstream.as_ref().and_then(|u| u.busy_reply())?
+            }
             "ping" => match args {
                 [_] => codec::simple("PONG"),
                 [_, msg] => codec::bulk(msg),

@@ -177,6 +177,12 @@ fn commands_for_a_busy_node_fail_fast_with_busy() {
         Resp::bulk("w"),
         "other nodes serve"
     );
+    // PING, which the proxy answers, says what a busy Redis says.
+    let r = c.cmd(&["PING"]);
+    assert!(
+        matches!(&r, Resp::Error(e) if e.starts_with("BUSY")),
+        "PING: {r:?}"
+    );
 
     assert_eq!(c.cmd(&["SCRIPT", "KILL"]), Resp::ok());
     let spun = spinner.read_reply();
@@ -189,4 +195,5 @@ fn commands_for_a_busy_node_fail_fast_with_busy() {
             == Resp::bulk("v")),
         "the node did not serve again after the script was killed"
     );
+    assert_eq!(c.cmd(&["PING"]), Resp::Simple("PONG".into()));
 }

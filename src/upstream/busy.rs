@@ -92,6 +92,11 @@ impl BusyNodes {
         self.busy.get(&(cluster, addr.to_string())).cloned()
     }
 
+    /// Some busy node's `-BUSY` reply, if any node is busy.
+    pub fn any(&self) -> Option<&[u8]> {
+        self.busy.values().next().map(Vec::as_slice)
+    }
+
     /// A reply from the node on a shared connection tells whether it is
     /// busy now.
     pub fn saw_reply(&mut self, cluster: usize, addr: &str, reply: &[u8], now: Instant) {

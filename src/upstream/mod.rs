@@ -267,9 +267,21 @@ pub struct LoopShared {
     waker: Waker,
     wake_pending: AtomicBool,
     stop: AtomicBool,
+    /// Some node is busy with a script (fast check for `busy`).
+    any_busy: AtomicBool,
+    /// That node's `-BUSY` reply.
+    busy: Mutex<Option<Vec<u8>>>,
 }
 
 impl LoopShared {
+    /// A busy node's `-BUSY` reply, while one is busy with a long script.
+    pub fn busy_reply(&self) -> Option<Vec<u8>> {
+        if !self.any_busy.load(Ordering::Acquire) {
+            return None;
+        }
+        self.busy.lock().clone()
+    }
+
     /// Queue a batch of requests (emptying `batch`) and wake the loop.
     pub fn submit(&self, batch: &mut Vec<Request>) {
         if batch.is_empty() {
@@ -413,6 +425,8 @@ impl UpstreamLoop {
             waker,
             wake_pending: AtomicBool::new(false),
             stop: AtomicBool::new(false),
+            any_busy: AtomicBool::new(false),
+            busy: Mutex::new(None),
         });
         let clusters = clusters
             .iter()
@@ -494,6 +508,13 @@ impl UpstreamLoop {
             self.retry_parked(now);
             self.check_timeouts(now);
             self.check_busy(now);
+            let busy = self.busy.any();
+            if busy.is_some() != self.shared.any_busy.load(Ordering::Relaxed) {
+                *self.shared.busy.lock() = busy.map(<[u8]>::to_vec);
+                self.shared
+                    .any_busy
+                    .store(busy.is_some(), Ordering::Release);
+            }
             self.flush_dirty();
         }
         // Shutdown: fail what is left so no reply slot stays empty.
