@@ -765,27 +765,8 @@ impl Session {
         now: Instant,
     ) -> Result<(), Vec<u8>> {
         let masters = self.masters(cluster)?;
-        let seq = self.push_slot();
-        self.gathers
-            .insert(seq, Gather::new(merge(&masters), masters.len()));
-        for (i, addr) in masters.into_iter().enumerate() {
-            let target = Target::Node {
-                addr,
-                slot: 0,
-                asking: false,
-            };
-            let d = data.clone();
-            self.send(
-                seq,
-                Part::Split(i as u32),
-                cluster,
-                &[],
-                target,
-                ReadPolicy::Master,
-                d,
-                now,
-            );
-        }
+        let merge = merge(&masters);
+        self.fan_out(cluster, masters, data, merge, false, now);
         Ok(())
     }
 
@@ -800,32 +781,55 @@ impl Session {
         now: Instant,
     ) -> Result<(), Vec<u8>> {
         let masters = self.masters(cluster)?;
+        self.fan_out(cluster, masters, data, Merge::Kill, true, now);
+        Ok(())
+    }
+
+    /// Send `data` to each of `nodes` as one part of a command whose
+    /// replies `merge` combines; with `dedicated`, each on a connection of
+    /// its own that closes once it has answered.
+    fn fan_out(
+        &mut self,
+        cluster: usize,
+        nodes: Vec<String>,
+        data: Vec<u8>,
+        merge: Merge,
+        dedicated: bool,
+        now: Instant,
+    ) {
+        if nodes.is_empty() {
+            // A gather of nothing would never be filled.
+            return self.reply_now(self.no_masters(cluster));
+        }
         let seq = self.push_slot();
-        self.gathers
-            .insert(seq, Gather::new(Merge::Kill, masters.len()));
-        for (i, addr) in masters.into_iter().enumerate() {
+        self.gathers.insert(seq, Gather::new(merge, nodes.len()));
+        for (i, addr) in nodes.into_iter().enumerate() {
             let target = Target::Node {
                 addr,
                 slot: 0,
                 asking: false,
             };
-            let deadline = now + self.proxy.config.settings.op_timeout;
-            let pin = NEXT_ID.fetch_add(1, Ordering::Relaxed);
             let part = Part::Split(i as u32);
-            let req = Request::new(
-                self.client.clone(),
-                seq,
-                part,
-                cluster,
-                target,
-                data.clone(),
-                deadline,
-            )
-            .resp3(self.state.resp3)
-            .pinned(pin, true, 0);
-            self.batch.push(req);
+            if dedicated {
+                let deadline = now + self.proxy.config.settings.op_timeout;
+                let pin = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+                let req = Request::new(
+                    self.client.clone(),
+                    seq,
+                    part,
+                    cluster,
+                    target,
+                    data.clone(),
+                    deadline,
+                )
+                .resp3(self.state.resp3)
+                .pinned(pin, true, 0);
+                self.batch.push(req);
+            } else {
+                let d = data.clone();
+                self.send(seq, part, cluster, &[], target, ReadPolicy::Master, d, now);
+            }
         }
-        Ok(())
     }
 
     /// `SCAN cursor [MATCH p] [COUNT n] [TYPE t]` across all masters.

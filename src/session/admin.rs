@@ -20,10 +20,10 @@
 //!   `settings.allow_admin_commands`; the masters' common reply, or the
 //!   first error.
 
-use super::{Part, Session, WHOLE};
+use super::{Session, WHOLE};
 use crate::codec;
 use crate::config::ReadPolicy;
-use crate::splitter::{Gather, Merge};
+use crate::splitter::Merge;
 use crate::upstream::Target;
 use std::time::Instant;
 
@@ -157,27 +157,7 @@ impl Session {
                 }
             }
             let nodes = self.all_nodes(cluster)?;
-            let seq = self.push_slot();
-            self.gathers
-                .insert(seq, Gather::new(Merge::AllOk, nodes.len()));
-            for (i, addr) in nodes.into_iter().enumerate() {
-                let target = Target::Node {
-                    addr,
-                    slot: 0,
-                    asking: false,
-                };
-                let part = data.clone();
-                self.send(
-                    seq,
-                    Part::Split(i as u32),
-                    cluster,
-                    &[],
-                    target,
-                    ReadPolicy::Master,
-                    part,
-                    now,
-                );
-            }
+            self.fan_out(cluster, nodes, data, Merge::AllOk, false, now);
             return Ok(());
         }
         let seq = self.push_slot();
