@@ -602,16 +602,7 @@ impl Session {
             let seq = self.push_slot();
             self.deferred.insert(seq, data);
             let ping = codec::command(&[b"PING"]);
-            self.send(
-                seq,
-                Part::Probe,
-                cluster,
-                &[],
-                Target::AnyMaster,
-                ReadPolicy::Master,
-                ping,
-                now,
-            );
+            self.send_keyless(seq, Part::Probe, cluster, Target::AnyMaster, ping, now);
             return Ok(());
         }
         match cmd.name {
@@ -621,16 +612,7 @@ impl Session {
             | "pfselftest" => {
                 let seq = self.push_slot();
                 let target = Target::AnyMaster;
-                self.send(
-                    seq,
-                    WHOLE,
-                    cluster,
-                    &[],
-                    target,
-                    ReadPolicy::Master,
-                    data,
-                    now,
-                );
+                self.send_keyless(seq, WHOLE, cluster, target, data, now);
                 Ok(())
             }
             "dbsize" => self.broadcast(cluster, data, |_| Merge::Sum, now),
@@ -827,7 +809,7 @@ impl Session {
                 self.batch.push(req);
             } else {
                 let d = data.clone();
-                self.send(seq, part, cluster, &[], target, ReadPolicy::Master, d, now);
+                self.send_keyless(seq, part, cluster, target, d, now);
             }
         }
     }
@@ -859,16 +841,7 @@ impl Session {
             asking: false,
         };
         let data = codec::command(&sub);
-        self.send(
-            seq,
-            Part::Split(0),
-            cluster,
-            &[],
-            target,
-            ReadPolicy::Master,
-            data,
-            now,
-        );
+        self.send_keyless(seq, Part::Split(0), cluster, target, data, now);
         Ok(())
     }
 
@@ -1162,6 +1135,29 @@ impl Session {
         .resp3(self.state.resp3)
         .pinned(t.pin, release, swallow);
         self.batch.push(req);
+    }
+
+    /// Queue a command that belongs to no route (no mirrors; a node's
+    /// master connection).
+    fn send_keyless(
+        &mut self,
+        seq: u64,
+        part: Part,
+        cluster: usize,
+        target: Target,
+        data: Vec<u8>,
+        now: Instant,
+    ) {
+        self.send(
+            seq,
+            part,
+            cluster,
+            &[],
+            target,
+            ReadPolicy::Master,
+            data,
+            now,
+        );
     }
 
     /// Queue a command (and its mirrored copies) for the upstream loop.

@@ -22,7 +22,6 @@
 
 use super::{Session, WHOLE};
 use crate::codec;
-use crate::config::ReadPolicy;
 use crate::splitter::Merge;
 use crate::upstream::Target;
 use std::time::Instant;
@@ -123,16 +122,7 @@ impl Session {
                 slot: 0,
                 asking: false,
             };
-            self.send(
-                seq,
-                WHOLE,
-                cluster,
-                &[],
-                target,
-                ReadPolicy::Master,
-                data,
-                now,
-            );
+            self.send_keyless(seq, WHOLE, cluster, target, data, now);
             return Ok(());
         }
         if is("set") || is("resetstat") || is("rewrite") {
@@ -161,16 +151,7 @@ impl Session {
             return Ok(());
         }
         let seq = self.push_slot();
-        self.send(
-            seq,
-            WHOLE,
-            cluster,
-            &[],
-            Target::AnyMaster,
-            ReadPolicy::Master,
-            data,
-            now,
-        );
+        self.send_keyless(seq, WHOLE, cluster, Target::AnyMaster, data, now);
         Ok(())
     }
 
