@@ -272,15 +272,12 @@ fn canonical(reply: &[u8], depth: u32) -> Option<Vec<u8>> {
     if depth > 32 {
         return None;
     }
-    let nl = reply.iter().position(|&b| b == b'\n')?;
-    let n: i64 = std::str::from_utf8(reply.get(1..nl.checked_sub(1)?)?)
-        .ok()?
-        .parse()
-        .ok()?;
-    let mut pos = nl + 1;
-    let mut elems = Vec::with_capacity(n.max(0) as usize);
+    let (n, mut pos) = aggregate_header(reply)?;
+    let header_end = pos;
+    // The count comes from a node: never reserve more than the bytes hold.
+    let mut elems = Vec::with_capacity(n.min(reply.len()));
     let mut all_aggregates = true;
-    for _ in 0..n.max(0) {
+    for _ in 0..n {
         let mut unit = Vec::new();
         for _ in 0..per_element {
             let len = codec::reply_len(reply.get(pos..)?).ok()??;
@@ -294,7 +291,7 @@ fn canonical(reply: &[u8], depth: u32) -> Option<Vec<u8>> {
     if kind == b'~' || (kind == b'*' && all_aggregates) {
         elems.sort();
     }
-    let mut out = reply.get(..=nl)?.to_vec();
+    let mut out = reply.get(..header_end)?.to_vec();
     out.extend(elems.concat());
     Some(out)
 }
@@ -323,19 +320,30 @@ fn array(elems: &[&[u8]]) -> Vec<u8> {
     out
 }
 
+/// An aggregate reply's element count (negative counts: none) and where
+/// its first element starts.
+fn aggregate_header(reply: &[u8]) -> Option<(usize, usize)> {
+    let start = pos_header(reply)?;
+    let n: i64 = std::str::from_utf8(reply.get(1..start.checked_sub(2)?)?)
+        .ok()?
+        .parse()
+        .ok()?;
+    Some((usize::try_from(n).unwrap_or(0), start))
+}
+
+/// Where an aggregate reply's header line ends (just past its `\n`).
+fn pos_header(reply: &[u8]) -> Option<usize> {
+    Some(reply.iter().position(|&b| b == b'\n')? + 1)
+}
+
 /// The raw elements of an array (or RESP3 set/push) reply.
 pub fn array_elements(reply: &[u8]) -> Option<Vec<&[u8]>> {
     if !matches!(reply.first(), Some(b'*' | b'~' | b'>')) {
         return None;
     }
-    let nl = reply.iter().position(|&b| b == b'\n')?;
-    let n: i64 = std::str::from_utf8(reply.get(1..nl.checked_sub(1)?)?)
-        .ok()?
-        .parse()
-        .ok()?;
-    let mut pos = nl + 1;
-    let mut out = Vec::with_capacity(n.max(0) as usize);
-    for _ in 0..n.max(0) {
+    let (n, mut pos) = aggregate_header(reply)?;
+    let mut out = Vec::with_capacity(n.min(reply.len()));
+    for _ in 0..n {
         let len = codec::reply_len(reply.get(pos..)?).ok()??;
         out.push(&reply[pos..pos + len]);
         pos += len;
@@ -419,6 +427,13 @@ mod tests {
         );
         assert_eq!(exists, b"*2\r\n:1\r\n:1\r\n".to_vec());
         assert!(merge(&Merge::Same, &[b"+a\r\n", b"+b\r\n"]).starts_with(b"-ERR"));
+    }
+
+    #[test]
+    fn a_huge_element_count_from_a_node_reserves_nothing_huge() {
+        let huge: &[u8] = b"*9223372036854775807\r\n:1\r\n";
+        assert!(array_elements(huge).is_none());
+        assert!(merge(&Merge::Same, &[huge, b"*1\r\n:1\r\n"]).starts_with(b"-ERR"));
     }
 
     #[test]
