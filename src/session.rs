@@ -182,6 +182,8 @@ pub struct Session {
     write_blocked: bool,
     read_disabled: bool,
     rng: u64,
+    /// The script body this client last sent (already remembered).
+    last_script: Vec<u8>,
 }
 
 impl Session {
@@ -241,6 +243,7 @@ impl Session {
             write_blocked: false,
             read_disabled: false,
             rng: seed(),
+            last_script: Vec::new(),
         }
     }
 
@@ -465,8 +468,12 @@ impl Session {
             "script" if args.get(1).is_some_and(|a| a.eq_ignore_ascii_case(b"load")) => args.get(2),
             _ => None,
         };
-        if let Some(body) = body {
+        // Clients repeat the same script (rate limiters, locks): skip the
+        // SHA1 and the shared lock when it is the one this client sent last.
+        if let Some(body) = body.filter(|b| ***b != self.last_script[..]) {
             self.proxy.scripts.remember(body);
+            self.last_script.clear();
+            self.last_script.extend_from_slice(body);
         }
         let mut keys = std::mem::take(&mut self.keys);
         keys.clear();
