@@ -12,6 +12,7 @@
 //!   upstream loops and route lookup (prefix route → cluster, read policy);
 //! - [`topology`]: `CLUSTER SLOTS` parsing and the slot map;
 //! - [`topology_refresh`]: the refresher threads that keep slot maps fresh;
+//! - [`failure_streak`]: which repeats of a failure to log;
 //! - [`routing`]: read policy → which node of a shard serves a command;
 //! - [`splitter`]: splitting multi-key and cluster-wide commands, merging
 //!   their replies;
@@ -32,6 +33,7 @@ pub mod codec;
 pub mod command;
 pub mod config;
 pub mod envoy;
+pub mod failure_streak;
 pub mod info;
 pub mod key_routing;
 pub mod local;

@@ -14,6 +14,7 @@
 use crate::codec;
 use crate::config::ClusterConfig;
 use crate::envoy::Level;
+use crate::failure_streak::{FailureStreak, Report};
 use crate::log;
 use crate::stats::Stats;
 use crate::tls::TlsSettings;
@@ -30,6 +31,8 @@ use std::time::{Duration, Instant};
 const MIN_INTERVAL: Duration = Duration::from_millis(100);
 /// How many nodes one refresh asks (majority among their answers).
 const VIEWS_PER_REFRESH: usize = 3;
+/// While refreshes keep failing, one warning per this period.
+const FAILURE_LOG_EVERY: Duration = Duration::from_secs(30);
 /// Largest CLUSTER SLOTS reply accepted.
 const MAX_REPLY: usize = 64 * 1024 * 1024;
 
@@ -124,6 +127,7 @@ impl ClusterTopology {
     pub fn run(self: Arc<Self>) {
         let mut last = Instant::now() - MIN_INTERVAL;
         let mut first = true;
+        let mut streak = FailureStreak::new(FAILURE_LOG_EVERY);
         while !self.stop.load(Ordering::Acquire) {
             if !first {
                 let mut r = self.requested.lock();
@@ -143,6 +147,13 @@ impl ClusterTopology {
             last = Instant::now();
             match self.refresh_once() {
                 Ok(map) => {
+                    if let Report::Recovered { attempts } = streak.success() {
+                        log!(
+                            Level::Info,
+                            "redis_cluster: cluster {}: topology refresh succeeded after {attempts} failed attempts",
+                            self.name
+                        );
+                    }
                     let s = self.stats.cluster(self.index);
                     self.stats.inc(s.topology_refresh_success);
                     self.stats
@@ -153,11 +164,24 @@ impl ClusterTopology {
                 Err(e) => {
                     self.stats
                         .inc(self.stats.cluster(self.index).topology_refresh_failure);
-                    log!(
-                        Level::Warn,
-                        "redis_cluster: cluster {}: topology refresh failed: {e}",
-                        self.name
-                    );
+                    match streak.failure(Instant::now()) {
+                        Report::Failed => log!(
+                            Level::Warn,
+                            "redis_cluster: cluster {}: topology refresh failed: {e}",
+                            self.name
+                        ),
+                        Report::StillFailing { attempts } => log!(
+                            Level::Warn,
+                            "redis_cluster: cluster {}: topology refresh still failing ({attempts} attempts, one warning per {}s): {e}",
+                            self.name,
+                            streak.every().as_secs()
+                        ),
+                        Report::Quiet | Report::Recovered { .. } => log!(
+                            Level::Debug,
+                            "redis_cluster: cluster {}: topology refresh failed: {e}",
+                            self.name
+                        ),
+                    }
                     // Still a completed attempt: lets waiting commands
                     // re-evaluate (and fail fast if the node stays down).
                     self.generation.fetch_add(1, Ordering::AcqRel);

@@ -304,3 +304,38 @@ fn envoy_exits_cleanly_with_the_module_busy() {
         assert!(!log.contains(bad), "unclean exit ({bad}):\n{log}");
     }
 }
+
+/// A cluster that never answers: the refresher keeps retrying (every 100 ms
+/// until a first topology), but Envoy's log gets one warning for the streak,
+/// not one per attempt.
+#[test]
+fn an_unreachable_cluster_warns_once_per_streak_not_per_retry() {
+    let dead = alloc_port();
+    let cfg = json!({
+        "stat_prefix": "redis",
+        "settings": { "op_timeout": "1s" },
+        "clusters": { "main": { "seeds": [format!("127.0.0.1:{dead}")] } },
+        "prefix_routes": { "catch_all_route": { "cluster": "main" } },
+    });
+    let envoy = Envoy::start(cfg);
+    let failures = |e: &Envoy| {
+        e.stat("dynamicmodulescustom.redis.redis.cluster.main.topology_refresh_failure")
+            .unwrap_or(0)
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || failures(&envoy) >= 15),
+        "the refresher should keep retrying; failures: {}",
+        failures(&envoy)
+    );
+    let log = envoy.log();
+    let warnings = log
+        .lines()
+        .filter(|l| l.contains("[warning]") && l.contains("topology refresh"))
+        .count();
+    assert_eq!(
+        warnings,
+        1,
+        "{} failed refreshes should give one warning; log:\n{log}",
+        failures(&envoy)
+    );
+}
