@@ -41,6 +41,9 @@ cargo fmt --all -- --check
 step "cargo clippy"
 cargo clippy --all-targets -- -D warnings
 
+step "cargo doc (doc comments: no broken links)"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet
+
 step "cargo build (cdylib for the integration tests)"
 cargo build
 export MODULE_DIR="${MODULE_DIR:-$repo/target/debug}"

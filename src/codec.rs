@@ -41,7 +41,7 @@ pub enum Scan {
 }
 
 /// Scan one request from the front of `buf`, filling `args` with the byte
-/// ranges of its arguments (args[0] is the command name).
+/// ranges of its arguments (`args[0]` is the command name).
 pub fn scan_request(buf: &[u8], args: &mut Vec<Range<usize>>) -> Result<Scan, ProtocolError> {
     args.clear();
     match buf.first() {
