@@ -95,7 +95,15 @@ impl Stats {
     }
 
     /// Define every metric (only possible while Envoy loads the config).
-    pub fn define(sink: Arc<dyn MetricsSink>, stat_prefix: &str, clusters: &[String]) -> Stats {
+    /// Per-command metrics (4 per command of the table, ~900 in all) only
+    /// when `command_stats` is on: Envoy keeps every defined metric in
+    /// memory and in `/stats` whether it moves or not.
+    pub fn define(
+        sink: Arc<dyn MetricsSink>,
+        stat_prefix: &str,
+        clusters: &[String],
+        command_stats: bool,
+    ) -> Stats {
         let p = format!("redis.{stat_prefix}.");
         // The largest ids seen, to size the pending updates.
         let (counters, gauges) = (Cell::new(0), Cell::new(0));
@@ -106,7 +114,8 @@ impl Stats {
         let c = |n: &str| seen(&counters, sink.define_counter(&format!("{p}{n}")));
         let g = |n: &str| seen(&gauges, sink.define_gauge(&format!("{p}{n}")));
         let h = |n: &str| sink.define_histogram(&format!("{p}{n}"));
-        let commands = command::all()
+        let all_commands: &[command::Command] = if command_stats { command::all() } else { &[] };
+        let commands = all_commands
             .iter()
             .map(|cmd| CommandStats {
                 total: c(&format!("command.{}.total", cmd.name)),
@@ -444,7 +453,7 @@ mod tests {
     #[test]
     fn names_follow_redis_proxy_and_ids_reach_the_sink() {
         let rec = recorder(true);
-        let stats = Stats::define(rec.clone(), "edge", &["main".to_string()]);
+        let stats = Stats::define(rec.clone(), "edge", &["main".to_string()], true);
         let names = rec.names.lock().clone();
         for want in [
             "redis.edge.downstream_cx_total",
@@ -467,7 +476,7 @@ mod tests {
     fn without_any_thread_updates_a_flush_delivers_them() {
         let rec = recorder(false);
         let conn = recorder(false); // what the connection's callbacks receive
-        let stats = Arc::new(Stats::define(rec.clone(), "p", &["main".to_string()]));
+        let stats = Arc::new(Stats::define(rec.clone(), "p", &["main".to_string()], true));
         let threads: Vec<_> = (0..4)
             .map(|_| {
                 let stats = stats.clone();
@@ -512,7 +521,12 @@ mod tests {
     #[test]
     fn flushes_concurrent_with_updates_lose_nothing() {
         let conn = recorder(false);
-        let stats = Arc::new(Stats::define(recorder(false), "p", &["main".to_string()]));
+        let stats = Arc::new(Stats::define(
+            recorder(false),
+            "p",
+            &["main".to_string()],
+            true,
+        ));
         let id = stats.cluster(0).upstream_rq_total;
         let updaters: Vec<_> = (0..3)
             .map(|_| {

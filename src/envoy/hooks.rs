@@ -68,7 +68,12 @@ pub extern "C" fn envoy_dynamic_module_on_network_filter_config_new(
             );
         }
         let names: Vec<String> = cfg.clusters.keys().cloned().collect();
-        let stats = Arc::new(crate::stats::Stats::define(sink, &cfg.stat_prefix, &names));
+        let stats = Arc::new(crate::stats::Stats::define(
+            sink,
+            &cfg.stat_prefix,
+            &names,
+            cfg.settings.enable_command_stats,
+        ));
         // `--mode validate` must have no side effects: no threads, no sockets.
         let proxy = if validating {
             Proxy::inert(cfg, stats)
