@@ -25,6 +25,10 @@ const PROBE_EVERY: Duration = Duration::from_millis(200);
 /// script passes its busy-reply-threshold, 5 s by default).
 const PROBE_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How far down a connection's owed commands to look for a script: one
+/// pipelined read's worth; deeper, a slow node is the likelier cause.
+const SCRIPT_WITHIN: usize = 64;
+
 /// Node identity: (cluster index, address).
 type Node = (usize, String);
 
@@ -113,19 +117,22 @@ impl BusyNodes {
         }
     }
 
-    /// Should the node be probed, given the oldest command on one of its
-    /// shared connections (`arrived` is when that command arrived)?
-    pub fn wants_probe(
+    /// Should the node be probed, given the commands owed a reply on one
+    /// of its shared connections, oldest first (`arrived` is when the
+    /// oldest arrived)? The script need not be the oldest: Redis holds back
+    /// the replies of the commands pipelined before it on the same
+    /// connection until the script ends.
+    pub fn wants_probe<'a>(
         &self,
         cluster: usize,
         addr: &str,
-        oldest: &Request,
+        owed: impl Iterator<Item = &'a Request>,
         arrived: Instant,
         now: Instant,
     ) -> bool {
         now.duration_since(arrived) >= PROBE_AFTER
             && self.may_probe(&(cluster, addr.to_string()), now)
-            && is_script(&oldest.data)
+            && owed.take(SCRIPT_WITHIN).any(|r| is_script(&r.data))
     }
 
     fn may_probe(&self, node: &Node, now: Instant) -> bool {
@@ -244,19 +251,29 @@ mod tests {
         let old = now - Duration::from_secs(1);
         let mut script = BusyNodes::default().probe(0, "n:1", 1, false, now);
         script.data = codec::command(&[b"EVAL", b"while true do end", b"0"]);
-        assert!(b.wants_probe(0, "n:1", &script, old, now));
-        assert!(!b.wants_probe(0, "n:1", &script, now, now), "too young");
+        let get = BusyNodes::default().probe(0, "n:1", 1, false, now);
+        let one = |r| std::iter::once(r);
+        assert!(b.wants_probe(0, "n:1", one(&script), old, now));
+        assert!(
+            b.wants_probe(0, "n:1", [&get, &script].into_iter(), old, now),
+            "a script behind a command whose reply the node holds back"
+        );
+        assert!(!b.wants_probe(0, "n:1", one(&get), old, now), "no script");
+        assert!(
+            !b.wants_probe(0, "n:1", one(&script), now, now),
+            "too young"
+        );
         let p = b.probe(0, "n:1", 7, false, now);
         assert_eq!(p.pin, Some(7));
         assert!(
-            !b.wants_probe(0, "n:1", &script, old, now),
+            !b.wants_probe(0, "n:1", one(&script), old, now),
             "probe in flight"
         );
         p.client.deliver(p.seq, WHOLE, b"-BUSY busy\r\n".to_vec());
         b.collect();
         assert!(b.reply_for(0, "n:1").is_some());
         assert!(
-            !b.wants_probe(0, "n:1", &script, old, now),
+            !b.wants_probe(0, "n:1", one(&script), old, now),
             "probed just now"
         );
         let p = b.probe(0, "n:1", 9, false, now);

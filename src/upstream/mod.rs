@@ -1156,7 +1156,7 @@ impl UpstreamLoop {
             let arrived = oldest.deadline.checked_sub(op_timeout).unwrap_or(now);
             if self
                 .busy
-                .wants_probe(c.cluster, &c.addr, oldest, arrived, now)
+                .wants_probe(c.cluster, &c.addr, c.pipe.requests(), arrived, now)
                 && !probe
                     .iter()
                     .any(|(cl, a, _)| *cl == c.cluster && *a == c.addr)
