@@ -628,7 +628,14 @@ impl Session {
             "script" | "function"
                 if args.get(1).is_some_and(|a| a.eq_ignore_ascii_case(b"kill")) =>
             {
-                self.broadcast_kill(cluster, data, now)
+                self.broadcast_dedicated(cluster, data, Merge::Kill, now)
+            }
+            "function"
+                if args
+                    .get(1)
+                    .is_some_and(|a| a.eq_ignore_ascii_case(b"stats")) =>
+            {
+                self.broadcast_dedicated(cluster, data, Merge::FunctionStats, now)
             }
             "script" | "function" => self.broadcast(cluster, data, |_| Merge::Same, now),
             "wait" => self.broadcast(cluster, data, |_| Merge::Min, now),
@@ -759,18 +766,19 @@ impl Session {
         Ok(())
     }
 
-    /// `SCRIPT KILL` / `FUNCTION KILL`: the shared connection to a node
-    /// running a long script waits behind it, so each master is asked on a
-    /// connection of its own, closed once it has answered (Redis serves
-    /// these two commands while a script is busy).
-    fn broadcast_kill(
+    /// `SCRIPT KILL`, `FUNCTION KILL`, `FUNCTION STATS`: the shared
+    /// connection to a node running a long script waits behind it, so each
+    /// master is asked on a connection of its own, closed once it has
+    /// answered (Redis serves these commands while a script is busy).
+    fn broadcast_dedicated(
         &mut self,
         cluster: usize,
         data: Vec<u8>,
+        merge: Merge,
         now: Instant,
     ) -> Result<(), Vec<u8>> {
         let masters = self.masters(cluster)?;
-        self.fan_out(cluster, masters, data, Merge::Kill, true, now);
+        self.fan_out(cluster, masters, data, merge, true, now);
         Ok(())
     }
 
