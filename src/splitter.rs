@@ -469,7 +469,7 @@ mod tests {
 
     #[test]
     fn function_stats_shows_the_running_function() {
-        let idle: &[u8] = b"*4\r\n$14\r\nrunning_script\r\n*-1\r\n$7\r\nengines\r\n*0\r\n";
+        let idle: &[u8] = b"*4\r\n$14\r\nrunning_script\r\n$-1\r\n$7\r\nengines\r\n*0\r\n";
         let busy: &[u8] = b"*4\r\n$14\r\nrunning_script\r\n*2\r\n$4\r\nname\r\n$4\r\ntest\r\n$7\r\nengines\r\n*0\r\n";
         assert_eq!(merge(&Merge::FunctionStats, &[idle, busy, idle]), busy);
         assert_eq!(merge(&Merge::FunctionStats, &[idle, idle]), idle);
