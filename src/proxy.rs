@@ -8,7 +8,7 @@ use crate::log;
 use crate::scripts::ScriptCache;
 use crate::stats::Stats;
 use crate::topology_refresh::ClusterTopology;
-use crate::upstream::{LoopShared, UpstreamLoop};
+use crate::upstream::{LoopShared, SharedBusy, UpstreamLoop};
 use parking_lot::Mutex;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -70,6 +70,7 @@ impl Proxy {
     pub fn start(config: Config, stats: Arc<Stats>, workers: usize) -> Arc<Proxy> {
         let mut proxy = Proxy::build(config, stats);
         let mut threads = Vec::new();
+        let busy = Arc::new(SharedBusy::default());
         for i in 0..workers {
             let settings = proxy.config.settings.clone();
             match UpstreamLoop::new(
@@ -77,6 +78,7 @@ impl Proxy {
                 &proxy.clusters,
                 proxy.stats.clone(),
                 proxy.scripts.clone(),
+                busy.clone(),
             ) {
                 Ok((lp, shared)) => {
                     for c in &proxy.clusters {

@@ -10,10 +10,12 @@
 //! forward (`EVAL`, `EVAL_RO`, `SCRIPT LOAD`); on `NOSCRIPT` the upstream
 //! loop loads the body on that node and sends the `EVALSHA` once more.
 //! Scripts the proxy never saw (loaded on a node directly, or through
-//! another proxy) still get `NOSCRIPT`, as client libraries expect.
+//! another proxy) still get `NOSCRIPT`, as client libraries expect, and so
+//! do scripts sent before a `SCRIPT FLUSH` through the proxy.
 
 use parking_lot::Mutex;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// Most bytes of script bodies kept; past it the cache starts over (the
@@ -23,6 +25,9 @@ const MAX_BYTES: usize = 16 << 20;
 #[derive(Default)]
 pub struct ScriptCache {
     inner: Mutex<Inner>,
+    /// Bumped whenever bodies are forgotten, so a session that skips
+    /// `remember` for the body it sent last knows to send it again.
+    generation: AtomicU64,
 }
 
 #[derive(Default)]
@@ -65,9 +70,24 @@ impl ScriptCache {
         if inner.bytes + body.len() > MAX_BYTES {
             inner.by_sha.clear();
             inner.bytes = 0;
+            self.generation.fetch_add(1, Ordering::AcqRel);
         }
         inner.bytes += body.len();
         inner.by_sha.insert(sha, Arc::from(body));
+    }
+
+    /// Forget every body (`SCRIPT FLUSH`: the nodes forget theirs, and a
+    /// later `EVALSHA` must get `NOSCRIPT` as from one Redis).
+    pub fn flush(&self) {
+        let mut inner = self.inner.lock();
+        inner.by_sha.clear();
+        inner.bytes = 0;
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Changes whenever bodies were forgotten.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// The body of script `sha` (any case), if the proxy has seen it.
@@ -106,6 +126,16 @@ mod tests {
     }
 
     #[test]
+    fn flush_forgets_and_moves_the_generation() {
+        let c = ScriptCache::default();
+        c.remember(b"return 1+1");
+        let g = c.generation();
+        c.flush();
+        assert!(c.body(&sha1_hex(b"return 1+1")).is_none());
+        assert_ne!(c.generation(), g);
+    }
+
+    #[test]
     fn stays_bounded() {
         let c = ScriptCache::default();
         let big = vec![b'x'; MAX_BYTES / 2 + 1];
@@ -113,7 +143,9 @@ mod tests {
         c.remember(b"return 1");
         let mut other = big.clone();
         other[0] = b'y';
+        let g = c.generation();
         c.remember(&other);
+        assert_ne!(c.generation(), g, "starting over is forgetting");
         assert!(c.inner.lock().bytes <= MAX_BYTES);
         assert!(c.body(&sha1_hex(&other)).is_some());
     }

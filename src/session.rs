@@ -182,8 +182,11 @@ pub struct Session {
     write_blocked: bool,
     read_disabled: bool,
     rng: u64,
-    /// The script body this client last sent (already remembered).
+    /// The script body this client last sent, remembered in the cache's
+    /// generation `last_script_gen` (a flush since means remember again;
+    /// `None`: nothing sent yet).
     last_script: Vec<u8>,
+    last_script_gen: Option<u64>,
 }
 
 impl Session {
@@ -244,6 +247,7 @@ impl Session {
             read_disabled: false,
             rng: seed(),
             last_script: Vec::new(),
+            last_script_gen: None,
         }
     }
 
@@ -470,10 +474,14 @@ impl Session {
         };
         // Clients repeat the same script (rate limiters, locks): skip the
         // SHA1 and the shared lock when it is the one this client sent last.
-        if let Some(body) = body.filter(|b| ***b != self.last_script[..]) {
-            self.proxy.scripts.remember(body);
-            self.last_script.clear();
-            self.last_script.extend_from_slice(body);
+        if let Some(body) = body {
+            let generation = self.proxy.scripts.generation();
+            if **body != self.last_script[..] || Some(generation) != self.last_script_gen {
+                self.proxy.scripts.remember(body);
+                self.last_script.clear();
+                self.last_script.extend_from_slice(body);
+                self.last_script_gen = Some(generation);
+            }
         }
         let mut keys = std::mem::take(&mut self.keys);
         keys.clear();
@@ -628,7 +636,22 @@ impl Session {
             "script" | "function"
                 if args.get(1).is_some_and(|a| a.eq_ignore_ascii_case(b"kill")) =>
             {
-                self.broadcast_kill(cluster, data, now)
+                self.broadcast_dedicated(cluster, data, Merge::Kill, now)
+            }
+            "function"
+                if args
+                    .get(1)
+                    .is_some_and(|a| a.eq_ignore_ascii_case(b"stats")) =>
+            {
+                self.broadcast_dedicated(cluster, data, Merge::FunctionStats, now)
+            }
+            "script"
+                if args
+                    .get(1)
+                    .is_some_and(|a| a.eq_ignore_ascii_case(b"flush")) =>
+            {
+                self.proxy.scripts.flush();
+                self.broadcast(cluster, data, |_| Merge::Same, now)
             }
             "script" | "function" => self.broadcast(cluster, data, |_| Merge::Same, now),
             "wait" => self.broadcast(cluster, data, |_| Merge::Min, now),
@@ -759,18 +782,19 @@ impl Session {
         Ok(())
     }
 
-    /// `SCRIPT KILL` / `FUNCTION KILL`: the shared connection to a node
-    /// running a long script waits behind it, so each master is asked on a
-    /// connection of its own, closed once it has answered (Redis serves
-    /// these two commands while a script is busy).
-    fn broadcast_kill(
+    /// `SCRIPT KILL`, `FUNCTION KILL`, `FUNCTION STATS`: the shared
+    /// connection to a node running a long script waits behind it, so each
+    /// master is asked on a connection of its own, closed once it has
+    /// answered (Redis serves these commands while a script is busy).
+    fn broadcast_dedicated(
         &mut self,
         cluster: usize,
         data: Vec<u8>,
+        merge: Merge,
         now: Instant,
     ) -> Result<(), Vec<u8>> {
         let masters = self.masters(cluster)?;
-        self.fan_out(cluster, masters, data, Merge::Kill, true, now);
+        self.fan_out(cluster, masters, data, merge, true, now);
         Ok(())
     }
 

@@ -36,6 +36,10 @@ pub enum Merge {
     /// `SCRIPT KILL` / `FUNCTION KILL` sent to every master: the busy one's
     /// answer (`+OK`, or why it could not kill), else `NOTBUSY`.
     Kill,
+    /// `FUNCTION STATS` from every master: the one running a function
+    /// reports it (`running_script`), else any (the libraries are the same
+    /// on every master).
+    FunctionStats,
     /// Sum of integer replies.
     Sum,
     /// Minimum of integer replies (`WAIT`).
@@ -112,6 +116,11 @@ pub fn merge(how: &Merge, parts: &[&[u8]]) -> Vec<u8> {
     match how {
         Merge::AllOk => codec::simple("OK"),
         Merge::Kill => merge_kill(parts),
+        Merge::FunctionStats => parts
+            .iter()
+            .find(|p| running_script(p).is_some_and(|r| !is_nil(r)))
+            .or(parts.first())
+            .map_or_else(bad, |p| p.to_vec()),
         Merge::Same => {
             let Some(first) = parts.first() else {
                 return bad();
@@ -351,6 +360,28 @@ pub fn array_elements(reply: &[u8]) -> Option<Vec<&[u8]>> {
     Some(out)
 }
 
+/// The `running_script` field of a `FUNCTION STATS` reply (a RESP2 list
+/// of name, value, … or a RESP3 map).
+fn running_script(reply: &[u8]) -> Option<&[u8]> {
+    let per_entry = match reply.first() {
+        Some(b'*') => 1,
+        Some(b'%') => 2,
+        _ => return None,
+    };
+    let (n, mut pos) = aggregate_header(reply)?;
+    let mut prev: Option<&[u8]> = None;
+    for _ in 0..n.saturating_mul(per_entry) {
+        let len = codec::reply_len(reply.get(pos..)?).ok()??;
+        let elem = reply.get(pos..pos + len)?;
+        if prev.and_then(string_body) == Some(b"running_script".as_slice()) {
+            return Some(elem);
+        }
+        prev = Some(elem);
+        pos += len;
+    }
+    None
+}
+
 fn integer(reply: &[u8]) -> Option<i64> {
     let body = reply.strip_prefix(b":")?.strip_suffix(b"\r\n")?;
     std::str::from_utf8(body).ok()?.parse().ok()
@@ -434,6 +465,19 @@ mod tests {
         let huge: &[u8] = b"*9223372036854775807\r\n:1\r\n";
         assert!(array_elements(huge).is_none());
         assert!(merge(&Merge::Same, &[huge, b"*1\r\n:1\r\n"]).starts_with(b"-ERR"));
+    }
+
+    #[test]
+    fn function_stats_shows_the_running_function() {
+        let idle: &[u8] = b"*4\r\n$14\r\nrunning_script\r\n$-1\r\n$7\r\nengines\r\n*0\r\n";
+        let busy: &[u8] = b"*4\r\n$14\r\nrunning_script\r\n*2\r\n$4\r\nname\r\n$4\r\ntest\r\n$7\r\nengines\r\n*0\r\n";
+        assert_eq!(merge(&Merge::FunctionStats, &[idle, busy, idle]), busy);
+        assert_eq!(merge(&Merge::FunctionStats, &[idle, idle]), idle);
+        let idle3: &[u8] = b"%2\r\n$14\r\nrunning_script\r\n_\r\n$7\r\nengines\r\n%0\r\n";
+        let busy3: &[u8] = b"%2\r\n$14\r\nrunning_script\r\n%1\r\n$4\r\nname\r\n$1\r\nt\r\n$7\r\nengines\r\n%0\r\n";
+        assert_eq!(merge(&Merge::FunctionStats, &[idle3, busy3]), busy3);
+        let err: &[u8] = b"-ERR down\r\n";
+        assert_eq!(merge(&Merge::FunctionStats, &[busy, err]), err);
     }
 
     #[test]

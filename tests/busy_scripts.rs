@@ -1,6 +1,9 @@
-//! A long-running script stalls its node; `SCRIPT KILL` and `FUNCTION KILL`
-//! through the proxy still reach it (on connections of their own, not
-//! queued behind the script on the shared one) and the node serves again.
+//! A long-running script stalls its node; `SCRIPT KILL`, `FUNCTION KILL`
+//! and `FUNCTION STATS` through the proxy still reach it (on connections of
+//! their own, not queued behind the script on the shared one), other
+//! clients get `-BUSY` as from Redis, and the node serves again once the
+//! script is killed. Also the proxy's script bodies: `EVALSHA` anywhere,
+//! and forgotten on `SCRIPT FLUSH`.
 
 mod common;
 
@@ -195,4 +198,178 @@ fn commands_for_a_busy_node_fail_fast_with_busy() {
         "the node did not serve again after the script was killed"
     );
     assert_eq!(c.cmd(&["PING"]), Resp::Simple("PONG".into()));
+}
+
+const SPIN_LIB: &str =
+    "#!lua name=spinlib\nredis.register_function('spin', function() while true do end end)";
+
+fn is_busy(r: &Resp) -> bool {
+    matches!(r, Resp::Error(e) if e.starts_with("BUSY"))
+}
+
+/// The `running_script` field of a RESP2 `FUNCTION STATS` reply.
+fn running_script(stats: &Resp) -> Resp {
+    match stats {
+        Resp::Array(fields) => fields
+            .chunks(2)
+            .find(|kv| kv[0] == Resp::bulk("running_script"))
+            .map(|kv| kv[1].clone())
+            .unwrap_or_else(|| panic!("no running_script in {stats:?}")),
+        other => panic!("FUNCTION STATS: {other:?}"),
+    }
+}
+
+/// `FUNCTION STATS` while a function keeps its master busy: Redis answers
+/// it (it is allowed during a busy script) and names the running function;
+/// through the proxy every master is asked on a connection of its own, so
+/// the busy one's answer is what the client sees. Fresh connections (spread
+/// over both Envoy workers) all see the node busy, whichever worker's loop
+/// sent the function.
+#[test]
+fn function_stats_shows_the_running_function() {
+    let cluster = Cluster::start(3, 0);
+    quick_busy_threshold(&cluster);
+    let envoy = Envoy::start(module_config(&cluster, json!({ "op_timeout": "8s" })));
+    let mut c = envoy.raw_client();
+    assert_eq!(
+        c.cmd(&["FUNCTION", "LOAD", SPIN_LIB]),
+        Resp::bulk("spinlib")
+    );
+    assert_eq!(running_script(&c.cmd(&["FUNCTION", "STATS"])), Resp::Nil);
+
+    let mut spinner = RawClient::connect(envoy.port());
+    spinner.set_timeout(Duration::from_secs(20));
+    spinner.send_cmd(&["FCALL", "spin", "0"]);
+    thread::sleep(Duration::from_millis(500));
+
+    for i in 0..6 {
+        let mut other = envoy.raw_client();
+        let t = Instant::now();
+        let stats = other.cmd(&["FUNCTION", "STATS"]);
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "FUNCTION STATS took {:?}",
+            t.elapsed()
+        );
+        let running = running_script(&stats);
+        let Resp::Array(fields) = &running else {
+            panic!("connection {i}: running_script {running:?}");
+        };
+        assert_eq!(
+            fields.get(..2),
+            Some(&[Resp::bulk("name"), Resp::bulk("spin")][..])
+        );
+        assert_eq!(
+            fields.get(2..4),
+            Some(
+                &[
+                    Resp::bulk("command"),
+                    Resp::Array(vec![
+                        Resp::bulk("FCALL"),
+                        Resp::bulk("spin"),
+                        Resp::bulk("0")
+                    ])
+                ][..]
+            ),
+            "connection {i}"
+        );
+        let r = other.cmd(&["PING"]);
+        assert!(is_busy(&r), "PING on connection {i}: {r:?}");
+    }
+
+    assert_eq!(c.cmd(&["FUNCTION", "KILL"]), Resp::ok());
+    let spun = spinner.read_reply();
+    assert!(
+        matches!(&spun, Resp::Error(e) if e.contains("killed")),
+        "{spun:?}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || running_script(
+            &c.cmd(&["FUNCTION", "STATS"])
+        ) == Resp::Nil),
+        "FUNCTION STATS still shows a running function after FUNCTION KILL"
+    );
+}
+
+/// A script pipelined behind another command on one connection (Redis's
+/// suite: `FUNCTION LOAD`, `FCALL`, `PING` in one write): the node holds the
+/// earlier command's reply back until the script ends, so the proxy must
+/// look past the oldest command to see that its node is busy; other clients
+/// then get `-BUSY`, and the pipeline's replies come in order once killed.
+#[test]
+fn a_script_pipelined_behind_another_command_still_makes_its_node_busy() {
+    let cluster = Cluster::start(3, 0);
+    quick_busy_threshold(&cluster);
+    let envoy = Envoy::start(module_config(&cluster, json!({ "op_timeout": "8s" })));
+    let mut pipe = RawClient::connect(envoy.port());
+    pipe.set_timeout(Duration::from_secs(20));
+    let mut buf = Vec::new();
+    for cmd in [
+        &["FUNCTION", "LOAD", "REPLACE", SPIN_LIB][..],
+        &["FCALL", "spin", "0"],
+        &["PING"],
+    ] {
+        buf.extend(encode_cmd(cmd));
+    }
+    pipe.send(&buf).expect("send the pipeline");
+
+    let mut c = envoy.raw_client();
+    assert!(
+        wait_until(Duration::from_secs(3), || is_busy(&c.cmd(&["PING"]))),
+        "the node running the pipelined function was never seen busy"
+    );
+    let mut killer = envoy.raw_client();
+    assert_eq!(killer.cmd(&["FUNCTION", "KILL"]), Resp::ok());
+    assert_eq!(pipe.read_reply(), Resp::bulk("spinlib"));
+    let killed = pipe.read_reply();
+    assert!(
+        matches!(&killed, Resp::Error(e) if e.contains("killed")),
+        "{killed:?}"
+    );
+    assert_eq!(pipe.read_reply(), Resp::Simple("PONG".into()));
+    assert!(
+        wait_until(Duration::from_secs(5), || c.cmd(&["PING"])
+            == Resp::Simple("PONG".into())),
+        "still busy after FUNCTION KILL"
+    );
+}
+
+/// `SCRIPT FLUSH` through the proxy empties the proxy's own script bodies
+/// too: a later `EVALSHA` gets `NOSCRIPT`, as from one Redis (and not the
+/// proxy loading the forgotten body again); sending the body again makes
+/// `EVALSHA` work on every master once more.
+#[test]
+fn script_flush_forgets_the_proxys_script_bodies() {
+    let cluster = Cluster::start(3, 0);
+    let envoy = Envoy::start(module_config(&cluster, json!({})));
+    let mut c = envoy.raw_client();
+    let body = "return redis.call('get', KEYS[1])";
+    assert_eq!(c.cmd(&["SET", "{f}k", "v"]), Resp::ok());
+    assert_eq!(c.cmd(&["EVAL", body, "1", "{f}k"]), Resp::bulk("v"));
+    let sha = match c.cmd(&["SCRIPT", "LOAD", body]) {
+        Resp::Bulk(s) => String::from_utf8(s).unwrap(),
+        other => panic!("SCRIPT LOAD: {other:?}"),
+    };
+    assert_eq!(c.cmd(&["EVALSHA", &sha, "1", "{f}k"]), Resp::bulk("v"));
+    assert_eq!(c.cmd(&["SCRIPT", "FLUSH"]), Resp::ok());
+    let r = c.cmd(&["EVALSHA", &sha, "1", "{f}k"]);
+    assert!(
+        matches!(&r, Resp::Error(e) if e.starts_with("NOSCRIPT")),
+        "EVALSHA after SCRIPT FLUSH: {r:?}"
+    );
+
+    // The same body again from the same client (which the session may skip
+    // remembering when it repeats the last script): EVAL loads it on one
+    // master; EVALSHA runs on every master.
+    assert_eq!(c.cmd(&["EVAL", body, "1", "{f}k"]), Resp::bulk("v"));
+    let keys: Vec<String> = (0..200).map(|i| format!("sf:{i}")).collect();
+    let by = by_owner(&cluster, &keys);
+    assert_eq!(by.len(), 3, "keys on every master");
+    for (port, ks) in &by {
+        assert_eq!(
+            c.cmd(&["EVALSHA", &sha, "1", &ks[0]]),
+            Resp::Nil,
+            "EVALSHA for a key of master {port}"
+        );
+    }
 }

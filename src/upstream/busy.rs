@@ -12,7 +12,9 @@
 
 use super::{ClientShared, Delivery, Notify, Request, Target, WHOLE};
 use crate::codec;
+use parking_lot::Mutex;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,6 +27,10 @@ const PROBE_EVERY: Duration = Duration::from_millis(200);
 /// script passes its busy-reply-threshold, 5 s by default).
 const PROBE_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How far down a connection's owed commands to look for a script: one
+/// pipelined read's worth; deeper, a slow node is the likelier cause.
+const SCRIPT_WITHIN: usize = 64;
+
 /// Node identity: (cluster index, address).
 type Node = (usize, String);
 
@@ -33,15 +39,59 @@ impl Notify for NoWake {
     fn notify(&self) {}
 }
 
-pub struct BusyNodes {
+/// What every upstream loop of a proxy knows of busy nodes. Envoy runs one
+/// loop per worker; a script started through one keeps its node busy for
+/// the clients of all, whose commands would otherwise wait `op_timeout`
+/// on their own loop's connections.
+#[derive(Default)]
+pub struct SharedBusy {
+    /// Some node is busy (fast check for every command).
+    any_busy: AtomicBool,
+    /// Some node is busy or some loop has a probe in flight: replies on
+    /// shared connections matter then.
+    watching: AtomicBool,
+    inner: Mutex<SharedInner>,
+}
+
+#[derive(Default)]
+struct SharedInner {
     /// Busy nodes and the `-BUSY` reply they gave.
     busy: HashMap<Node, Vec<u8>>,
-    /// Probes in flight, by their sequence number, with when they were sent.
-    probes: HashMap<u64, (Node, Instant)>,
-    last_probe: HashMap<Node, Instant>,
     /// When the node last answered something other than `-BUSY`: an older
     /// probe's `-BUSY` is stale then.
     cleared: HashMap<Node, Instant>,
+    probes_in_flight: usize,
+}
+
+impl SharedBusy {
+    /// Some busy node's `-BUSY` reply, if any node is busy.
+    pub fn any(&self) -> Option<Vec<u8>> {
+        if !self.any_busy.load(Ordering::Acquire) {
+            return None;
+        }
+        self.inner.lock().busy.values().next().cloned()
+    }
+
+    fn publish(&self, inner: &mut SharedInner) {
+        if inner.busy.is_empty() && inner.probes_in_flight == 0 {
+            inner.cleared.clear();
+        }
+        self.any_busy
+            .store(!inner.busy.is_empty(), Ordering::Release);
+        self.watching.store(
+            !inner.busy.is_empty() || inner.probes_in_flight > 0,
+            Ordering::Release,
+        );
+    }
+}
+
+/// One loop's probes of nodes that may be busy, and its view of
+/// [`SharedBusy`].
+pub struct BusyNodes {
+    shared: Arc<SharedBusy>,
+    /// Probes in flight, by their sequence number, with when they were sent.
+    probes: HashMap<u64, (Node, Instant)>,
+    last_probe: HashMap<Node, Instant>,
     next_seq: u64,
     /// Probe replies land here (the loop reads them; nobody is woken).
     mailbox: Arc<ClientShared>,
@@ -50,15 +100,7 @@ pub struct BusyNodes {
 
 impl Default for BusyNodes {
     fn default() -> Self {
-        BusyNodes {
-            busy: HashMap::new(),
-            probes: HashMap::new(),
-            last_probe: HashMap::new(),
-            cleared: HashMap::new(),
-            next_seq: 0,
-            mailbox: ClientShared::new(Box::new(NoWake)),
-            delivered: Vec::new(),
-        }
+        BusyNodes::new(Arc::default())
     }
 }
 
@@ -84,48 +126,60 @@ pub fn is_script(data: &[u8]) -> bool {
 }
 
 impl BusyNodes {
-    /// The `-BUSY` reply for a command to this node, if it is busy.
-    pub fn reply_for(&self, cluster: usize, addr: &str) -> Option<Vec<u8>> {
-        if self.busy.is_empty() {
-            return None;
+    pub fn new(shared: Arc<SharedBusy>) -> BusyNodes {
+        BusyNodes {
+            shared,
+            probes: HashMap::new(),
+            last_probe: HashMap::new(),
+            next_seq: 0,
+            mailbox: ClientShared::new(Box::new(NoWake)),
+            delivered: Vec::new(),
         }
-        self.busy.get(&(cluster, addr.to_string())).cloned()
     }
 
-    /// Some busy node's `-BUSY` reply, if any node is busy.
-    pub fn any(&self) -> Option<&[u8]> {
-        self.busy.values().next().map(Vec::as_slice)
+    /// The `-BUSY` reply for a command to this node, if it is busy.
+    pub fn reply_for(&self, cluster: usize, addr: &str) -> Option<Vec<u8>> {
+        if !self.shared.any_busy.load(Ordering::Acquire) {
+            return None;
+        }
+        let inner = self.shared.inner.lock();
+        inner.busy.get(&(cluster, addr.to_string())).cloned()
     }
 
     /// A reply from the node on a shared connection tells whether it is
     /// busy now.
     pub fn saw_reply(&mut self, cluster: usize, addr: &str, reply: &[u8], now: Instant) {
         let busy_reply = reply.starts_with(b"-BUSY");
-        if !busy_reply && self.busy.is_empty() && self.probes.is_empty() {
+        if !busy_reply && !self.shared.watching.load(Ordering::Acquire) {
             return;
         }
         let node = (cluster, addr.to_string());
+        let mut inner = self.shared.inner.lock();
         if busy_reply {
-            self.busy.insert(node, reply.to_vec());
+            inner.busy.insert(node, reply.to_vec());
         } else {
-            self.busy.remove(&node);
-            self.cleared.insert(node, now);
+            inner.busy.remove(&node);
+            inner.cleared.insert(node, now);
         }
+        self.shared.publish(&mut inner);
     }
 
-    /// Should the node be probed, given the oldest command on one of its
-    /// shared connections (`arrived` is when that command arrived)?
-    pub fn wants_probe(
+    /// Should the node be probed, given the commands owed a reply on one
+    /// of its shared connections, oldest first (`arrived` is when the
+    /// oldest arrived)? The script need not be the oldest: Redis holds back
+    /// the replies of the commands pipelined before it on the same
+    /// connection until the script ends.
+    pub fn wants_probe<'a>(
         &self,
         cluster: usize,
         addr: &str,
-        oldest: &Request,
+        owed: impl Iterator<Item = &'a Request>,
         arrived: Instant,
         now: Instant,
     ) -> bool {
         now.duration_since(arrived) >= PROBE_AFTER
             && self.may_probe(&(cluster, addr.to_string()), now)
-            && is_script(&oldest.data)
+            && owed.take(SCRIPT_WITHIN).any(|r| is_script(&r.data))
     }
 
     fn may_probe(&self, node: &Node, now: Instant) -> bool {
@@ -136,9 +190,15 @@ impl BusyNodes {
                 .is_none_or(|t| now.duration_since(*t) >= PROBE_EVERY)
     }
 
-    /// Busy nodes due for another probe (to see them free again).
+    /// Busy nodes due for another probe from this loop (to see them free
+    /// again).
     pub fn due(&self, now: Instant) -> Vec<Node> {
-        self.busy
+        if !self.shared.any_busy.load(Ordering::Acquire) {
+            return Vec::new();
+        }
+        let inner = self.shared.inner.lock();
+        inner
+            .busy
             .keys()
             .filter(|n| self.may_probe(n, now))
             .cloned()
@@ -158,6 +218,11 @@ impl BusyNodes {
         let node = (cluster, addr.to_string());
         self.last_probe.insert(node.clone(), now);
         self.probes.insert(self.next_seq, (node, now));
+        {
+            let mut inner = self.shared.inner.lock();
+            inner.probes_in_flight += 1;
+            self.shared.publish(&mut inner);
+        }
         let target = Target::Node {
             addr: addr.to_string(),
             slot: 0,
@@ -180,25 +245,30 @@ impl BusyNodes {
     /// Take in the answers to probes.
     pub fn collect(&mut self) {
         if self.probes.is_empty() {
+            if !self.shared.any_busy.load(Ordering::Acquire) {
+                self.last_probe.clear();
+            }
             return;
         }
         self.mailbox.take(&mut self.delivered);
+        if self.delivered.is_empty() {
+            return;
+        }
         let now = Instant::now();
+        let mut inner = self.shared.inner.lock();
         for d in self.delivered.drain(..) {
             let Some((node, sent)) = self.probes.remove(&d.seq) else {
                 continue;
             };
+            inner.probes_in_flight = inner.probes_in_flight.saturating_sub(1);
             if !d.reply.starts_with(b"-BUSY") {
-                self.busy.remove(&node);
-                self.cleared.insert(node, now);
-            } else if self.cleared.get(&node).is_none_or(|c| *c < sent) {
-                self.busy.insert(node, d.reply);
+                inner.busy.remove(&node);
+                inner.cleared.insert(node, now);
+            } else if inner.cleared.get(&node).is_none_or(|c| *c < sent) {
+                inner.busy.insert(node, d.reply);
             }
         }
-        if self.busy.is_empty() && self.probes.is_empty() {
-            self.cleared.clear();
-            self.last_probe.clear();
-        }
+        self.shared.publish(&mut inner);
     }
 }
 
@@ -238,25 +308,54 @@ mod tests {
     }
 
     #[test]
+    fn every_loop_sees_what_one_found() {
+        let shared = Arc::new(SharedBusy::default());
+        let (mut a, mut b) = (
+            BusyNodes::new(shared.clone()),
+            BusyNodes::new(shared.clone()),
+        );
+        let now = Instant::now();
+        let p = a.probe(0, "n:1", 1, false, now);
+        p.client.deliver(p.seq, WHOLE, b"-BUSY busy\r\n".to_vec());
+        a.collect();
+        assert!(b.reply_for(0, "n:1").is_some(), "the other loop");
+        assert_eq!(shared.any().as_deref(), Some(&b"-BUSY busy\r\n"[..]));
+        assert_eq!(b.due(now), vec![(0, "n:1".to_string())], "b probes too");
+        b.saw_reply(0, "n:1", b"+OK\r\n", now);
+        assert!(a.reply_for(0, "n:1").is_none());
+        assert!(shared.any().is_none());
+    }
+
+    #[test]
     fn probes_go_to_old_scripts_one_at_a_time() {
         let mut b = BusyNodes::default();
         let now = Instant::now();
         let old = now - Duration::from_secs(1);
         let mut script = BusyNodes::default().probe(0, "n:1", 1, false, now);
         script.data = codec::command(&[b"EVAL", b"while true do end", b"0"]);
-        assert!(b.wants_probe(0, "n:1", &script, old, now));
-        assert!(!b.wants_probe(0, "n:1", &script, now, now), "too young");
+        let get = BusyNodes::default().probe(0, "n:1", 1, false, now);
+        let one = |r| std::iter::once(r);
+        assert!(b.wants_probe(0, "n:1", one(&script), old, now));
+        assert!(
+            b.wants_probe(0, "n:1", [&get, &script].into_iter(), old, now),
+            "a script behind a command whose reply the node holds back"
+        );
+        assert!(!b.wants_probe(0, "n:1", one(&get), old, now), "no script");
+        assert!(
+            !b.wants_probe(0, "n:1", one(&script), now, now),
+            "too young"
+        );
         let p = b.probe(0, "n:1", 7, false, now);
         assert_eq!(p.pin, Some(7));
         assert!(
-            !b.wants_probe(0, "n:1", &script, old, now),
+            !b.wants_probe(0, "n:1", one(&script), old, now),
             "probe in flight"
         );
         p.client.deliver(p.seq, WHOLE, b"-BUSY busy\r\n".to_vec());
         b.collect();
         assert!(b.reply_for(0, "n:1").is_some());
         assert!(
-            !b.wants_probe(0, "n:1", &script, old, now),
+            !b.wants_probe(0, "n:1", one(&script), old, now),
             "probed just now"
         );
         let p = b.probe(0, "n:1", 9, false, now);

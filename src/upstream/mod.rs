@@ -26,6 +26,7 @@ use crate::stats::Stats;
 use crate::topology::{Redirect, SlotMap};
 use crate::topology_refresh::ClusterTopology;
 use busy::BusyNodes;
+pub use busy::SharedBusy;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 use parking_lot::Mutex;
@@ -267,19 +268,14 @@ pub struct LoopShared {
     waker: Waker,
     wake_pending: AtomicBool,
     stop: AtomicBool,
-    /// Some node is busy with a script (fast check for `busy`).
-    any_busy: AtomicBool,
-    /// That node's `-BUSY` reply.
-    busy: Mutex<Option<Vec<u8>>>,
+    /// Nodes busy with a script, as every loop of the proxy sees them.
+    busy: Arc<SharedBusy>,
 }
 
 impl LoopShared {
     /// A busy node's `-BUSY` reply, while one is busy with a long script.
     pub fn busy_reply(&self) -> Option<Vec<u8>> {
-        if !self.any_busy.load(Ordering::Acquire) {
-            return None;
-        }
-        self.busy.lock().clone()
+        self.busy.any()
     }
 
     /// Queue a batch of requests (emptying `batch`) and wake the loop.
@@ -417,6 +413,7 @@ impl UpstreamLoop {
         clusters: &[Arc<ClusterTopology>],
         stats: Arc<Stats>,
         scripts: Arc<ScriptCache>,
+        busy: Arc<SharedBusy>,
     ) -> io::Result<(UpstreamLoop, Arc<LoopShared>)> {
         let poll = Poll::new()?;
         let waker = Waker::new(poll.registry(), WAKER)?;
@@ -425,8 +422,7 @@ impl UpstreamLoop {
             waker,
             wake_pending: AtomicBool::new(false),
             stop: AtomicBool::new(false),
-            any_busy: AtomicBool::new(false),
-            busy: Mutex::new(None),
+            busy: busy.clone(),
         });
         let clusters = clusters
             .iter()
@@ -455,7 +451,7 @@ impl UpstreamLoop {
             stats,
             scratch: vec![0; READ_CHUNK],
             scripts,
-            busy: BusyNodes::default(),
+            busy: BusyNodes::new(busy),
             next_pin: 1 << 63,
         };
         Ok((lp, shared))
@@ -508,13 +504,6 @@ impl UpstreamLoop {
             self.retry_parked(now);
             self.check_timeouts(now);
             self.check_busy(now);
-            let busy = self.busy.any();
-            if busy.is_some() != self.shared.any_busy.load(Ordering::Relaxed) {
-                *self.shared.busy.lock() = busy.map(<[u8]>::to_vec);
-                self.shared
-                    .any_busy
-                    .store(busy.is_some(), Ordering::Release);
-            }
             self.flush_dirty();
         }
         // Shutdown: fail what is left so no reply slot stays empty.
@@ -1156,7 +1145,7 @@ impl UpstreamLoop {
             let arrived = oldest.deadline.checked_sub(op_timeout).unwrap_or(now);
             if self
                 .busy
-                .wants_probe(c.cluster, &c.addr, oldest, arrived, now)
+                .wants_probe(c.cluster, &c.addr, c.pipe.requests(), arrived, now)
                 && !probe
                     .iter()
                     .any(|(cl, a, _)| *cl == c.cluster && *a == c.addr)

@@ -123,6 +123,11 @@ impl Pipeline {
         self.owed.iter().find_map(|o| o.req.as_ref())
     }
 
+    /// Client commands still owed a reply, oldest first.
+    pub fn requests(&self) -> impl Iterator<Item = &Request> {
+        self.owed.iter().filter_map(|o| o.req.as_ref())
+    }
+
     /// A whole reply arrived: what it belongs to, or `None` if nothing was
     /// owed (the node is out of step with us).
     pub fn next_reply(&mut self) -> Option<Next> {
