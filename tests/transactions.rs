@@ -610,3 +610,72 @@ fn a_lost_transaction_connection_aborts_it_and_runs_nothing() {
     assert_eq!(c.cmd(&["SET", "{l}a", "1"]), Resp::Simple("QUEUED".into()));
     assert_eq!(c.cmd(&["EXEC"]), Resp::Array(vec![Resp::ok()]));
 }
+
+/// A queued command times out (its node stalls): its client cannot know
+/// whether the node queued it, so the transaction's connection is closed —
+/// the node drops the transaction — and the rest of it, EXEC included,
+/// fails instead of running with or without that command.
+#[test]
+fn a_timeout_inside_a_transaction_aborts_it_and_runs_nothing() {
+    let cluster = Cluster::start(3, 0);
+    let envoy = Envoy::start(module_config(&cluster, json!({ "op_timeout": "500ms" })));
+    let mut c = envoy.raw_client();
+    assert_eq!(c.cmd(&["EXISTS", "warm-up"]), Resp::Int(0));
+    assert_eq!(c.cmd(&["MULTI"]), Resp::ok());
+    assert_eq!(c.cmd(&["SET", "{o}a", "1"]), Resp::Simple("QUEUED".into()));
+    let owner = cluster.node_for_key(b"{o}a");
+    let paused = cluster.pause_node(owner);
+    let stalled = c.cmd(&["SET", "{o}b", "2"]);
+    assert!(
+        matches!(&stalled, Resp::Error(e) if e.contains("timeout")),
+        "{stalled:?}"
+    );
+    drop(paused);
+    let later = c.cmd(&["SET", "{o}c", "3"]);
+    assert!(
+        matches!(&later, Resp::Error(e) if e.contains("connection to the node was lost")),
+        "{later:?}"
+    );
+    let exec = c.cmd(&["EXEC"]);
+    assert!(exec.is_error(), "{exec:?}");
+    let mut node = RawClient::connect(owner);
+    assert_eq!(
+        node.cmd(&["EXISTS", "{o}a", "{o}b", "{o}c"]),
+        Resp::Int(0),
+        "nothing of the transaction ran"
+    );
+    assert_eq!(c.cmd(&["MULTI"]), Resp::ok());
+    assert_eq!(c.cmd(&["SET", "{o}a", "1"]), Resp::Simple("QUEUED".into()));
+    assert_eq!(c.cmd(&["EXEC"]), Resp::Array(vec![Resp::ok()]));
+}
+
+/// A RESP3 client's transaction runs on a RESP3 connection: queued
+/// replies, EXEC's array with RESP3 nulls and maps, as from a standalone
+/// Redis.
+#[test]
+fn a_resp3_transaction_is_answered_like_redis() {
+    let s = setup();
+    let reference = StandaloneRedis::start();
+    let mut p = s.envoy.raw_client();
+    let mut r = reference.raw_client();
+    for c in [&mut p, &mut r] {
+        c.send_cmd(&["HELLO", "3"]);
+        let hello = c.read_reply_bytes();
+        assert!(hello.starts_with(b"%"), "{}", show_resp(&hello));
+    }
+    same_as_redis(
+        &mut p,
+        &mut r,
+        &[
+            vec!["WATCH", "{r}h"],
+            vec!["MULTI"],
+            vec!["HSET", "{r}h", "f", "v"],
+            vec!["HGETALL", "{r}h"],
+            vec!["GET", "{r}missing"],
+            vec!["EXEC"],
+            vec!["MULTI"],
+            vec!["INCR", "{r}h"],
+            vec!["EXEC"],
+        ],
+    );
+}
