@@ -1276,8 +1276,9 @@ mod tests {
         let text = String::from_utf8(c.out).unwrap();
         // SET goes to the node at once (and so fails here, like EXEC).
         assert!(
-            text.starts_with("+OK\r\n-ERR proxy is not running (validation mode)\r\n-ERR proxy is not running")
-                && text.ends_with("+PONG\r\n+PONG\r\n+PONG\r\n"),
+            text.starts_with(
+                "+OK\r\n-ERR proxy is not running (validation mode)\r\n-ERR proxy is not running"
+            ) && text.ends_with("+PONG\r\n+PONG\r\n+PONG\r\n"),
             "{text:?}"
         );
         assert!(!c.closed);
