@@ -9,12 +9,14 @@
 //! Forwarded live, like a client talking to the node itself: from the moment
 //! the slot is known, every command inside `MULTI` goes to the node at once
 //! and the node's answer (`+QUEUED`, or its queue-time refusal such as `OOM`
-//! under `maxmemory`) is the client's. Before that — `MULTI` and the keyless
-//! commands allowed inside it (`PING`, `ECHO` …) — the proxy answers
-//! `+OK`/`+QUEUED` itself and holds the bytes; they go, their replies
-//! swallowed, in front of the first command that reaches the node. An
-//! `EXEC` with no key at all sends the held commands as one
-//! `MULTI … EXEC` to any master.
+//! under `maxmemory`) is the client's. `MULTI` itself is answered `+OK` by
+//! the proxy (a node's `MULTI` cannot fail) and goes, its reply swallowed,
+//! in front of the first command sent after it. The keyless commands allowed
+//! inside `MULTI` (`PING`, `ECHO` …) that come before the slot is known are
+//! answered `+QUEUED` by the proxy and held the same way (the one difference
+//! from a node: one under `OOM` refuses every command inside `MULTI`). An
+//! `EXEC` with no key at all sends the held commands as one `MULTI … EXEC`
+//! to any master.
 //!
 //! The proxy's own refusals inside `MULTI` (unknown command, arity, keys in
 //! another slot or cluster, commands that cannot run through the proxy)
