@@ -1224,8 +1224,8 @@ mod tests {
     }
 
     #[derive(Default)]
-    struct Client {
-        out: Vec<u8>,
+    pub(super) struct Client {
+        pub(super) out: Vec<u8>,
         closed: bool,
     }
 
@@ -1328,7 +1328,7 @@ mod tests {
 
     /// Records what a session submits; the test answers by hand.
     #[derive(Default)]
-    struct Recorder {
+    pub(super) struct Recorder {
         inbox: parking_lot::Mutex<Vec<Request>>,
     }
 
@@ -1339,12 +1339,12 @@ mod tests {
     }
 
     impl Recorder {
-        fn take(&self) -> Vec<Request> {
+        pub(super) fn take(&self) -> Vec<Request> {
             std::mem::take(&mut *self.inbox.lock())
         }
     }
 
-    fn reply(r: &Request, bytes: &[u8]) {
+    pub(super) fn reply(r: &Request, bytes: &[u8]) {
         r.client.deliver(r.seq, r.part, bytes.to_vec());
     }
 
@@ -1362,7 +1362,7 @@ mod tests {
 
     /// A session on an inert proxy whose requests go to a recorder, on a
     /// manual clock; `config` is the filter config.
-    fn recorded(
+    pub(super) fn recorded(
         config: &str,
     ) -> (
         Session,
@@ -1451,7 +1451,7 @@ mod tests {
         assert_eq!(c.out, b":6\r\n".to_vec());
     }
 
-    const ROUTES: &str = r#"{"clusters":{"a":{"seeds":["127.0.0.1:7000"]},"b":{"seeds":["127.0.0.1:7100"]},
+    pub(super) const ROUTES: &str = r#"{"clusters":{"a":{"seeds":["127.0.0.1:7000"]},"b":{"seeds":["127.0.0.1:7100"]},
           "m":{"seeds":["127.0.0.1:7200"]}},
         "prefix_routes":{"routes":[
           {"prefix":"r:","cluster":"b","remove_prefix":true},

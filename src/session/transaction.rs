@@ -568,6 +568,52 @@ mod tests {
         assert_eq!((r.data, r.swallow, r.opens), (cmd(&["DISCARD"]), 0, false));
     }
 
+    /// Through a session: a prefix route's transaction goes to its cluster
+    /// with the prefix stripped, MULTI in front of the first command only;
+    /// the node's answers are the client's, a redirection at EXEC becomes
+    /// EXECABORT.
+    #[test]
+    fn a_session_forwards_queued_commands_with_their_route() {
+        use crate::session::tests::{recorded, reply, Client, ROUTES};
+        let (mut s, proxy, rec, _) = recorded(ROUTES);
+        let b = proxy.cluster_index("b").unwrap();
+        let mut c = Client::default();
+        s.on_data(b"MULTI\r\nSET r:{x}a 1\r\nGET r:{x}a\r\n", &mut c);
+        let reqs = rec.take();
+        let sent: Vec<(usize, Part, Vec<u8>)> = reqs
+            .iter()
+            .map(|r| (r.cluster, r.part, r.data.clone()))
+            .collect();
+        assert_eq!(
+            sent,
+            vec![
+                (b, Part::Queued, cat(&[&["MULTI"], &["SET", "{x}a", "1"]])),
+                (b, Part::Queued, cmd(&["GET", "{x}a"])),
+            ]
+        );
+        reply(&reqs[1], b"-OOM command not allowed\r\n");
+        reply(&reqs[0], b"+QUEUED\r\n");
+        s.on_scheduled(&mut c);
+        assert_eq!(
+            c.out,
+            b"+OK\r\n+QUEUED\r\n-OOM command not allowed\r\n".to_vec()
+        );
+        s.on_data(b"EXEC\r\nPING\r\n", &mut c);
+        let exec = rec.take();
+        assert_eq!(exec.len(), 1);
+        assert_eq!(
+            (exec[0].part, exec[0].data.clone()),
+            (Part::Exec, cmd(&["EXEC"]))
+        );
+        reply(&exec[0], b"-MOVED 5 127.0.0.1:7101\r\n");
+        s.on_scheduled(&mut c);
+        let text = String::from_utf8(c.out).unwrap();
+        assert!(
+            text.ends_with("-EXECABORT Transaction discarded because slot 5 moved to another node; run it again\r\n+PONG\r\n"),
+            "{text}"
+        );
+    }
+
     #[test]
     fn redirections_become_transaction_errors() {
         let moved = b"-MOVED 3999 127.0.0.1:7002\r\n".to_vec();
