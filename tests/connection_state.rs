@@ -1,6 +1,7 @@
 //! Connection-level behaviour the proxy keeps itself, compared byte for byte
-//! with a standalone Redis 7 fed the same bytes: `RESET` (inside `MULTI`
-//! too), commands Redis forbids inside `MULTI`, `CLIENT REPLY ON|OFF|SKIP`
+//! with a standalone Redis 7 fed the same bytes, each case pipelined in one
+//! write: `RESET` (inside `MULTI` too), commands Redis forbids inside
+//! `MULTI`, transactions forwarded live, `CLIENT REPLY ON|OFF|SKIP`
 //! and inline (telnet-style) quoting, including the protocol error and close
 //! for unbalanced quotes.
 
@@ -89,6 +90,44 @@ fn connection_state_matches_redis() {
                 &["SAVE"],
                 &["EXEC"],
                 &["GET", "{t}b"],
+            ]),
+            false,
+        ),
+        (
+            "a transaction forwarded live: held keyless commands, UNWATCH inside MULTI, a queue-time error",
+            cmds(&[
+                &["MULTI"],
+                &["PING"],
+                &["ECHO", "x"],
+                &["SET", "{t}h", "1"],
+                &["UNWATCH"],
+                &["INCR", "{t}h"],
+                &["EXEC"],
+                &["MULTI"],
+                &["SET", "{t}h", "2"],
+                &["GET"],
+                &["EXEC"],
+                &["GET", "{t}h"],
+                &["WATCH", "{t}h"],
+                &["MULTI"],
+                &["EXEC"],
+            ]),
+            false,
+        ),
+        (
+            "CLIENT REPLY SKIP and OFF around transactions",
+            cmds(&[
+                &["CLIENT", "REPLY", "SKIP"],
+                &["MULTI"],
+                &["SET", "{t}c", "1"],
+                &["INCR", "{t}c"],
+                &["EXEC"],
+                &["CLIENT", "REPLY", "OFF"],
+                &["MULTI"],
+                &["INCR", "{t}c"],
+                &["EXEC"],
+                &["CLIENT", "REPLY", "ON"],
+                &["GET", "{t}c"],
             ]),
             false,
         ),

@@ -412,3 +412,270 @@ fn transaction_connections_are_bounded() {
     assert_eq!(clients[0].cmd(&["WATCH", "{w}x"]), Resp::ok());
     clients.clear();
 }
+
+/// `CONFIG SET maxmemory <n>` straight on every node given.
+fn set_maxmemory(ports: &[u16], n: &str) {
+    for &p in ports {
+        assert_eq!(
+            RawClient::connect(p).cmd(&["CONFIG", "SET", "maxmemory", n]),
+            Resp::ok(),
+            "node {p}"
+        );
+    }
+}
+
+/// A node's queue-time refusal (`OOM` under `maxmemory`) reaches the client
+/// at once, as from a standalone Redis, whose MULTI state stays right:
+/// EXEC answers EXECABORT, DISCARD works, and the connection goes on.
+/// Before the first key (keyless commands held by the proxy) and after a
+/// WATCH alike; EXEC's own OOM check and read-only transactions under OOM
+/// too.
+#[test]
+fn queue_time_refusals_from_the_node_come_at_once_like_redis() {
+    let s = setup();
+    let reference = StandaloneRedis::start();
+    let mut p = s.envoy.raw_client();
+    let mut r = reference.raw_client();
+    let nodes = s.cluster.ports();
+    let all = [nodes.clone(), vec![reference.port()]].concat();
+    set_maxmemory(&all, "1");
+    same_as_redis(
+        &mut p,
+        &mut r,
+        &[
+            vec!["MULTI"],
+            vec!["SET", "{q}k", "v"],
+            vec!["GET", "{q}k"],
+            vec!["EXEC"],
+            vec!["EXISTS", "{q}k"],
+            // After WATCH (the slot is known before MULTI).
+            vec!["WATCH", "{q}k"],
+            vec!["MULTI"],
+            vec!["INCR", "{q}n"],
+            vec!["GET", "{q}k"],
+            vec!["EXEC"],
+            // DISCARD during OOM (Redis's "DISCARD should not fail during OOM").
+            vec!["MULTI"],
+            vec!["SET", "{q}x", "1"],
+            vec!["DISCARD"],
+            vec!["PING"],
+        ],
+    );
+    // Keyless commands before the first key are held by the proxy, which
+    // answers them +QUEUED itself (a node under OOM refuses every command
+    // inside MULTI); the first keyed one gets the node's answer.
+    assert_eq!(p.cmd(&["MULTI"]), Resp::ok());
+    assert_eq!(p.cmd(&["PING"]), Resp::Simple("QUEUED".into()));
+    match p.cmd(&["LPUSH", "{q}l", "x"]) {
+        Resp::Error(e) => assert!(e.starts_with("OOM"), "{e}"),
+        other => panic!("LPUSH under OOM inside MULTI: {other:?}"),
+    }
+    assert_eq!(
+        p.cmd(&["EXEC"]),
+        Resp::Error("EXECABORT Transaction discarded because of previous errors.".into())
+    );
+    // A read-only transaction runs under OOM; one that writes is refused
+    // at EXEC, with the node's reason.
+    set_maxmemory(&all, "0");
+    same_as_redis(
+        &mut p,
+        &mut r,
+        &[
+            vec!["SET", "{q}x", "value"],
+            vec!["MULTI"],
+            vec!["GET", "{q}x"],
+            vec!["PING"],
+        ],
+    );
+    set_maxmemory(&all, "1");
+    same_as_redis(&mut p, &mut r, &[vec!["EXEC"]]);
+    set_maxmemory(&all, "0");
+    same_as_redis(
+        &mut p,
+        &mut r,
+        &[vec!["MULTI"], vec!["SET", "{q}x", "1"], vec!["GET", "{q}x"]],
+    );
+    set_maxmemory(&all, "1");
+    same_as_redis(&mut p, &mut r, &[vec!["EXEC"], vec!["GET", "{q}x"]]);
+    set_maxmemory(&all, "0");
+}
+
+/// The slot moves to another master while a transaction is queued: the
+/// node flags it, the client gets a clear error at once (not a MOVED it
+/// cannot follow) and EXECABORT at EXEC; once the proxy's map is fresh, the
+/// same transaction runs on the new owner. A move between the last queued
+/// command and EXEC aborts EXEC itself.
+#[test]
+fn a_slot_moving_mid_transaction_aborts_it_and_the_retry_runs_on_the_new_owner() {
+    let s = setup();
+    let move_slot = |key: &str| -> (u16, u16) {
+        let slot = key_slot(key.as_bytes());
+        let from = s.cluster.node_for_slot(slot);
+        let to = s
+            .cluster
+            .master_ports()
+            .into_iter()
+            .find(|&p| p != from)
+            .unwrap();
+        let to_id = s.cluster.node_id(to);
+        for p in s.cluster.ports() {
+            RawClient::connect(p).cmd(&["CLUSTER", "SETSLOT", &slot.to_string(), "NODE", &to_id]);
+        }
+        (slot, to)
+    };
+    let mut c = s.envoy.raw_client();
+    assert_eq!(c.cmd(&["MULTI"]), Resp::ok());
+    assert_eq!(c.cmd(&["SET", "{m}a", "1"]), Resp::Simple("QUEUED".into()));
+    let (slot, to) = move_slot("{m}a");
+    match c.cmd(&["SET", "{m}b", "2"]) {
+        Resp::Error(e) => assert!(
+            e.starts_with(&format!("ERR slot {slot} is moving to another node")),
+            "{e}"
+        ),
+        other => panic!("a command queued after its slot moved: {other:?}"),
+    }
+    // (The node checks the queued keys' slot again at EXEC: it says the
+    // slot moved rather than "previous errors".)
+    assert_eq!(
+        c.cmd(&["EXEC"]),
+        Resp::Error(format!(
+            "EXECABORT Transaction discarded because slot {slot} moved to another node; run it again"
+        ))
+    );
+    // The client's retry finds the new owner (the proxy refreshed its map).
+    let ran = wait_until(Duration::from_secs(5), || {
+        c.cmd(&["MULTI"]);
+        c.cmd(&["SET", "{m}a", "1"]);
+        c.cmd(&["SET", "{m}b", "2"]);
+        c.cmd(&["EXEC"]) == Resp::Array(vec![Resp::ok(), Resp::ok()])
+    });
+    assert!(ran, "the transaction never ran after its slot moved");
+    let v: String = connect(to).get("{m}b").unwrap();
+    assert_eq!(v, "2", "applied on the new owner");
+
+    // Moved between the last queued command and EXEC.
+    assert_eq!(c.cmd(&["MULTI"]), Resp::ok());
+    assert_eq!(c.cmd(&["SET", "{n}c", "1"]), Resp::Simple("QUEUED".into()));
+    let (slot, _) = move_slot("{n}c");
+    assert_eq!(
+        c.cmd(&["EXEC"]),
+        Resp::Error(format!(
+            "EXECABORT Transaction discarded because slot {slot} moved to another node; run it again"
+        ))
+    );
+    assert_eq!(c.cmd(&["PING"]), Resp::Simple("PONG".into()));
+}
+
+/// The node drops the transaction's connection mid-queue: the node forgot
+/// the MULTI, so the transaction's later commands and its EXEC fail and are
+/// never sent on a fresh connection (where they would run at once, outside
+/// the transaction); the next transaction works.
+#[test]
+fn a_lost_transaction_connection_aborts_it_and_runs_nothing() {
+    let s = setup();
+    let mut c = s.envoy.raw_client();
+    assert_eq!(c.cmd(&["MULTI"]), Resp::ok());
+    assert_eq!(c.cmd(&["SET", "{l}a", "1"]), Resp::Simple("QUEUED".into()));
+    let owner = s.cluster.node_for_key(b"{l}a");
+    let mut node = RawClient::connect(owner);
+    let list = match node.cmd(&["CLIENT", "LIST"]) {
+        Resp::Bulk(b) => String::from_utf8(b).unwrap(),
+        other => panic!("CLIENT LIST: {other:?}"),
+    };
+    // The transaction's connection is the one in MULTI (flags=x).
+    let id = list
+        .lines()
+        .find(|l| l.split(' ').any(|f| f == "flags=x"))
+        .and_then(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
+        .unwrap_or_else(|| panic!("no connection in MULTI on the node:\n{list}"))
+        .to_string();
+    assert_eq!(node.cmd(&["CLIENT", "KILL", "ID", &id]), Resp::Int(1));
+    std::thread::sleep(Duration::from_millis(300));
+    let later = c.cmd(&["SET", "{l}b", "2"]);
+    assert!(
+        matches!(&later, Resp::Error(e) if e.contains("connection to the node was lost")),
+        "{later:?}"
+    );
+    let exec = c.cmd(&["EXEC"]);
+    assert!(
+        matches!(&exec, Resp::Error(e) if e.contains("connection to the node was lost")),
+        "{exec:?}"
+    );
+    assert_eq!(
+        node.cmd(&["EXISTS", "{l}a", "{l}b"]),
+        Resp::Int(0),
+        "nothing of the transaction ran"
+    );
+    assert_eq!(c.cmd(&["MULTI"]), Resp::ok());
+    assert_eq!(c.cmd(&["SET", "{l}a", "1"]), Resp::Simple("QUEUED".into()));
+    assert_eq!(c.cmd(&["EXEC"]), Resp::Array(vec![Resp::ok()]));
+}
+
+/// A queued command times out (its node stalls): its client cannot know
+/// whether the node queued it, so the transaction's connection is closed —
+/// the node drops the transaction — and the rest of it, EXEC included,
+/// fails instead of running with or without that command.
+#[test]
+fn a_timeout_inside_a_transaction_aborts_it_and_runs_nothing() {
+    let cluster = Cluster::start(3, 0);
+    let envoy = Envoy::start(module_config(&cluster, json!({ "op_timeout": "500ms" })));
+    let mut c = envoy.raw_client();
+    assert_eq!(c.cmd(&["EXISTS", "warm-up"]), Resp::Int(0));
+    assert_eq!(c.cmd(&["MULTI"]), Resp::ok());
+    assert_eq!(c.cmd(&["SET", "{o}a", "1"]), Resp::Simple("QUEUED".into()));
+    let owner = cluster.node_for_key(b"{o}a");
+    let paused = cluster.pause_node(owner);
+    let stalled = c.cmd(&["SET", "{o}b", "2"]);
+    assert!(
+        matches!(&stalled, Resp::Error(e) if e.contains("timeout")),
+        "{stalled:?}"
+    );
+    drop(paused);
+    let later = c.cmd(&["SET", "{o}c", "3"]);
+    assert!(
+        matches!(&later, Resp::Error(e) if e.contains("connection to the node was lost")),
+        "{later:?}"
+    );
+    let exec = c.cmd(&["EXEC"]);
+    assert!(exec.is_error(), "{exec:?}");
+    let mut node = RawClient::connect(owner);
+    assert_eq!(
+        node.cmd(&["EXISTS", "{o}a", "{o}b", "{o}c"]),
+        Resp::Int(0),
+        "nothing of the transaction ran"
+    );
+    assert_eq!(c.cmd(&["MULTI"]), Resp::ok());
+    assert_eq!(c.cmd(&["SET", "{o}a", "1"]), Resp::Simple("QUEUED".into()));
+    assert_eq!(c.cmd(&["EXEC"]), Resp::Array(vec![Resp::ok()]));
+}
+
+/// A RESP3 client's transaction runs on a RESP3 connection: queued
+/// replies, EXEC's array with RESP3 nulls and maps, as from a standalone
+/// Redis.
+#[test]
+fn a_resp3_transaction_is_answered_like_redis() {
+    let s = setup();
+    let reference = StandaloneRedis::start();
+    let mut p = s.envoy.raw_client();
+    let mut r = reference.raw_client();
+    for c in [&mut p, &mut r] {
+        c.send_cmd(&["HELLO", "3"]);
+        let hello = c.read_reply_bytes();
+        assert!(hello.starts_with(b"%"), "{}", show_resp(&hello));
+    }
+    same_as_redis(
+        &mut p,
+        &mut r,
+        &[
+            vec!["WATCH", "{r}h"],
+            vec!["MULTI"],
+            vec!["HSET", "{r}h", "f", "v"],
+            vec!["HGETALL", "{r}h"],
+            vec!["GET", "{r}missing"],
+            vec!["EXEC"],
+            vec!["MULTI"],
+            vec!["INCR", "{r}h"],
+            vec!["EXEC"],
+        ],
+    );
+}

@@ -70,6 +70,11 @@ pub enum Part {
     /// A request whose reply nobody waits for (the `UNWATCH` that releases
     /// a transaction's connection).
     Discard,
+    /// `WATCH` or a command inside `MULTI`, on a transaction's connection:
+    /// the session reads the node's answer before passing it on.
+    Queued,
+    /// A transaction's `EXEC`, on its connection.
+    Exec,
 }
 
 /// The part of a client connection that loop threads may touch.
@@ -181,6 +186,9 @@ pub struct Request {
     /// Replies before this command's own that belong to it and are
     /// swallowed (MULTI's +OK and each +QUEUED of an EXEC batch).
     swallow: u32,
+    /// `pin` must be open already (a transaction's later command): a new
+    /// connection would run it outside the node's MULTI and WATCH.
+    pin_continues: bool,
     /// An `EVALSHA` already sent again after loading its script on the node
     /// (a second `NOSCRIPT` goes to the client).
     script_reloaded: bool,
@@ -217,6 +225,7 @@ impl Request {
             pin: None,
             release_pin: false,
             swallow: 0,
+            pin_continues: false,
             script_reloaded: false,
         }
     }
@@ -251,6 +260,14 @@ impl Request {
         self.pin = Some(pin);
         self.release_pin = release;
         self.swallow = swallow;
+        self
+    }
+
+    /// Only on pinned connection `pin` as already opened by an earlier
+    /// request: queued behind that request while it waits to be sent, an
+    /// error once the connection is gone (never a fresh connection).
+    pub fn continues_pin(mut self) -> Request {
+        self.pin_continues = true;
         self
     }
 
@@ -577,6 +594,17 @@ impl UpstreamLoop {
         if let Some(pin) = req.pin {
             if let Some(&idx) = self.pinned.get(&pin) {
                 return self.enqueue(idx, req, false);
+            }
+            if req.pin_continues {
+                if self.parked.iter().any(|r| r.pin == Some(pin)) {
+                    // The request that opens it waits (no topology yet, node
+                    // down): stay behind it, in order.
+                    self.parked.push(req);
+                    return;
+                }
+                return req.respond(codec::error(
+                    "ERR transaction aborted: its connection to the node was lost (nothing of it ran)",
+                ));
             }
         }
         let view = &self.clusters[req.cluster];
@@ -996,7 +1024,17 @@ impl UpstreamLoop {
                         .saw_reply(conn.cluster, &conn.addr, reply, Instant::now());
                 }
                 let outcome = if req.pin.is_some() {
-                    Outcome::Deliver // a transaction is never redirected piecemeal
+                    // A transaction is never redirected piecemeal (the node
+                    // has flagged it); the map is stale, so the client's
+                    // next attempt must find the new owner.
+                    if codec::error_text(reply)
+                        .is_some_and(|e| e.starts_with(b"MOVED ") || e.starts_with(b"ASK "))
+                    {
+                        self.clusters[req.cluster]
+                            .topo
+                            .request_refresh("redirection inside a transaction");
+                    }
+                    Outcome::Deliver
                 } else {
                     policy::classify(reply, &conn.addr, &self.settings, &req, &self.scripts)
                 };
@@ -1196,13 +1234,26 @@ impl UpstreamLoop {
         }
         let op_ms = self.settings.op_timeout.as_millis();
         let stats = &self.stats;
-        for conn in self.conns.iter_mut().flatten() {
+        let mut stuck = Vec::new();
+        for (i, conn) in self.conns.iter_mut().enumerate() {
+            let Some(conn) = conn.as_mut() else { continue };
             let (cluster, addr) = (conn.cluster, &conn.addr);
+            let mut expired = false;
             conn.pipe.expire(now, |req| {
                 stats.inc(stats.cluster(cluster).upstream_rq_timeout);
                 let msg = format!("ERR upstream timeout: no reply from {addr} within {op_ms} ms");
                 req.respond(codec::error(&msg));
+                expired = true;
             });
+            if expired && conn.pin.is_some() {
+                stuck.push(i);
+            }
+        }
+        // A transaction whose command timed out is in a state its client
+        // cannot know (the node may still queue or run it): close its
+        // connection, so the node drops it and later commands of it fail.
+        for i in stuck {
+            self.close_pinned(i);
         }
     }
 }
