@@ -34,8 +34,10 @@ use std::time::Instant;
 pub use crate::upstream::Notify;
 
 mod admin;
+mod ordering;
 mod transaction;
 
+use ordering::{Lane, Waiting};
 use transaction::Txn;
 
 /// What a session needs from the downstream connection.
@@ -80,6 +82,8 @@ struct Slot {
     /// Command table index (`None`: not a known command).
     cmd: Option<usize>,
     start: Instant,
+    /// The kind of connection the command took ([`ordering`]).
+    lane: Lane,
 }
 
 /// `CLIENT REPLY` mode: whether replies are written to the client.
@@ -121,6 +125,12 @@ pub struct Session {
     txn: Option<Txn>,
     /// Parsing waits for this command's reply (EXEC ordering).
     barrier: Option<u64>,
+    /// Unanswered commands per kind of connection, and whether parsing
+    /// stopped at a command that must wait for the other kind
+    /// ([`ordering`]).
+    waiting: Waiting,
+    lane: Lane,
+    gated: bool,
     /// Cluster-wide commands waiting for a topology with masters, by their
     /// reply slot.
     deferred: HashMap<u64, Vec<u8>>,
@@ -186,6 +196,9 @@ impl Session {
             gathers: HashMap::new(),
             txn: None,
             barrier: None,
+            waiting: Waiting::default(),
+            lane: Lane::Free,
+            gated: false,
             deferred: HashMap::new(),
             reuse_seq: None,
             state: ConnState {
@@ -221,6 +234,7 @@ impl Session {
 
     fn paused(&self) -> bool {
         self.barrier.is_some()
+            || self.gated
             || self.write_blocked
             || self.slots.len()
                 >= self
@@ -274,6 +288,23 @@ impl Session {
             match scanned {
                 Ok(Scan::Complete(n)) => {
                     let frame = &buf[pos..pos + n];
+                    if self.waiting.shared > 0 || self.waiting.txn > 0 {
+                        let name = args.first().map(|r| {
+                            let raw = &frame[r.clone()];
+                            if frame.first() == Some(&b'*') {
+                                std::borrow::Cow::Borrowed(raw)
+                            } else {
+                                std::borrow::Cow::Owned(codec::inline_word(raw))
+                            }
+                        });
+                        if self.waiting.must_wait(self.lane_of(name.as_deref())) {
+                            // Handled once the other kind of connection
+                            // has answered everything sent before it.
+                            self.gated = true;
+                            self.args = args;
+                            break;
+                        }
+                    }
                     if frame.first() == Some(&b'*') {
                         let words: Vec<&[u8]> = args.iter().map(|r| &frame[r.clone()]).collect();
                         self.handle(frame, &words, now);
@@ -328,6 +359,19 @@ impl Session {
         pos
     }
 
+    /// The lane of the command named `name` (see [`ordering`]). Cheap when
+    /// no transaction is open: only its first command can change lanes.
+    fn lane_of(&self, name: Option<&[u8]>) -> Lane {
+        if self.txn.is_none() && self.waiting.txn == 0 {
+            return match name {
+                Some(n) if ordering::opens_txn(n) => Lane::Txn,
+                _ => Lane::Shared,
+            };
+        }
+        let cmd = name.and_then(command::lookup).map(|c| c.name);
+        ordering::lane(cmd, self.txn.is_some(), self.in_multi())
+    }
+
     fn push_slot(&mut self) -> u64 {
         if let Some(seq) = self.reuse_seq.take() {
             return seq;
@@ -339,7 +383,9 @@ impl Session {
             silent: self.silent,
             cmd,
             start,
+            lane: self.lane,
         });
+        self.waiting.add(self.lane);
         seq
     }
 
@@ -348,6 +394,9 @@ impl Session {
             return;
         };
         if let Some(slot) = self.slots.get_mut(i as usize) {
+            if slot.reply.is_none() {
+                self.waiting.answered(slot.lane);
+            }
             slot.reply = Some(reply);
         }
     }
@@ -365,6 +414,7 @@ impl Session {
         }
         let found = command::lookup(name);
         self.current = (found.map(command::index_of), now);
+        self.lane = ordering::lane(found.map(|c| c.name), self.txn.is_some(), self.in_multi());
         self.silent = match self.reply_mode {
             ReplyMode::On => false,
             ReplyMode::Off => true,
@@ -1012,6 +1062,8 @@ impl Session {
                 }
             }
             self.release_barrier();
+            // Retry a command that waited for the other kind of connection.
+            self.gated = false;
             self.flush(conn);
             // Replies made here (local commands, validation mode) free their
             // slots with no upstream wake-up to follow: parse the input held
