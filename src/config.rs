@@ -100,6 +100,11 @@ pub struct Settings {
     /// at most this many at once per Envoy worker, beyond which a new
     /// transaction gets an error. Default 1000.
     pub max_transaction_connections: u32,
+    /// Blocking commands (BLPOP, XREAD BLOCK, …) each hold an upstream
+    /// connection while blocked, from a pool kept per node; at most this
+    /// many blocking connections (in use or idle) per Envoy worker, beyond
+    /// which a blocking command gets an error. Default 1000.
+    pub max_blocking_connections: u32,
     /// Per-command statistics (`command.<name>.total/success/error/latency`),
     /// as Envoy's `enable_command_stats`. Default false, like Envoy's: they
     /// cost a histogram record per command.
@@ -123,6 +128,7 @@ impl Default for Settings {
             max_buffered_bytes_per_connection: 64 << 20,
             retry_unanswered_writes: true,
             max_transaction_connections: 1000,
+            max_blocking_connections: 1000,
             enable_command_stats: false,
             allow_admin_commands: false,
         }

@@ -34,6 +34,7 @@ use std::time::Instant;
 pub use crate::upstream::Notify;
 
 mod admin;
+mod blocking;
 mod ordering;
 mod transaction;
 
@@ -63,6 +64,8 @@ pub trait Upstream {
     fn busy_reply(&self) -> Option<Vec<u8>> {
         None
     }
+    /// Look at the clients again now (one left while blocked).
+    fn wake(&self) {}
 }
 
 impl Upstream for LoopShared {
@@ -71,6 +74,9 @@ impl Upstream for LoopShared {
     }
     fn busy_reply(&self) -> Option<Vec<u8>> {
         LoopShared::busy_reply(self)
+    }
+    fn wake(&self) {
+        LoopShared::wake(self)
     }
 }
 
@@ -123,8 +129,10 @@ pub struct Session {
     gathers: HashMap<u64, Gather>,
     state: ConnState,
     txn: Option<Txn>,
-    /// Parsing waits for this command's reply (EXEC ordering).
+    /// Parsing waits for this command's reply (EXEC, blocking commands).
     barrier: Option<u64>,
+    /// A blocking command waiting for earlier replies or blocked.
+    block: Option<blocking::Held>,
     /// Unanswered commands per kind of connection, and whether parsing
     /// stopped at a command that must wait for the other kind
     /// ([`ordering`]).
@@ -196,6 +204,7 @@ impl Session {
             gathers: HashMap::new(),
             txn: None,
             barrier: None,
+            block: None,
             waiting: Waiting::default(),
             lane: Lane::Free,
             gated: false,
@@ -469,9 +478,15 @@ impl Session {
             self.closing |= cmd.name == "quit";
             return self.reply_now(reply);
         }
-        if command::is_blocking(cmd, args) || cmd.has(command::PUBSUB) {
+        if command::is_blocking(cmd, args) {
+            if let Err(e) = self.blocking(cmd, frame, args, now) {
+                self.reply_now(e);
+            }
+            return;
+        }
+        if cmd.has(command::PUBSUB) {
             let msg = format!(
-                "ERR '{}' is not supported through this proxy yet (blocking and pub/sub commands)",
+                "ERR '{}' is not supported through this proxy yet (pub/sub commands)",
                 cmd.name
             );
             return self.reply_now(codec::error(&msg));
@@ -664,7 +679,10 @@ impl Session {
                 self.broadcast(cluster, data, |_| Merge::Same, now)
             }
             "script" | "function" => self.broadcast(cluster, data, |_| Merge::Same, now),
-            "wait" => self.broadcast(cluster, data, |_| Merge::Min, now),
+            "wait" => {
+                let data = self.wait_timeout(args).unwrap_or(data);
+                self.broadcast(cluster, data, |_| Merge::Min, now)
+            }
             "randomkey" => {
                 let start = self.next_random();
                 self.broadcast(
@@ -1065,6 +1083,10 @@ impl Session {
             // Retry a command that waited for the other kind of connection.
             self.gated = false;
             self.flush(conn);
+            if self.launch_blocking() {
+                // Every earlier reply is out: the blocking command goes.
+                continue;
+            }
             // Replies made here (local commands, validation mode) free their
             // slots with no upstream wake-up to follow: parse the input held
             // back by the pause now, or nothing ever would.
@@ -1104,7 +1126,9 @@ impl Session {
             }
             self.reported_buffered = buffered;
         }
-        let want_disabled = self.paused();
+        // A blocked client is still read (a little), so that its leaving
+        // is seen and its blocked command released at once.
+        let want_disabled = self.paused() && !self.read_while_blocked();
         if want_disabled != self.read_disabled && !self.closed {
             self.read_disabled = want_disabled;
             crate::log!(
@@ -1209,6 +1233,15 @@ impl Session {
 
     /// The client sent FIN: answer what it asked, then close.
     pub fn on_end_stream(&mut self, conn: &mut dyn Downstream) {
+        if self.blocked_upstream() {
+            // As Redis frees a blocked client that closes: nothing after
+            // the blocking command can be owed, nothing before it is.
+            self.release_blocked();
+            self.closed = true;
+            self.client.detach();
+            conn.close(true);
+            return;
+        }
         self.end_stream = true;
         self.finish(conn);
     }
@@ -1236,11 +1269,24 @@ impl Session {
     pub fn on_close(&mut self) {
         self.closed = true;
         self.client.detach();
+        self.release_blocked();
+    }
+
+    /// The client left while blocked: the loop closes that connection now
+    /// (so the node pops nothing for it), not at its next timer tick.
+    fn release_blocked(&mut self) {
+        if self.blocked_upstream() {
+            self.block = None;
+            if let Some(u) = &self.upstream {
+                u.wake();
+            }
+        }
     }
 
     pub fn on_destroy(&mut self) {
         self.closed = true;
         self.client.detach();
+        self.release_blocked();
         let stats = &self.proxy.stats;
         stats.gauge_sub(stats.downstream_cx_active, 1);
         stats.gauge_sub(stats.downstream_cx_buffered_bytes, self.reported_buffered);

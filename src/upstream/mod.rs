@@ -12,6 +12,7 @@
 //!
 //! Nothing here touches Envoy: the only link is the [`Notify`] trait.
 
+mod blocking;
 mod busy;
 mod pipeline;
 mod policy;
@@ -25,6 +26,7 @@ use crate::scripts::ScriptCache;
 use crate::stats::Stats;
 use crate::topology::{Redirect, SlotMap};
 use crate::topology_refresh::ClusterTopology;
+pub use blocking::{Blocking, TimeoutUnit};
 use busy::BusyNodes;
 pub use busy::SharedBusy;
 use mio::net::TcpStream;
@@ -192,6 +194,8 @@ pub struct Request {
     /// An `EVALSHA` already sent again after loading its script on the node
     /// (a second `NOSCRIPT` goes to the client).
     script_reloaded: bool,
+    /// A blocking command: sent on a blocking connection of its own.
+    blocking: Option<Box<Blocking>>,
 }
 
 impl Request {
@@ -227,6 +231,7 @@ impl Request {
             swallow: 0,
             pin_continues: false,
             script_reloaded: false,
+            blocking: None,
         }
     }
 
@@ -268,6 +273,13 @@ impl Request {
     /// error once the connection is gone (never a fresh connection).
     pub fn continues_pin(mut self) -> Request {
         self.pin_continues = true;
+        self
+    }
+
+    /// A command that may block: it runs on a connection of its own
+    /// ([`blocking`]).
+    pub fn blocking(mut self, b: Blocking) -> Request {
+        self.blocking = Some(Box::new(b));
         self
     }
 
@@ -368,6 +380,8 @@ struct Conn {
     pin: Option<u64>,
     /// The client owning a pinned connection: closed when it goes away.
     owner: Option<Arc<ClientShared>>,
+    /// A blocking command's connection ([`blocking`]; `pin` set too).
+    blocking: bool,
     stream: TcpStream,
     connected: bool,
     opened: Instant,
@@ -421,6 +435,7 @@ pub struct UpstreamLoop {
     /// Pin ids for the loop's own one-off connections (busy probes), apart
     /// from the sessions' ids, which count up from 1.
     next_pin: u64,
+    blocking: blocking::BlockingPool,
 }
 
 impl UpstreamLoop {
@@ -470,6 +485,7 @@ impl UpstreamLoop {
             scripts,
             busy: BusyNodes::new(busy),
             next_pin: 1 << 63,
+            blocking: blocking::BlockingPool::new(),
         };
         Ok((lp, shared))
     }
@@ -484,7 +500,9 @@ impl UpstreamLoop {
                     .conns
                     .iter()
                     .flatten()
-                    .any(|c| !c.pipe.is_idle() || !c.connected);
+                    // A blocked command may wait for hours: no need to
+                    // poll for its reply (a client leaving wakes the loop).
+                    .any(|c| (!c.pipe.is_idle() && !c.is_blocking()) || !c.connected);
             let timeout = if busy {
                 Some(Duration::from_millis(5))
             } else {
@@ -670,6 +688,9 @@ impl UpstreamLoop {
                 return req.respond(reply);
             }
         }
+        if req.blocking.is_some() {
+            return self.send_blocking(req, key.1, asking, now);
+        }
         let resp3 = req.resp3;
         if req.pin.is_some()
             && self.pinned.len() >= self.settings.max_transaction_connections as usize
@@ -771,6 +792,7 @@ impl UpstreamLoop {
             role,
             pin,
             owner: None,
+            blocking: false,
             stream,
             connected: false,
             opened: now,
@@ -993,7 +1015,7 @@ impl UpstreamLoop {
                 };
                 let reply = &buf[..n];
                 conn.in_start += n;
-                let req = match next {
+                let mut req = match next {
                     Next::Request(req) => req,
                     Next::TimedOut => continue,
                     Next::Internal => {
@@ -1018,6 +1040,11 @@ impl UpstreamLoop {
                 };
                 if req.release_pin {
                     release = true;
+                }
+                if req.blocking.is_some() {
+                    // Sent again from here (redirected, retried), getting
+                    // it to a node is bounded by op_timeout again.
+                    req.deadline = Instant::now() + self.settings.op_timeout;
                 }
                 if conn.pin.is_none() {
                     self.busy
@@ -1085,6 +1112,7 @@ impl UpstreamLoop {
             // Handshake messages or alerts rustls wants to send.
             self.flush(idx);
         }
+        self.blocking_answered(idx);
         for (mut req, body) in reload {
             // Load the script where it is missing, then run it there again.
             req.script_reloaded = true;
@@ -1117,6 +1145,7 @@ impl UpstreamLoop {
         if let Some(pin) = conn.pin {
             self.pinned.remove(&pin);
         }
+        self.blocking_closed(&conn, idx);
         self.free.push(idx);
         for u in conn.pipe.unanswered() {
             u.req
@@ -1147,6 +1176,7 @@ impl UpstreamLoop {
                 });
             }
         }
+        self.blocking_closed(&conn, idx);
         self.free.push(idx);
         let now = Instant::now();
         self.mark_down(conn.cluster, &conn.addr, now);
@@ -1157,7 +1187,14 @@ impl UpstreamLoop {
             "redis_cluster: connection to {} lost: {why}",
             conn.addr
         );
-        for Unanswered { req, reached_node } in conn.pipe.unanswered() {
+        for Unanswered {
+            mut req,
+            reached_node,
+        } in conn.pipe.unanswered()
+        {
+            if req.blocking.is_some() {
+                req.deadline = now + self.settings.op_timeout;
+            }
             if policy::resend_after_loss(&req, reached_node, &self.settings) {
                 self.park(req, "connection lost");
             } else {
@@ -1204,6 +1241,7 @@ impl UpstreamLoop {
     }
 
     fn check_timeouts(&mut self, now: Instant) {
+        self.close_orphaned_blocking();
         let orphans: Vec<usize> = self
             .pinned
             .values()
