@@ -655,7 +655,7 @@ fn unsplittable_commands_across_clusters_are_refused() {
 #[test]
 fn blocking_pops_are_not_mirrored() {
     let cluster = Cluster::start(3, 0);
-    let mut mirror = Standalone::start();
+    let mirror = Standalone::start();
     let envoy = Envoy::start(mirror_config(&cluster, mirror.port));
     let mut c = envoy.raw_client();
     for q in ["all:q", "jobs"] {
