@@ -109,6 +109,21 @@ pub struct Settings {
     /// for every client of the cluster, so the proxy refuses them unless an
     /// operator opts in. `CONFIG GET` is always answered.
     pub allow_admin_commands: bool,
+    /// Which thread does the upstream socket I/O. Default `loop`.
+    pub upstream_io: UpstreamIo,
+}
+
+/// Which thread does the upstream socket I/O (issue #14's experiment).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamIo {
+    /// One module thread per Envoy worker sends, receives and matches;
+    /// replies hop back to the worker through each client's scheduler.
+    #[default]
+    Loop,
+    /// The Envoy worker sends, receives and matches itself; a helper thread
+    /// per worker only waits for readiness and wakes it once per burst.
+    Worker,
 }
 
 impl Default for Settings {
@@ -125,6 +140,7 @@ impl Default for Settings {
             max_transaction_connections: 1000,
             enable_command_stats: false,
             allow_admin_commands: false,
+            upstream_io: UpstreamIo::Loop,
         }
     }
 }

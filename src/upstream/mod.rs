@@ -15,6 +15,10 @@
 mod busy;
 mod pipeline;
 mod policy;
+mod wake;
+mod worker;
+
+pub use worker::WorkerIo;
 
 use crate::codec;
 use crate::config::{ClusterConfig, ReadPolicy, Settings};
@@ -27,7 +31,7 @@ use crate::topology::{Redirect, SlotMap};
 use crate::topology_refresh::ClusterTopology;
 use busy::BusyNodes;
 use mio::net::TcpStream;
-use mio::{Events, Interest, Poll, Token, Waker};
+use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use parking_lot::Mutex;
 use pipeline::{Next, Pipeline, Unanswered};
 use policy::Outcome;
@@ -384,7 +388,10 @@ struct ClusterView {
 
 /// A loop's thread state.
 pub struct UpstreamLoop {
-    poll: Poll,
+    /// Taken by whoever waits on it: [`UpstreamLoop::run`], or the helper
+    /// thread of `upstream_io: worker`.
+    poll: Option<Poll>,
+    registry: Registry,
     shared: Arc<LoopShared>,
     settings: Settings,
     clusters: Vec<ClusterView>,
@@ -420,6 +427,7 @@ impl UpstreamLoop {
     ) -> io::Result<(UpstreamLoop, Arc<LoopShared>)> {
         let poll = Poll::new()?;
         let waker = Waker::new(poll.registry(), WAKER)?;
+        let registry = poll.registry().try_clone()?;
         let shared = Arc::new(LoopShared {
             inbox: Mutex::new(Vec::new()),
             waker,
@@ -438,7 +446,8 @@ impl UpstreamLoop {
             })
             .collect();
         let lp = UpstreamLoop {
-            poll,
+            poll: Some(poll),
+            registry,
             shared: shared.clone(),
             settings,
             clusters,
@@ -463,21 +472,18 @@ impl UpstreamLoop {
 
     /// The thread body: runs until [`LoopShared::stop`].
     pub fn run(mut self) {
+        let Some(mut poll) = self.poll.take() else {
+            return;
+        };
         let mut events = Events::with_capacity(256);
         let mut batch = Vec::new();
         while !self.shared.stop.load(Ordering::Acquire) {
-            let busy = !self.parked.is_empty()
-                || self
-                    .conns
-                    .iter()
-                    .flatten()
-                    .any(|c| !c.pipe.is_idle() || !c.connected);
-            let timeout = if busy {
+            let timeout = if self.needs_ticks() {
                 Some(Duration::from_millis(5))
             } else {
                 Some(Duration::from_millis(250))
             };
-            if let Err(e) = self.poll.poll(&mut events, timeout) {
+            if let Err(e) = poll.poll(&mut events, timeout) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     log!(Level::Error, "redis_cluster: upstream poll failed: {e}");
                     std::thread::sleep(Duration::from_millis(10));
@@ -489,13 +495,11 @@ impl UpstreamLoop {
                 if tok == WAKER {
                     continue;
                 }
-                let idx = tok.0 - 1;
-                if ev.is_writable() {
-                    self.on_writable(idx);
-                }
-                if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                    self.on_readable(idx);
-                }
+                self.on_ready(
+                    tok.0 - 1,
+                    ev.is_readable() || ev.is_read_closed() || ev.is_error(),
+                    ev.is_writable(),
+                );
             }
             // New requests from the sessions.
             self.shared.wake_pending.store(false, Ordering::Release);
@@ -505,17 +509,7 @@ impl UpstreamLoop {
             for req in batch.drain(..) {
                 self.dispatch(req, now);
             }
-            self.retry_parked(now);
-            self.check_timeouts(now);
-            self.check_busy(now);
-            let busy = self.busy.any();
-            if busy.is_some() != self.shared.any_busy.load(Ordering::Relaxed) {
-                *self.shared.busy.lock() = busy.map(<[u8]>::to_vec);
-                self.shared
-                    .any_busy
-                    .store(busy.is_some(), Ordering::Release);
-            }
-            self.flush_dirty();
+            self.tick(now);
         }
         // Shutdown: fail what is left so no reply slot stays empty.
         for c in self.conns.iter_mut().flatten() {
@@ -526,6 +520,54 @@ impl UpstreamLoop {
         for r in self.parked.drain(..) {
             r.respond(codec::error("ERR proxy is shutting down"));
         }
+    }
+
+    /// Something waits on a clock: a reply, a connect, a parked retry.
+    fn needs_ticks(&self) -> bool {
+        !self.parked.is_empty()
+            || self.busy.any().is_some()
+            || self
+                .conns
+                .iter()
+                .flatten()
+                .any(|c| !c.pipe.is_idle() || !c.connected)
+    }
+
+    /// A connection's socket is ready.
+    fn on_ready(&mut self, idx: usize, readable: bool, writable: bool) {
+        if writable {
+            self.on_writable(idx);
+        }
+        if readable {
+            self.on_readable(idx);
+        }
+    }
+
+    /// Route and write a batch of new requests at once.
+    fn dispatch_batch(&mut self, batch: &mut Vec<Request>) {
+        let now = Instant::now();
+        self.refresh_views();
+        for req in batch.drain(..) {
+            self.dispatch(req, now);
+        }
+        self.flush_dirty();
+    }
+
+    /// The clock's work: retries, timeouts, busy probes; then write what
+    /// all of it queued.
+    fn tick(&mut self, now: Instant) {
+        self.refresh_views();
+        self.retry_parked(now);
+        self.check_timeouts(now);
+        self.check_busy(now);
+        let busy = self.busy.any();
+        if busy.is_some() != self.shared.any_busy.load(Ordering::Relaxed) {
+            *self.shared.busy.lock() = busy.map(<[u8]>::to_vec);
+            self.shared
+                .any_busy
+                .store(busy.is_some(), Ordering::Release);
+        }
+        self.flush_dirty();
     }
 
     /// Pick up new topology generations published by the refreshers.
@@ -742,7 +784,7 @@ impl UpstreamLoop {
             self.conns.push(None);
             self.conns.len() - 1
         });
-        self.poll.registry().register(
+        self.registry.register(
             &mut stream,
             Token(idx + 1),
             Interest::READABLE | Interest::WRITABLE,
@@ -766,7 +808,7 @@ impl UpstreamLoop {
         match self.clusters[cluster].topo.tls_session(addr) {
             Ok(t) => conn.tls = t.map(Box::new),
             Err(e) => {
-                let _ = self.poll.registry().deregister(&mut conn.stream);
+                let _ = self.registry.deregister(&mut conn.stream);
                 self.conns[idx] = None;
                 self.free.push(idx);
                 return Err(io::Error::other(e));
@@ -1086,7 +1128,7 @@ impl UpstreamLoop {
         let Some(mut conn) = self.conns.get_mut(idx).and_then(|c| c.take()) else {
             return;
         };
-        let _ = self.poll.registry().deregister(&mut conn.stream);
+        let _ = self.registry.deregister(&mut conn.stream);
         if let Some(pin) = conn.pin {
             self.pinned.remove(&pin);
         }
@@ -1106,7 +1148,7 @@ impl UpstreamLoop {
         let Some(mut conn) = self.conns.get_mut(idx).and_then(|c| c.take()) else {
             return;
         };
-        let _ = self.poll.registry().deregister(&mut conn.stream);
+        let _ = self.registry.deregister(&mut conn.stream);
         match conn.pin {
             Some(pin) => {
                 self.pinned.remove(&pin);
