@@ -543,14 +543,15 @@ impl UpstreamLoop {
         }
     }
 
-    /// Route and write a batch of new requests at once.
-    fn dispatch_batch(&mut self, batch: &mut Vec<Request>) {
+    /// Route a batch of new requests and queue them on their connections;
+    /// true when some are left to write ([`Self::flush_dirty`]).
+    fn dispatch_batch(&mut self, batch: &mut Vec<Request>) -> bool {
         let now = Instant::now();
         self.refresh_views();
         for req in batch.drain(..) {
             self.dispatch(req, now);
         }
-        self.flush_dirty();
+        !self.dirty.is_empty()
     }
 
     /// The clock's work: retries, timeouts, busy probes; then write what

@@ -60,6 +60,11 @@ impl<T> Wakes<T> {
         Some(anchor)
     }
 
+    /// A wake is committed and has not run yet.
+    pub fn is_pending(&self) -> bool {
+        self.pending
+    }
+
     /// The worker runs a wake: everything asked for so far is its to do
     /// (`out` gets the ready sockets, each once).
     pub fn begin(&mut self, out: &mut Vec<Ready>) {

@@ -110,10 +110,24 @@ impl WorkerIo {
         self.ticking.store(lp.needs_ticks(), Ordering::Release);
     }
 
-    /// Requests of one session, routed and written at once.
+    /// Requests of one session, routed and queued on their connections.
+    /// They are written by the worker's next wake, which this commits from
+    /// the worker itself: Envoy runs it after the other connections' reads
+    /// of the same event-loop iteration, so one `send` per node carries
+    /// every client's commands of that iteration (writing each client's at
+    /// once cost a send, and a wake-up of the node, per command).
     pub fn submit(&self, batch: &mut Vec<Request>) {
         let mut lp = self.lp.lock();
-        lp.dispatch_batch(batch);
+        if lp.dispatch_batch(batch) {
+            let mut w = self.wakes.lock();
+            if let Some(a) = w.want(std::iter::empty()) {
+                a.notify();
+            } else if !w.is_pending() {
+                // No connection to carry the wake: write now.
+                drop(w);
+                lp.flush_dirty();
+            }
+        }
         if !self.ticking.load(Ordering::Relaxed) && lp.needs_ticks() {
             self.ticking.store(true, Ordering::Release);
         }
