@@ -35,6 +35,9 @@ const TICK: Duration = Duration::from_millis(5);
 /// How long the helper sleeps when nothing waits: bounds how late the first
 /// tick after the worker starts waiting on a deadline can be.
 const IDLE_TICK: Duration = Duration::from_millis(25);
+/// Idle ticks between two housekeeping wakes (closing the transaction
+/// connections of clients that left, as the loop does every 250 ms).
+const IDLE_TICKS_PER_WAKE: u32 = 10;
 
 /// One Envoy worker's upstream connections and their helper thread.
 pub struct WorkerIo {
@@ -149,6 +152,7 @@ impl Helper {
     fn run(mut self) {
         let mut events = Events::with_capacity(256);
         let mut ready: Vec<Ready> = Vec::new();
+        let mut idle_ticks = 0u32;
         while !self.shared.stop.load(Ordering::Acquire) {
             let timeout = if self.ticking.load(Ordering::Acquire) {
                 TICK
@@ -180,7 +184,16 @@ impl Helper {
                 self.shared.wake_pending.store(false, Ordering::Release);
             }
             // A deadline may have passed when the poll timed out.
-            let due = woken || !ready.is_empty() || self.ticking.load(Ordering::Acquire);
+            let mut due = woken || !ready.is_empty() || self.ticking.load(Ordering::Acquire);
+            if due {
+                idle_ticks = 0;
+            } else {
+                idle_ticks += 1;
+                if idle_ticks >= IDLE_TICKS_PER_WAKE {
+                    idle_ticks = 0;
+                    due = true;
+                }
+            }
             if due {
                 let mut w = self.wakes.lock();
                 if let Some(a) = w.want(ready.drain(..)) {
