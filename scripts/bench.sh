@@ -17,9 +17,10 @@
 #   B  built-in  envoy.filters.network.redis_proxy + envoy.clusters.redis
 #                (--concurrency 1 on P+10, --concurrency 2 on P+11)
 #   C  module    envoy.filters.network.dynamic_modules + target/release/libenvoy_redis_cluster.so
+#                with settings.upstream_io: loop (a module thread per worker)
 #                (--concurrency 1 on P+12, --concurrency 2 on P+13)
-#   W  module with settings.upstream_io: worker (issue #14: the Envoy worker
-#                does the upstream I/O), only with --targets ...W
+#   W  module with settings.upstream_io: worker, the default (issue #14: the
+#                Envoy worker does the upstream I/O), only with --targets ...W
 #                (--concurrency 1 on P+14, --concurrency 2 on P+15)
 #
 # Both proxies use the same settings: op_timeout 5s, enable_redirection,
@@ -337,8 +338,8 @@ static_resources:
 YAML
 }
 
-# The module's own bootstrap with other ports and seeds; W adds
-# upstream_io: worker to its settings.
+# The module's own bootstrap with other ports and seeds; C sets
+# upstream_io: loop, W upstream_io: worker.
 module_config() { # PORT ADMIN [TARGET]
     local src="$repo/envoy-config/standalone/envoy.yaml" seeds
     seeds="$(printf '"%s", ' "${SEEDS[@]}")"
@@ -348,7 +349,7 @@ module_config() { # PORT ADMIN [TARGET]
     sed -e "s/port_value: 9901 }/port_value: $2 }/" \
         -e "s/port_value: 7000 }/port_value: $1 }/" \
         -e "s/^\( *seeds: \)\[.*\]/\1$seeds/" \
-        -e "$([ "${3:-C}" = W ] && echo 's/^\( *\)op_timeout: 5s$/&\n\1upstream_io: worker/' || echo '')" "$src"
+        -e "s/^\( *\)op_timeout: 5s$/&\n\1upstream_io: $([ "${3:-C}" = W ] && echo worker || echo loop)/" "$src"
 }
 
 start_envoy() { # TARGET CONCURRENCY
@@ -359,6 +360,7 @@ start_envoy() { # TARGET CONCURRENCY
     logf="$RUN/envoy-$t-c$c.log"
     if [ "$t" = B ]; then builtin_config "$port" "$admin" >"$cfg"; else module_config "$port" "$admin" "$t" >"$cfg"; fi
     if [ "$t" = W ]; then grep -q 'upstream_io: worker' "$cfg" || die "W's config has no upstream_io: worker ($cfg)"; fi
+    if [ "$t" = C ]; then grep -q 'upstream_io: loop' "$cfg" || die "C's config has no upstream_io: loop ($cfg)"; fi
     ENVOY_DYNAMIC_MODULES_SEARCH_PATH="$MODULE_DIR" \
         "$ENVOY_BIN" -c "$cfg" --disable-hot-restart --concurrency "$c" -l warning \
         >"$logf" 2>&1 </dev/null &
