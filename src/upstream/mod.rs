@@ -1,14 +1,18 @@
-//! Module-owned upstream I/O: one event loop thread (mio) per Envoy worker.
+//! Module-owned upstream I/O: one [`UpstreamLoop`] per Envoy worker.
 //!
 //! The network-filter ABI gives a module no upstream client and no timers, so
 //! each loop owns non-blocking, pipelined TCP connections to the Redis nodes
-//! of every configured cluster. A worker's sessions hand their commands to
-//! that worker's loop in batches ([`LoopShared::submit`]); the loop routes
-//! each one by its slot, writes it to the node, matches replies to commands
-//! in order (Redis answers a connection's commands in order), follows
-//! `MOVED`/`ASK`, enforces `op_timeout`, and delivers each reply to the
-//! client's [`ClientShared`] mailbox, which wakes the client's worker through
-//! Envoy's scheduler once per burst.
+//! of every configured cluster. It routes each command by its slot, writes
+//! it to the node, matches replies to commands in order (Redis answers a
+//! connection's commands in order), follows `MOVED`/`ASK`, enforces
+//! `op_timeout`, and delivers each reply to the client's [`ClientShared`]
+//! mailbox. Where it runs is `settings.upstream_io`:
+//!
+//! - `loop`: on a thread of its own (mio); a worker's sessions hand it their
+//!   commands in batches ([`LoopShared::submit`]) and each client's mailbox
+//!   wakes the client's worker through Envoy's scheduler once per burst;
+//! - `worker`: on the Envoy worker itself ([`WorkerIo`]), woken by a helper
+//!   thread that only waits for readiness and deadlines (`worker`, `wake`).
 //!
 //! Nothing here touches Envoy: the only link is the [`Notify`] trait.
 
