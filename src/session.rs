@@ -21,7 +21,7 @@ use crate::key_routing::{self as keys, KeyRoutes, SingleError};
 use crate::local::{self, ConnState};
 use crate::proxy::Proxy;
 use crate::splitter::{self, Gather, Merge};
-use crate::upstream::{ClientShared, Delivery, LoopShared, Part, Request, Target, WHOLE};
+use crate::upstream::{ClientShared, Delivery, LoopShared, Part, Request, Target, WorkerIo, WHOLE};
 
 /// Part number marking the probe of a command deferred until a topology
 /// with masters (never a real part: splits have far fewer parts).
@@ -77,6 +77,18 @@ impl Upstream for LoopShared {
     }
     fn wake(&self) {
         LoopShared::wake(self)
+    }
+}
+
+impl Upstream for WorkerIo {
+    fn submit(&self, batch: &mut Vec<Request>) {
+        WorkerIo::submit(self, batch)
+    }
+    fn busy_reply(&self) -> Option<Vec<u8>> {
+        WorkerIo::busy_reply(self)
+    }
+    fn wake(&self) {
+        WorkerIo::wake(self)
     }
 }
 
@@ -168,9 +180,7 @@ impl Session {
     /// A session of worker `worker`, whose requests go to that worker's
     /// upstream loop.
     pub fn new(proxy: Arc<Proxy>, worker: usize, notifier: Box<dyn Notify>) -> Session {
-        let upstream = proxy
-            .loop_for(worker)
-            .map(|l| l.clone() as Arc<dyn Upstream>);
+        let upstream = proxy.upstream_for(worker);
         Session::with_upstream(proxy, notifier, upstream, Clock::System)
     }
 

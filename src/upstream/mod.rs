@@ -1,14 +1,18 @@
-//! Module-owned upstream I/O: one event loop thread (mio) per Envoy worker.
+//! Module-owned upstream I/O: one [`UpstreamLoop`] per Envoy worker.
 //!
 //! The network-filter ABI gives a module no upstream client and no timers, so
 //! each loop owns non-blocking, pipelined TCP connections to the Redis nodes
-//! of every configured cluster. A worker's sessions hand their commands to
-//! that worker's loop in batches ([`LoopShared::submit`]); the loop routes
-//! each one by its slot, writes it to the node, matches replies to commands
-//! in order (Redis answers a connection's commands in order), follows
-//! `MOVED`/`ASK`, enforces `op_timeout`, and delivers each reply to the
-//! client's [`ClientShared`] mailbox, which wakes the client's worker through
-//! Envoy's scheduler once per burst.
+//! of every configured cluster. It routes each command by its slot, writes
+//! it to the node, matches replies to commands in order (Redis answers a
+//! connection's commands in order), follows `MOVED`/`ASK`, enforces
+//! `op_timeout`, and delivers each reply to the client's [`ClientShared`]
+//! mailbox. Where it runs is `settings.upstream_io`:
+//!
+//! - `loop`: on a thread of its own (mio); a worker's sessions hand it their
+//!   commands in batches ([`LoopShared::submit`]) and each client's mailbox
+//!   wakes the client's worker through Envoy's scheduler once per burst;
+//! - `worker`: on the Envoy worker itself ([`WorkerIo`]), woken by a helper
+//!   thread that only waits for readiness and deadlines (`worker`, `wake`).
 //!
 //! Nothing here touches Envoy: the only link is the [`Notify`] trait.
 
@@ -16,6 +20,10 @@ mod blocking;
 mod busy;
 mod pipeline;
 mod policy;
+mod wake;
+mod worker;
+
+pub use worker::WorkerIo;
 
 use crate::codec;
 use crate::config::{ClusterConfig, ReadPolicy, Settings};
@@ -30,7 +38,7 @@ pub use blocking::{Blocking, TimeoutUnit};
 use busy::BusyNodes;
 pub use busy::SharedBusy;
 use mio::net::TcpStream;
-use mio::{Events, Interest, Poll, Token, Waker};
+use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use parking_lot::Mutex;
 use pipeline::{Next, Pipeline, Unanswered};
 use policy::Outcome;
@@ -411,7 +419,10 @@ struct ClusterView {
 
 /// A loop's thread state.
 pub struct UpstreamLoop {
-    poll: Poll,
+    /// Taken by whoever waits on it: [`UpstreamLoop::run`], or the helper
+    /// thread of `upstream_io: worker`.
+    poll: Option<Poll>,
+    registry: Registry,
     shared: Arc<LoopShared>,
     settings: Settings,
     clusters: Vec<ClusterView>,
@@ -449,6 +460,7 @@ impl UpstreamLoop {
     ) -> io::Result<(UpstreamLoop, Arc<LoopShared>)> {
         let poll = Poll::new()?;
         let waker = Waker::new(poll.registry(), WAKER)?;
+        let registry = poll.registry().try_clone()?;
         let shared = Arc::new(LoopShared {
             inbox: Mutex::new(Vec::new()),
             waker,
@@ -466,7 +478,8 @@ impl UpstreamLoop {
             })
             .collect();
         let lp = UpstreamLoop {
-            poll,
+            poll: Some(poll),
+            registry,
             shared: shared.clone(),
             settings,
             clusters,
@@ -492,23 +505,18 @@ impl UpstreamLoop {
 
     /// The thread body: runs until [`LoopShared::stop`].
     pub fn run(mut self) {
+        let Some(mut poll) = self.poll.take() else {
+            return;
+        };
         let mut events = Events::with_capacity(256);
         let mut batch = Vec::new();
         while !self.shared.stop.load(Ordering::Acquire) {
-            let busy = !self.parked.is_empty()
-                || self
-                    .conns
-                    .iter()
-                    .flatten()
-                    // A blocked command may wait for hours: no need to
-                    // poll for its reply (a client leaving wakes the loop).
-                    .any(|c| (!c.pipe.is_idle() && !c.is_blocking()) || !c.connected);
-            let timeout = if busy {
+            let timeout = if self.needs_ticks() {
                 Some(Duration::from_millis(5))
             } else {
                 Some(Duration::from_millis(250))
             };
-            if let Err(e) = self.poll.poll(&mut events, timeout) {
+            if let Err(e) = poll.poll(&mut events, timeout) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     log!(Level::Error, "redis_cluster: upstream poll failed: {e}");
                     std::thread::sleep(Duration::from_millis(10));
@@ -520,13 +528,11 @@ impl UpstreamLoop {
                 if tok == WAKER {
                     continue;
                 }
-                let idx = tok.0 - 1;
-                if ev.is_writable() {
-                    self.on_writable(idx);
-                }
-                if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                    self.on_readable(idx);
-                }
+                self.on_ready(
+                    tok.0 - 1,
+                    ev.is_readable() || ev.is_read_closed() || ev.is_error(),
+                    ev.is_writable(),
+                );
             }
             // New requests from the sessions.
             self.shared.wake_pending.store(false, Ordering::Release);
@@ -536,10 +542,7 @@ impl UpstreamLoop {
             for req in batch.drain(..) {
                 self.dispatch(req, now);
             }
-            self.retry_parked(now);
-            self.check_timeouts(now);
-            self.check_busy(now);
-            self.flush_dirty();
+            self.tick(now);
         }
         // Shutdown: fail what is left so no reply slot stays empty.
         for c in self.conns.iter_mut().flatten() {
@@ -550,6 +553,50 @@ impl UpstreamLoop {
         for r in self.parked.drain(..) {
             r.respond(codec::error("ERR proxy is shutting down"));
         }
+    }
+
+    /// Something waits on a clock: a reply, a connect, a parked retry.
+    fn needs_ticks(&self) -> bool {
+        !self.parked.is_empty()
+            || self.busy.any_busy()
+            || self
+                .conns
+                .iter()
+                .flatten()
+                // A blocked command may wait for hours: no need to poll for
+                // its reply (a client leaving wakes the loop).
+                .any(|c| (!c.pipe.is_idle() && !c.is_blocking()) || !c.connected)
+    }
+
+    /// A connection's socket is ready.
+    fn on_ready(&mut self, idx: usize, readable: bool, writable: bool) {
+        if writable {
+            self.on_writable(idx);
+        }
+        if readable {
+            self.on_readable(idx);
+        }
+    }
+
+    /// Route a batch of new requests and queue them on their connections;
+    /// true when some are left to write ([`Self::flush_dirty`]).
+    fn dispatch_batch(&mut self, batch: &mut Vec<Request>) -> bool {
+        let now = Instant::now();
+        self.refresh_views();
+        for req in batch.drain(..) {
+            self.dispatch(req, now);
+        }
+        !self.dirty.is_empty()
+    }
+
+    /// The clock's work: retries, timeouts, busy probes; then write what
+    /// all of it queued.
+    fn tick(&mut self, now: Instant) {
+        self.refresh_views();
+        self.retry_parked(now);
+        self.check_timeouts(now);
+        self.check_busy(now);
+        self.flush_dirty();
     }
 
     /// Pick up new topology generations published by the refreshers.
@@ -780,7 +827,7 @@ impl UpstreamLoop {
             self.conns.push(None);
             self.conns.len() - 1
         });
-        self.poll.registry().register(
+        self.registry.register(
             &mut stream,
             Token(idx + 1),
             Interest::READABLE | Interest::WRITABLE,
@@ -805,7 +852,7 @@ impl UpstreamLoop {
         match self.clusters[cluster].topo.tls_session(addr) {
             Ok(t) => conn.tls = t.map(Box::new),
             Err(e) => {
-                let _ = self.poll.registry().deregister(&mut conn.stream);
+                let _ = self.registry.deregister(&mut conn.stream);
                 self.conns[idx] = None;
                 self.free.push(idx);
                 return Err(io::Error::other(e));
@@ -1141,7 +1188,7 @@ impl UpstreamLoop {
         let Some(mut conn) = self.conns.get_mut(idx).and_then(|c| c.take()) else {
             return;
         };
-        let _ = self.poll.registry().deregister(&mut conn.stream);
+        let _ = self.registry.deregister(&mut conn.stream);
         if let Some(pin) = conn.pin {
             self.pinned.remove(&pin);
         }
@@ -1162,7 +1209,7 @@ impl UpstreamLoop {
         let Some(mut conn) = self.conns.get_mut(idx).and_then(|c| c.take()) else {
             return;
         };
-        let _ = self.poll.registry().deregister(&mut conn.stream);
+        let _ = self.registry.deregister(&mut conn.stream);
         match conn.pin {
             Some(pin) => {
                 self.pinned.remove(&pin);
