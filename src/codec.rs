@@ -406,6 +406,12 @@ pub fn error_text(reply: &[u8]) -> Option<&[u8]> {
     }
 }
 
+/// If `reply` is an integer reply (`:42`), its value.
+pub fn integer_value(reply: &[u8]) -> Option<i64> {
+    let digits = reply.strip_prefix(b":")?;
+    std::str::from_utf8(trim_crlf(digits)).ok()?.parse().ok()
+}
+
 fn trim_crlf(b: &[u8]) -> &[u8] {
     b.strip_suffix(b"\r\n").unwrap_or(b)
 }

@@ -1241,20 +1241,26 @@ impl Session {
         self.finish(conn);
     }
 
+    /// A blocking command is held or on its node: it is bounded by its own
+    /// timeout (which the node enforces), not by `op_timeout`.
+    pub fn blocked(&self) -> bool {
+        self.block.is_some()
+    }
+
     /// The client sent FIN: answer what it asked, then close.
     pub fn on_end_stream(&mut self, conn: &mut dyn Downstream) {
-        if self.blocked_upstream() {
-            // As Redis frees a blocked client that closes: nothing after
-            // the blocking command can be owed, nothing before it is. The
-            // blocked upstream connection is released by `on_destroy`, once
-            // this connection no longer anchors the worker's wakes (a wake
-            // asked for now could be committed on it and never run).
-            self.closed = true;
-            self.client.detach();
-            conn.close(true);
-            return;
-        }
         self.end_stream = true;
+        if self.blocked_upstream() {
+            // As Redis frees a blocked client that closes, rather than
+            // block it for nobody: the node unblocks it (`CLIENT UNBLOCK`,
+            // race-free: an element it already popped still comes, the
+            // timeout's nil otherwise), then the session closes as after
+            // any FIN. Nothing after the blocking command can be owed.
+            self.client.cancel_blocking();
+            if let Some(u) = &self.upstream {
+                u.wake();
+            }
+        }
         self.finish(conn);
     }
 

@@ -494,3 +494,51 @@ fn wait_is_capped_at_half_of_op_timeout() {
     assert_eq!(c.cmd(&["WAIT", "1", "100"]), Resp::Int(0));
     assert!(t.elapsed() < Duration::from_millis(450));
 }
+
+/// A client that sends a blocking command and closes its sending side at
+/// once (`redis-cli < file`, a worker shutting down) is served what is there
+/// now and then closed, never left blocked for nobody: with an element in
+/// the list it gets it; with none, the connection closes, the node holds no
+/// blocked client and a later element stays in the list.
+#[test]
+fn a_blocking_command_followed_by_fin_pops_only_what_is_there() {
+    let cluster = Cluster::start(3, 0);
+    let envoy = Envoy::start(module_config(&cluster, json!({})));
+    let node = cluster.node_for_key(b"{fin}");
+    let mut direct = RawClient::connect(node);
+    for round in 0..5 {
+        // An element there: popped and answered, then the close.
+        assert_eq!(direct.cmd(&["RPUSH", "{fin}q", "x"]), Resp::Int(1));
+        let mut c = envoy.raw_client();
+        c.send_cmd(&["BLPOP", "{fin}q", "0"]);
+        c.shutdown_write();
+        assert_eq!(
+            c.read_reply(),
+            Resp::Array(vec![Resp::bulk("{fin}q"), Resp::bulk("x")]),
+            "round {round}"
+        );
+        assert!(c.try_read_reply().is_err(), "round {round}: not closed");
+
+        // Nothing there: closed (a nil reply at most), nothing blocked.
+        let mut c = envoy.raw_client();
+        c.set_timeout(Duration::from_secs(3));
+        c.send_cmd(&["BLPOP", "{fin}q", "0"]);
+        c.shutdown_write();
+        match c.try_read_reply() {
+            Err(_) => {}
+            Ok(Resp::NilArray) => assert!(c.try_read_reply().is_err(), "round {round}"),
+            Ok(other) => panic!("round {round}: {other:?}"),
+        }
+        assert!(
+            wait_until(Duration::from_secs(2), || blocked_clients(node) == 0),
+            "round {round}: a client is still blocked on the node"
+        );
+        assert_eq!(direct.cmd(&["RPUSH", "{fin}q", "y"]), Resp::Int(1));
+        thread::sleep(Duration::from_millis(100));
+        assert_eq!(
+            direct.cmd(&["LPOP", "{fin}q"]),
+            Resp::bulk("y"),
+            "round {round}: the element was popped for a closed client"
+        );
+    }
+}

@@ -134,8 +134,16 @@ impl Session {
         let Some(mut req) = held.req.take() else {
             return false;
         };
+        let now = self.clock.now();
         // Getting it to a node is bounded from now, not from its arrival.
-        req.deadline = self.clock.now() + self.proxy.config.settings.op_timeout;
+        req.deadline = now + self.proxy.config.settings.op_timeout;
+        if self.end_stream {
+            // The client closed after sending it: serve what is there now
+            // and close, never block for nobody.
+            if let Some(b) = req.blocking_mut() {
+                b.only_what_is_there(now);
+            }
+        }
         self.batch.push(req);
         true
     }

@@ -16,7 +16,7 @@
 //! command is sent again, to the owner a fresh topology names, with the
 //! time it has left.
 
-use super::{Conn, Request, UpstreamLoop};
+use super::{ClientShared, Conn, Request, UpstreamLoop};
 use crate::codec::{self, Scan};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -55,6 +55,30 @@ impl Blocking {
             sent: false,
         }
     }
+}
+
+impl Blocking {
+    /// Its client has already closed: pop only what is there now (the
+    /// shortest timeout), as Redis serves a command it read before the
+    /// close and then frees the client rather than block it.
+    pub fn only_what_is_there(&mut self, now: Instant) {
+        self.sent = true;
+        self.ends = Some(now);
+    }
+}
+
+/// A blocking connection's id on its node (`CLIENT ID`, asked first thing
+/// on connect), which `CLIENT UNBLOCK` needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum NodeId {
+    /// Not a blocking connection.
+    NotAsked,
+    /// Asked; the reply has not come yet.
+    Asked,
+    Known(i64),
+    /// The node refused `CLIENT ID` (an ACL, say): such a connection is
+    /// closed instead of unblocked.
+    Refused,
 }
 
 /// The shortest timeout sent again: 0 would mean "forever".
@@ -178,6 +202,9 @@ impl UpstreamLoop {
                     Ok(i) => {
                         if let Some(c) = self.conns[i].as_mut() {
                             c.blocking = true;
+                            // Its id on the node, to CLIENT UNBLOCK it.
+                            c.pipe.push_internal(b"*2\r\n$6\r\nCLIENT\r\n$2\r\nID\r\n");
+                            c.node_id = NodeId::Asked;
                         }
                         i
                     }
@@ -216,6 +243,7 @@ impl UpstreamLoop {
         }
         if let Some(c) = self.conns[idx].as_mut() {
             c.owner = Some(req.client.clone());
+            c.unblock_sent = false;
         }
         let cs = self.stats.cluster(req.cluster);
         self.stats.gauge_add(cs.blocked_rq_active, 1);
@@ -270,6 +298,54 @@ impl UpstreamLoop {
             },
             1,
         );
+    }
+
+    /// A client that closed its sending side while blocked: `CLIENT
+    /// UNBLOCK` its connection on the node (from a shared connection).
+    /// Race-free, unlike closing: either the node had already served it and
+    /// its reply (a popped element) is on the way, or it answers the
+    /// timeout's nil now; either reply reaches the client, which then
+    /// closes. Without the connection's id (not known yet), it is closed.
+    pub(super) fn unblock_cancelled(&mut self, now: Instant) {
+        let mut unblock = Vec::new();
+        let mut close = Vec::new();
+        for &i in &self.blocking.in_use {
+            let Some(c) = self.conns.get_mut(i).and_then(|c| c.as_mut()) else {
+                continue;
+            };
+            if c.unblock_sent || !c.owner.as_ref().is_some_and(|o| o.blocking_cancelled()) {
+                continue;
+            }
+            match c.node_id {
+                NodeId::Asked => continue, // its reply comes before the command's
+                NodeId::Known(id) => unblock.push((c.cluster, c.addr.clone(), id)),
+                NodeId::NotAsked | NodeId::Refused => close.push(i),
+            }
+            c.unblock_sent = true;
+        }
+        for i in close {
+            self.close_pinned(i);
+        }
+        for (cluster, addr, id) in unblock {
+            let id = id.to_string();
+            let data = codec::command(&[b"CLIENT", b"UNBLOCK", id.as_bytes()]);
+            let target = super::Target::Node {
+                addr,
+                slot: 0,
+                asking: false,
+            };
+            let deadline = now + self.settings.op_timeout;
+            let req = Request::new(
+                ClientShared::new(Box::new(super::busy::NoWake)),
+                0,
+                super::Part::Discard,
+                cluster,
+                target,
+                data,
+                deadline,
+            );
+            self.dispatch(req, now);
+        }
     }
 
     /// Close the blocking connections whose client has gone away, so their

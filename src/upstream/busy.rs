@@ -34,7 +34,7 @@ const SCRIPT_WITHIN: usize = 64;
 /// Node identity: (cluster index, address).
 type Node = (usize, String);
 
-struct NoWake;
+pub(super) struct NoWake;
 impl Notify for NoWake {
     fn notify(&self) {}
 }

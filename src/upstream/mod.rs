@@ -90,6 +90,9 @@ pub enum Part {
 /// The part of a client connection that loop threads may touch.
 pub struct ClientShared {
     mailbox: Mutex<Mailbox>,
+    /// The client closed its sending side while a blocking command of its
+    /// waits on a node: unblock it there, deliver what it got, then close.
+    cancel_blocking: AtomicBool,
 }
 
 struct Mailbox {
@@ -108,6 +111,7 @@ impl ClientShared {
                 notifier: Some(notifier),
                 pending: false,
             }),
+            cancel_blocking: AtomicBool::new(false),
         })
     }
 
@@ -149,6 +153,17 @@ impl ClientShared {
 
     pub fn is_detached(&self) -> bool {
         self.mailbox.lock().notifier.is_none()
+    }
+
+    /// Ask the loop to unblock this client's blocking command on its node
+    /// (see [`blocking`]); its reply, a pop or the timeout's nil, still
+    /// comes.
+    pub fn cancel_blocking(&self) {
+        self.cancel_blocking.store(true, Ordering::Release);
+    }
+
+    fn blocking_cancelled(&self) -> bool {
+        self.cancel_blocking.load(Ordering::Acquire)
     }
 }
 
@@ -291,6 +306,11 @@ impl Request {
         self
     }
 
+    /// A blocking command's facts, to change before it is sent.
+    pub fn blocking_mut(&mut self) -> Option<&mut Blocking> {
+        self.blocking.as_deref_mut()
+    }
+
     /// Answer the client (mirrored copies have no one to answer).
     fn respond(&self, reply: Vec<u8>) {
         if !self.mirror {
@@ -390,6 +410,10 @@ struct Conn {
     owner: Option<Arc<ClientShared>>,
     /// A blocking command's connection ([`blocking`]; `pin` set too).
     blocking: bool,
+    /// A blocking connection's id on its node, to `CLIENT UNBLOCK` it; and
+    /// whether that was sent for the command it holds now.
+    node_id: blocking::NodeId,
+    unblock_sent: bool,
     stream: TcpStream,
     connected: bool,
     opened: Instant,
@@ -840,6 +864,8 @@ impl UpstreamLoop {
             pin,
             owner: None,
             blocking: false,
+            node_id: blocking::NodeId::NotAsked,
+            unblock_sent: false,
             stream,
             connected: false,
             opened: now,
@@ -1066,6 +1092,12 @@ impl UpstreamLoop {
                     Next::Request(req) => req,
                     Next::TimedOut => continue,
                     Next::Internal => {
+                        if conn.node_id == blocking::NodeId::Asked {
+                            conn.node_id = match codec::integer_value(reply) {
+                                Some(id) => blocking::NodeId::Known(id),
+                                None => blocking::NodeId::Refused,
+                            };
+                        }
                         if let Some(err) = codec::error_text(reply) {
                             // READONLY on a standalone node errors; that is fine.
                             // On a pinned connection these are a transaction's
@@ -1289,6 +1321,7 @@ impl UpstreamLoop {
 
     fn check_timeouts(&mut self, now: Instant) {
         self.close_orphaned_blocking();
+        self.unblock_cancelled(now);
         let orphans: Vec<usize> = self
             .pinned
             .values()
