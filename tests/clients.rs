@@ -140,7 +140,7 @@ fn node_script(name: &str) -> String {
 /// BullMQ's Queue adds jobs (prefix `{bull}`: one slot for all of a queue's
 /// keys), Workers blocked in BZPOPMIN through the proxy process them: each
 /// job exactly once with its result, a delayed job after its delay, a
-/// failing job retried, the queue drained.
+/// failing job retried, the queue drained; RESP2 and RESP3 connections.
 #[test]
 fn bullmq_queue_and_workers_through_the_proxy() {
     require_node_packages();

@@ -2,7 +2,7 @@
 // blocking connection, waiting in BZPOPMIN on the queue's marker key) process
 // them. Checks that every job completes exactly once with its result, that a
 // delayed job waits its delay, that a failing job is retried and then
-// completes, and that the queue drains.
+// completes, and that the queue drains; with RESP2 and RESP3 connections.
 //
 // Usage: node bullmq_check.js HOST PORT ADMIN_PORT
 // ADMIN_PORT is Envoy's admin port: its blocked_rq_active gauge shows the
@@ -16,7 +16,7 @@ const assert = require('node:assert/strict');
 const { Queue, Worker, QueueEvents } = require('bullmq');
 
 const [host, portArg, adminArg] = process.argv.slice(2);
-const connection = { host, port: Number(portArg), maxRetriesPerRequest: null };
+const port = Number(portArg);
 const prefix = '{bull}';
 const JOBS = 200;
 const WORKERS = 3;
@@ -46,11 +46,15 @@ function withTimeout(promise, ms, what) {
     return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }
 
-async function main() {
-    const name = `check-${process.pid}`;
+async function check(protocol) {
+    const connection = { host, port, protocol, maxRetriesPerRequest: null };
+    const name = `check-${process.pid}-${protocol}`;
     const queue = new Queue(name, { connection, prefix });
     const events = new QueueEvents(name, { connection, prefix });
     await events.waitUntilReady();
+    // BullMQ hands the connection options to ioredis: check the protocol.
+    const hello = await (await queue.getBackend().client).call('HELLO');
+    assert.equal(hello[hello.indexOf('proto') + 1], protocol, 'negotiated protocol');
     // One waitUntilFinished listener per job; not a leak.
     queue.setMaxListeners(0);
     events.setMaxListeners(0);
@@ -136,6 +140,14 @@ async function main() {
     await queue.obliterate({ force: true });
     await events.close();
     await queue.close();
+}
+
+async function main() {
+    // ioredis speaks RESP3 by default; RESP2 clients are common too.
+    for (const protocol of [2, 3]) {
+        console.log(`RESP${protocol}:`);
+        await check(protocol);
+    }
     console.log('OK');
 }
 
