@@ -653,6 +653,9 @@ impl Session {
             self.deferred.insert(seq, data);
             let ping = codec::command(&[b"PING"]);
             self.send_keyless(seq, Part::Probe, cluster, Target::AnyMaster, ping, now);
+            // Later commands wait for it: sent now, they would reach the
+            // nodes first (`FUNCTION LOAD` then `FCALL` must run in order).
+            self.barrier = Some(seq);
             return Ok(());
         }
         match cmd.name {
@@ -1589,6 +1592,36 @@ mod tests {
         }
         s.on_scheduled(&mut c);
         assert_eq!(c.out, b":6\r\n".to_vec());
+    }
+
+    /// A command pipelined after a cluster-wide one that waits for masters
+    /// waits too: sent at once, it would run first (found with `FUNCTION
+    /// LOAD`, `FCALL` sent before the first topology: the `FCALL` ran
+    /// before the library existed).
+    #[test]
+    fn commands_after_a_deferred_cluster_wide_command_keep_their_order() {
+        let (mut s, proxy, rec, _) = recorded(ONE_CLUSTER);
+        proxy.publish_topology(0, crate::topology::SlotMap::empty());
+        let mut c = Client::default();
+        s.on_data(b"DBSIZE\r\nGET k\r\n", &mut c);
+        let probe = rec.take();
+        assert_eq!(probe.len(), 1, "only the probe goes before masters exist");
+        proxy.publish_topology(0, three_masters());
+        reply(&probe[0], b"+PONG\r\n");
+        s.on_scheduled(&mut c);
+        let parts = rec.take();
+        assert_eq!(parts.len(), 3, "DBSIZE to every master, GET still held");
+        for p in &parts {
+            assert_eq!(words(&p.data), vec!["DBSIZE"]);
+            reply(p, b":2\r\n");
+        }
+        s.on_scheduled(&mut c);
+        let get = rec.take();
+        assert_eq!(get.len(), 1);
+        assert_eq!(words(&get[0].data), vec!["GET", "k"]);
+        reply(&get[0], b"$1\r\nv\r\n");
+        s.on_scheduled(&mut c);
+        assert_eq!(c.out, b":6\r\n$1\r\nv\r\n".to_vec());
     }
 
     pub(super) const ROUTES: &str = r#"{"clusters":{"a":{"seeds":["127.0.0.1:7000"]},"b":{"seeds":["127.0.0.1:7100"]},
