@@ -37,6 +37,8 @@ mod admin;
 mod transaction;
 
 use transaction::Txn;
+mod clients;
+mod pause;
 
 /// What a session needs from the downstream connection.
 pub trait Downstream {
@@ -144,6 +146,14 @@ pub struct Session {
     /// `None`: nothing sent yet).
     last_script: Vec<u8>,
     last_script_gen: Option<u64>,
+    /// This client in the proxy's registry (`CLIENT LIST`, `CLIENT KILL`).
+    entry: Arc<crate::clients::ClientEntry>,
+    /// `CLIENT PAUSE` holds the next command: parsing waits.
+    pause_held: bool,
+    /// The open transaction queued a command `CLIENT PAUSE WRITE` holds.
+    multi_writes: bool,
+    /// A `CLIENT PAUSE` queued in the open transaction: starts at `EXEC`.
+    queued_pause: Option<(crate::clients::PauseMode, std::time::Duration)>,
 }
 
 impl Session {
@@ -169,11 +179,15 @@ impl Session {
         stats.inc(stats.downstream_cx_total);
         stats.gauge_add(stats.downstream_cx_active, 1);
         let now = clock.now();
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let client = ClientShared::new(notifier);
+        let entry = crate::clients::ClientEntry::new(id, client.clone(), now);
+        proxy.clients.register(entry.clone());
         Session {
             proxy,
             upstream,
             clock,
-            client: ClientShared::new(notifier),
+            client,
             inbuf: Vec::new(),
             need: 0,
             slots: VecDeque::new(),
@@ -189,7 +203,7 @@ impl Session {
             deferred: HashMap::new(),
             reuse_seq: None,
             state: ConnState {
-                id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+                id,
                 authenticated: open,
                 ..ConnState::default()
             },
@@ -205,6 +219,10 @@ impl Session {
             rng: seed(),
             last_script: Vec::new(),
             last_script_gen: None,
+            entry,
+            pause_held: false,
+            multi_writes: false,
+            queued_pause: None,
         }
     }
 
@@ -220,7 +238,8 @@ impl Session {
     }
 
     fn paused(&self) -> bool {
-        self.barrier.is_some()
+        self.pause_held
+            || self.barrier.is_some()
             || self.write_blocked
             || self.slots.len()
                 >= self
@@ -235,7 +254,7 @@ impl Session {
     pub fn on_data(&mut self, data: &[u8], conn: &mut dyn Downstream) -> usize {
         let stats = &self.proxy.stats;
         stats.add(stats.downstream_cx_rx_bytes_total, data.len() as u64);
-        if self.closing || self.closed {
+        if self.close_if_killed(conn) || self.closing || self.closed {
             return data.len();
         }
         if self.inbuf.is_empty() && !self.paused() {
@@ -277,6 +296,7 @@ impl Session {
                     if frame.first() == Some(&b'*') {
                         let words: Vec<&[u8]> = args.iter().map(|r| &frame[r.clone()]).collect();
                         self.handle(frame, &words, now);
+                        self.handled(&words, now);
                     } else {
                         // Inline (telnet-style): quotes and escapes decoded.
                         let owned: Vec<Vec<u8>> = args
@@ -285,6 +305,12 @@ impl Session {
                             .collect();
                         let words: Vec<&[u8]> = owned.iter().map(Vec::as_slice).collect();
                         self.handle(frame, &words, now);
+                        self.handled(&words, now);
+                    }
+                    if self.pause_held {
+                        // Parsed again when the pause ends.
+                        self.args = args;
+                        break;
                     }
                     pos += n;
                     self.need = 0;
@@ -328,6 +354,14 @@ impl Session {
         pos
     }
 
+    /// After `handle`: unless a pause holds the command, show it in
+    /// `CLIENT LIST`.
+    fn handled(&mut self, words: &[&[u8]], now: Instant) {
+        if !self.pause_held {
+            self.sync_view(words, now);
+        }
+    }
+
     fn push_slot(&mut self) -> u64 {
         if let Some(seq) = self.reuse_seq.take() {
             return seq;
@@ -364,6 +398,15 @@ impl Session {
             panic!("DEBUG-PANIC test hook");
         }
         let found = command::lookup(name);
+        if let Some(cmd) = found.filter(|c| {
+            command::arity_ok(c, args.len())
+                && (self.state.authenticated
+                    || matches!(c.name, "auth" | "hello" | "quit" | "reset"))
+        }) {
+            if self.pause_holds(cmd, args, now) {
+                return;
+            }
+        }
         self.current = (found.map(command::index_of), now);
         self.silent = match self.reply_mode {
             ReplyMode::On => false,
@@ -400,6 +443,9 @@ impl Session {
             return;
         }
         if in_multi {
+            if self.queue_pause(cmd, args, now) {
+                return;
+            }
             if let Err(e) = self.queue_in_multi(cmd, frame, args, now) {
                 self.abort_multi();
                 self.reply_now(e);
@@ -414,12 +460,18 @@ impl Session {
             let reply = self.client_reply(args);
             return self.reply_now(reply);
         }
+        if cmd.name == "client" {
+            if let Some(reply) = self.client_admin(frame, args, now) {
+                return self.reply_now(reply);
+            }
+        }
         if let Some(reply) = self.local_reply(cmd, args) {
             // QUIT: answer, then close once earlier replies are out.
             self.closing |= cmd.name == "quit";
             return self.reply_now(reply);
         }
-        if command::is_blocking(cmd, args) || cmd.has(command::PUBSUB) {
+        // PUBLISH is not a subscription: any node spreads it over the cluster.
+        if command::is_blocking(cmd, args) || (cmd.has(command::PUBSUB) && cmd.name != "publish") {
             let msg = format!(
                 "ERR '{}' is not supported through this proxy yet (blocking and pub/sub commands)",
                 cmd.name
@@ -1140,6 +1192,10 @@ impl Session {
 
     /// Replies arrived from the upstream loop.
     pub fn on_scheduled(&mut self, conn: &mut dyn Downstream) {
+        if self.close_if_killed(conn) {
+            return;
+        }
+        self.pause_recheck();
         let mut delivered = std::mem::take(&mut self.delivered);
         self.client.take(&mut delivered);
         for d in delivered.drain(..) {
@@ -1178,17 +1234,27 @@ impl Session {
     /// The proxy's listener address as this client reached it (for the
     /// CLUSTER replies that name the proxy as the only node).
     pub fn set_local_address(&mut self, ip: String, port: u16) {
+        let laddr = clients::format_addr(&ip, port);
+        self.entry.update(|v| v.laddr = laddr);
         self.state.local_addr = Some((ip, port));
+    }
+
+    /// The client's address (`CLIENT LIST` `addr`, `CLIENT KILL ADDR`).
+    pub fn set_peer_address(&mut self, ip: &str, port: u16) {
+        let addr = clients::format_addr(ip, port);
+        self.entry.update(|v| v.addr = addr);
     }
 
     pub fn on_close(&mut self) {
         self.closed = true;
         self.client.detach();
+        self.proxy.clients.unregister(self.state.id);
     }
 
     pub fn on_destroy(&mut self) {
         self.closed = true;
         self.client.detach();
+        self.proxy.clients.unregister(self.state.id);
         let stats = &self.proxy.stats;
         stats.gauge_sub(stats.downstream_cx_active, 1);
         stats.gauge_sub(stats.downstream_cx_buffered_bytes, self.reported_buffered);

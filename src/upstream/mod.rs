@@ -115,6 +115,16 @@ impl ClientShared {
         mb.replies.push(Delivery { seq, part, reply });
     }
 
+    /// Run the client's session soon with nothing delivered (a pause
+    /// ended, the client was killed).
+    pub fn wake(&self) {
+        let mut mb = self.mailbox.lock();
+        if let (Some(n), false) = (mb.notifier.as_ref(), mb.pending) {
+            n.notify();
+            mb.pending = true;
+        }
+    }
+
     /// Take every delivered reply (worker side).
     pub fn take(&self, out: &mut Vec<Delivery>) {
         let mut mb = self.mailbox.lock();
