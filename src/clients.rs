@@ -10,7 +10,7 @@
 
 use crate::upstream::ClientShared;
 use parking_lot::{Condvar, Mutex};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -115,8 +115,9 @@ impl KillFilter {
 struct PauseState {
     /// Current pause and when it ends.
     active: Option<(PauseMode, Instant)>,
-    /// Clients waiting for the pause to end (`blocked_clients`).
-    held: BTreeSet<u64>,
+    /// Clients waiting for the pause to end (`blocked_clients`), in the
+    /// order they started waiting (the order they are woken).
+    held: Vec<u64>,
     stop: bool,
 }
 
@@ -135,7 +136,7 @@ impl Clients {
 
     pub fn unregister(&self, id: u64) {
         self.entries.lock().remove(&id);
-        self.pause.lock().held.remove(&id);
+        self.release(id);
     }
 
     pub fn connected(&self) -> usize {
@@ -161,9 +162,7 @@ impl Clients {
             ids.iter().filter_map(|id| entries.remove(id)).collect()
         };
         let mut pause = self.pause.lock();
-        for v in &victims {
-            pause.held.remove(&v.id);
-        }
+        pause.held.retain(|id| !victims.iter().any(|v| v.id == *id));
         drop(pause);
         let mut killed_me = false;
         for v in &victims {
@@ -200,7 +199,7 @@ impl Clients {
         self.timer.notify_all();
     }
 
-    fn wake(&self, ids: &BTreeSet<u64>) {
+    fn wake(&self, ids: &[u64]) {
         if ids.is_empty() {
             return;
         }
@@ -226,7 +225,9 @@ impl Clients {
         let mut p = self.pause.lock();
         match p.active {
             Some((_, end)) if now < end => {
-                p.held.insert(id);
+                if !p.held.contains(&id) {
+                    p.held.push(id);
+                }
                 true
             }
             _ => false,
@@ -235,7 +236,7 @@ impl Clients {
 
     /// A held client runs again (woken, or gone).
     pub fn release(&self, id: u64) {
-        self.pause.lock().held.remove(&id);
+        self.pause.lock().held.retain(|&h| h != id);
     }
 
     /// Clients waiting for the pause (INFO `blocked_clients`).

@@ -49,8 +49,8 @@ fn positive_id(a: &[u8], msg: &str) -> Result<u64, Vec<u8>> {
 /// `TYPE normal|replica|slave|master|pubsub`: whether the proxy's clients
 /// (all `normal`) match.
 fn type_matches(t: &[u8]) -> Result<bool, Vec<u8>> {
-    let t = String::from_utf8_lossy(t).to_ascii_lowercase();
-    match t.as_str() {
+    let t = String::from_utf8_lossy(t);
+    match t.to_ascii_lowercase().as_str() {
         "normal" => Ok(true),
         "replica" | "slave" | "master" | "pubsub" => Ok(false),
         _ => Err(codec::error(&format!("ERR Unknown client type '{t}'"))),
@@ -162,25 +162,32 @@ impl Session {
         now: Instant,
     ) -> Result<Vec<u8>, Vec<u8>> {
         let opt = |i: usize, w: &[u8]| args.get(i).is_some_and(|a| a.eq_ignore_ascii_case(w));
-        let mut ids: Option<Vec<u64>> = None;
+        let mut ids: Option<Vec<i64>> = None;
         if args.len() == 4 && opt(2, b"type") {
             if !type_matches(args[3])? {
                 return Ok(self.verbatim(""));
             }
         } else if args.len() > 3 && opt(2, b"id") {
-            let parsed: Result<Vec<u64>, Vec<u8>> = args[3..]
+            let parsed: Option<Vec<i64>> = args[3..]
                 .iter()
-                .map(|a| positive_id(a, "Invalid client ID"))
+                .map(|a| std::str::from_utf8(a).ok()?.parse().ok())
                 .collect();
-            ids = Some(parsed?);
+            ids = Some(parsed.ok_or_else(|| codec::error("ERR Invalid client ID"))?);
         } else if args.len() != 2 {
             return Err(codec::error("ERR syntax error"));
         }
-        let mut text = String::new();
-        for e in self.proxy.clients.all() {
-            if ids.as_ref().is_some_and(|ids| !ids.contains(&e.id)) {
-                continue;
+        // With IDs: in the order given, as Redis lists them.
+        let listed = match ids {
+            Some(ids) => {
+                let all = self.proxy.clients.all();
+                ids.iter()
+                    .filter_map(|&id| all.iter().find(|e| i64::try_from(e.id) == Ok(id)).cloned())
+                    .collect()
             }
+            None => self.proxy.clients.all(),
+        };
+        let mut text = String::new();
+        for e in listed {
             let line = if e.id == self.state.id {
                 self.own_line(frame, args, now)
             } else {
