@@ -541,6 +541,7 @@ impl Session {
                 }
             }
             "asking" | "readonly" | "readwrite" => codec::simple("OK"),
+            "acl" => self.acl(args),
             "hello" => local::hello(&mut self.state, &self.proxy.auth(), args),
             "auth" => local::auth(&mut self.state, &self.proxy.auth(), args),
             "client" => local::client(&mut self.state, args),

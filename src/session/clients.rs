@@ -71,6 +71,23 @@ impl Session {
         user == b"default" || self.proxy.auth().username.map(str::as_bytes) == Some(user)
     }
 
+    /// `ACL WHOAMI` answers the user this client acts as; the rest of
+    /// `ACL` is refused: the proxy's only user is its downstream auth
+    /// settings, and the nodes' users are the proxy's own business.
+    pub(super) fn acl(&self, args: &[&[u8]]) -> Vec<u8> {
+        let sub =
+            String::from_utf8_lossy(args.get(1).copied().unwrap_or_default()).to_ascii_uppercase();
+        match (sub.as_str(), args.len()) {
+            ("WHOAMI", 2) => codec::bulk(self.user_name().as_bytes()),
+            ("WHOAMI", _) => {
+                codec::error("ERR wrong number of arguments for 'acl|whoami' command")
+            }
+            _ => codec::error(&format!(
+                "ERR ACL {sub} is not supported through the proxy: its clients authenticate with downstream_auth_username/downstream_auth_passwords"
+            )),
+        }
+    }
+
     /// After a command ran: what `CLIENT LIST` shows of this client.
     pub(super) fn sync_view(&mut self, args: &[&[u8]], now: Instant) {
         let cmd = self.current.0.and_then(|i| crate::command::all().get(i));
