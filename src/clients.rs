@@ -126,6 +126,9 @@ struct PauseState {
 pub struct Clients {
     entries: Mutex<BTreeMap<u64, Arc<ClientEntry>>>,
     pause: Mutex<PauseState>,
+    /// A pause is set (maybe over already): read without the lock on
+    /// every command.
+    pausing: AtomicBool,
     timer: Condvar,
 }
 
@@ -184,6 +187,7 @@ impl Clients {
             Some((m, end)) => (m.max(mode), end.max(until)),
             None => (mode, until),
         });
+        self.pausing.store(true, Ordering::Release);
         drop(p);
         self.timer.notify_all();
     }
@@ -193,6 +197,7 @@ impl Clients {
         let held = {
             let mut p = self.pause.lock();
             p.active = None;
+            self.pausing.store(false, Ordering::Release);
             std::mem::take(&mut p.held)
         };
         self.wake(&held);
@@ -213,6 +218,9 @@ impl Clients {
 
     /// The pause in force at `now`, if any.
     pub fn paused(&self, now: Instant) -> Option<PauseMode> {
+        if !self.pausing.load(Ordering::Acquire) {
+            return None;
+        }
         match self.pause.lock().active {
             Some((mode, end)) if now < end => Some(mode),
             _ => None,
@@ -257,6 +265,7 @@ impl Clients {
                     let now = Instant::now();
                     if now >= end {
                         p.active = None;
+                        self.pausing.store(false, Ordering::Release);
                         let held = std::mem::take(&mut p.held);
                         drop(p);
                         self.wake(&held);

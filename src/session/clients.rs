@@ -16,16 +16,22 @@ const CONTAINERS: &[&str] = &[
 ];
 
 /// Redis's full command name: `get`, `client|list`.
-fn full_name(name: &str, args: &[&[u8]]) -> String {
-    match args.get(1) {
-        Some(sub) if CONTAINERS.contains(&name) => {
-            format!(
-                "{name}|{}",
-                String::from_utf8_lossy(sub).to_ascii_lowercase()
-            )
-        }
-        _ => name.to_string(),
+fn push_full_name(out: &mut String, name: &str, args: &[&[u8]]) {
+    out.push_str(name);
+    if let Some(sub) = args.get(1).filter(|_| CONTAINERS.contains(&name)) {
+        out.push('|');
+        out.extend(
+            String::from_utf8_lossy(sub)
+                .chars()
+                .map(|c| c.to_ascii_lowercase()),
+        );
     }
+}
+
+fn full_name(name: &str, args: &[&[u8]]) -> String {
+    let mut out = String::new();
+    push_full_name(&mut out, name, args);
+    out
 }
 
 /// `ip:port`, IPv6 in brackets, as Redis prints addresses.
@@ -60,10 +66,11 @@ fn type_matches(t: &[u8]) -> Result<bool, Vec<u8>> {
 impl Session {
     /// The user a client acts as: the configured downstream username once
     /// authenticated with it, else `default` (as in Redis).
-    fn user_name(&self) -> String {
-        match self.proxy.auth().username {
-            Some(u) if self.state.authenticated && self.proxy.auth().required() => u.to_string(),
-            _ => "default".to_string(),
+    fn user_name(&self) -> &str {
+        let auth = self.proxy.auth();
+        match auth.username {
+            Some(u) if self.state.authenticated && auth.required() => u,
+            _ => "default",
         }
     }
 
@@ -90,26 +97,31 @@ impl Session {
 
     /// After a command ran: what `CLIENT LIST` shows of this client.
     pub(super) fn sync_view(&mut self, args: &[&[u8]], now: Instant) {
+        // Every command passes here: update in place, allocating only when
+        // a field grows.
         let cmd = self.current.0.and_then(|i| crate::command::all().get(i));
         let user = self.user_name();
         let multi = self.multi_count();
-        let name = self.state.name.clone();
+        let name = self.state.name.as_deref().unwrap_or_default();
         let resp = if self.state.resp3 { 3 } else { 2 };
         let qbuf = self.inbuf.len();
         self.entry.update(|v| {
             if let Some(c) = cmd {
                 v.cmd.clear();
-                v.cmd.push_str(&full_name(c.name, args));
+                push_full_name(&mut v.cmd, c.name, args);
             }
             v.last_active = now;
-            v.user = user;
+            if v.user != user {
+                v.user.clear();
+                v.user.push_str(user);
+            }
+            if v.name.as_bytes() != name {
+                v.name.clear();
+                v.name.push_str(&String::from_utf8_lossy(name));
+            }
             v.multi = multi;
             v.resp = resp;
             v.qbuf = qbuf;
-            v.name.clear();
-            if let Some(n) = name {
-                v.name.push_str(&String::from_utf8_lossy(&n));
-            }
         });
     }
 

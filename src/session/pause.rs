@@ -59,11 +59,15 @@ impl Session {
     pub(super) fn pause_holds(&mut self, cmd: &Command, args: &[&[u8]], now: Instant) -> bool {
         let clients = &self.proxy.clients;
         let in_multi = self.in_multi();
-        let write = match cmd.name {
-            "exec" => self.multi_writes,
-            _ => is_write(cmd, args, &self.proxy.scripts, &self.proxy.functions),
-        };
-        let hold = match clients.paused(now) {
+        let paused = clients.paused(now);
+        // Classified only when it matters (a pause, or a transaction a
+        // later pause may hold at EXEC): most commands skip the lookups.
+        let write = (paused.is_some() || in_multi)
+            && match cmd.name {
+                "exec" => self.multi_writes,
+                _ => is_write(cmd, args, &self.proxy.scripts, &self.proxy.functions),
+            };
+        let hold = match paused {
             Some(PauseMode::All) => true,
             Some(PauseMode::Write) => write,
             None => false,
