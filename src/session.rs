@@ -1517,6 +1517,45 @@ mod tests {
         assert_eq!(s.oldest_unanswered(), None);
     }
 
+    /// CLIENT PAUSE WRITE: a read goes at once, a write waits unparsed with
+    /// the client's later commands behind it (counted as blocked), then
+    /// runs when the pause ends; killed, the session closes when woken.
+    #[test]
+    fn pause_holds_a_write_and_what_follows_until_unpause() {
+        let (mut s, proxy, rec, clock) = recorded(ONE_CLUSTER);
+        proxy.publish_topology(0, three_masters());
+        let clients = proxy.clients.clone();
+        clients.pause(
+            crate::clients::PauseMode::Write,
+            clock.now() + Duration::from_secs(60),
+        );
+        let mut c = Client::default();
+        s.on_data(b"GET k\r\nSET k v\r\nPING\r\n", &mut c);
+        let get = rec.take();
+        let sent: Vec<Vec<String>> = get.iter().map(|r| words(&r.data)).collect();
+        assert_eq!(sent, vec![vec!["GET".to_string(), "k".to_string()]]);
+        reply(&get[0], b"$1\r\nv\r\n");
+        assert_eq!(clients.blocked(), 1);
+        // Woken while the pause lasts: held again.
+        s.on_scheduled(&mut c);
+        assert!(rec.take().is_empty());
+        assert_eq!(clients.blocked(), 1);
+        clients.unpause();
+        assert_eq!(clients.blocked(), 0);
+        s.on_scheduled(&mut c);
+        let set = rec.take();
+        assert_eq!(set.len(), 1);
+        assert_eq!(words(&set[0].data)[0], "SET");
+        reply(&set[0], b"+OK\r\n");
+        s.on_scheduled(&mut c);
+        assert_eq!(c.out, b"$1\r\nv\r\n+OK\r\n+PONG\r\n".to_vec());
+        // CLIENT KILL from another client: the session closes when woken.
+        let (n, _) = clients.kill(0, &crate::clients::KillFilter::default());
+        assert_eq!(n, 1);
+        s.on_scheduled(&mut c);
+        assert!(c.closed);
+    }
+
     /// Masters appear while DBSIZE waits: it is sent to each of them with
     /// the deadline it had from its arrival, and the counts are summed.
     #[test]
