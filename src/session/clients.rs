@@ -147,12 +147,15 @@ impl Session {
                 codec::simple("OK")
             }
             ("pause", 3 | 4) => match parse_pause(args) {
-                Ok((mode, ms)) => {
-                    self.proxy
-                        .clients
-                        .pause(mode, now + Duration::from_millis(ms));
-                    codec::simple("OK")
-                }
+                // A timeout past what the clock can count is refused, not
+                // a panic.
+                Ok((mode, ms)) => match now.checked_add(Duration::from_millis(ms)) {
+                    Some(until) => {
+                        self.proxy.clients.pause(mode, until);
+                        codec::simple("OK")
+                    }
+                    None => codec::error("ERR timeout is out of range"),
+                },
                 Err(e) => e,
             },
             _ => return None,

@@ -88,7 +88,9 @@ impl Session {
                 // The transaction's own CLIENT PAUSE starts at its EXEC
                 // (also one that answers EXECABORT).
                 if let (Some((mode, ms)), true) = (self.queued_pause.take(), in_multi) {
-                    self.proxy.clients.pause(mode, now + ms);
+                    if let Some(until) = now.checked_add(ms) {
+                        self.proxy.clients.pause(mode, until);
+                    }
                 }
             }
             "discard" | "reset" => self.queued_pause = None,
