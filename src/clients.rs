@@ -11,7 +11,7 @@
 use crate::upstream::ClientShared;
 use parking_lot::{Condvar, Mutex};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -51,6 +51,8 @@ pub struct ClientView {
     pub multi: Option<u32>,
     /// Bytes received and not parsed yet.
     pub qbuf: usize,
+    /// In `MONITOR` mode (flag `O`).
+    pub monitor: bool,
 }
 
 impl ClientEntry {
@@ -70,6 +72,7 @@ impl ClientEntry {
                 last_active: now,
                 multi: None,
                 qbuf: 0,
+                monitor: false,
             }),
         })
     }
@@ -121,7 +124,40 @@ struct PauseState {
     stop: bool,
 }
 
-/// Every client of one filter config, and its pause.
+/// Lines for one `MONITOR` client, written by its session when it runs.
+pub struct MonitorFeed {
+    lines: Mutex<Vec<u8>>,
+    /// The client did not keep up: its session closes it (Redis closes a
+    /// monitor past its output buffer limit too).
+    overflow: AtomicBool,
+    waker: Arc<ClientShared>,
+}
+
+/// Bytes a monitor may have waiting before it is closed.
+const MONITOR_BACKLOG: usize = 32 << 20;
+
+impl MonitorFeed {
+    /// Add lines for this monitor only (its session runs already).
+    pub fn push(&self, line: &[u8]) {
+        let mut lines = self.lines.lock();
+        if lines.len() + line.len() > MONITOR_BACKLOG {
+            lines.clear();
+            self.overflow.store(true, Ordering::Release);
+        } else {
+            lines.extend_from_slice(line);
+        }
+    }
+
+    /// Take the waiting lines; `None` once the client fell too far behind.
+    pub fn take(&self) -> Option<Vec<u8>> {
+        if self.overflow.load(Ordering::Acquire) {
+            return None;
+        }
+        Some(std::mem::take(&mut *self.lines.lock()))
+    }
+}
+
+/// Every client of one filter config, its pause and its monitors.
 #[derive(Default)]
 pub struct Clients {
     entries: Mutex<BTreeMap<u64, Arc<ClientEntry>>>,
@@ -130,6 +166,9 @@ pub struct Clients {
     /// every command.
     pausing: AtomicBool,
     timer: Condvar,
+    monitors: Mutex<Vec<(u64, Arc<MonitorFeed>)>>,
+    /// `monitors.len()`, read without the lock on every command.
+    monitoring: AtomicUsize,
 }
 
 impl Clients {
@@ -140,6 +179,49 @@ impl Clients {
     pub fn unregister(&self, id: u64) {
         self.entries.lock().remove(&id);
         self.release(id);
+        self.remove_monitor(id);
+    }
+
+    /// `MONITOR`: this client gets every command the proxy's clients run.
+    pub fn add_monitor(&self, id: u64, waker: Arc<ClientShared>) -> Arc<MonitorFeed> {
+        let feed = Arc::new(MonitorFeed {
+            lines: Mutex::new(Vec::new()),
+            overflow: AtomicBool::new(false),
+            waker,
+        });
+        let mut m = self.monitors.lock();
+        m.retain(|(i, _)| *i != id);
+        m.push((id, feed.clone()));
+        self.monitoring.store(m.len(), Ordering::Release);
+        feed
+    }
+
+    pub fn remove_monitor(&self, id: u64) {
+        let mut m = self.monitors.lock();
+        m.retain(|(i, _)| *i != id);
+        self.monitoring.store(m.len(), Ordering::Release);
+    }
+
+    /// Someone monitors (cheap: checked for every command).
+    pub fn monitoring(&self) -> bool {
+        self.monitoring.load(Ordering::Acquire) > 0
+    }
+
+    /// One `MONITOR` line (complete, `+…\r\n`) to every monitor.
+    pub fn feed(&self, line: &[u8]) {
+        for (_, f) in self.monitors.lock().iter() {
+            let mut lines = f.lines.lock();
+            if lines.len() + line.len() > MONITOR_BACKLOG {
+                lines.clear();
+                f.overflow.store(true, Ordering::Release);
+            } else {
+                let first = lines.is_empty();
+                lines.extend_from_slice(line);
+                if first {
+                    f.waker.wake();
+                }
+            }
+        }
     }
 
     pub fn connected(&self) -> usize {
@@ -295,6 +377,9 @@ pub fn list_line(e: &ClientEntry, v: &ClientView, now: Instant, me: Option<&Curr
     let age = now.saturating_duration_since(e.created).as_secs();
     let idle = now.saturating_duration_since(v.last_active).as_secs();
     let mut flags = String::new();
+    if v.monitor {
+        flags.push('O');
+    }
     if v.multi.is_some() {
         flags.push('x');
     }
@@ -414,6 +499,24 @@ mod tests {
         assert_eq!(c.blocked(), 0);
         c.stop();
         t.join().unwrap();
+    }
+
+    #[test]
+    fn monitors_get_every_line_until_they_fall_behind() {
+        let now = Instant::now();
+        let c = Clients::default();
+        let (e, n) = entry(3, now);
+        assert!(!c.monitoring());
+        let feed = c.add_monitor(3, e.waker.clone());
+        assert!(c.monitoring());
+        c.feed(b"+a\r\n");
+        c.feed(b"+b\r\n");
+        assert_eq!(n.load(Ordering::SeqCst), 1, "woken once per batch");
+        assert_eq!(feed.take(), Some(b"+a\r\n+b\r\n".to_vec()));
+        c.feed(&vec![b'x'; MONITOR_BACKLOG + 1]);
+        assert_eq!(feed.take(), None, "too far behind: closed");
+        c.unregister(3);
+        assert!(!c.monitoring());
     }
 
     #[test]

@@ -38,6 +38,7 @@ mod transaction;
 
 use transaction::Txn;
 mod clients;
+mod monitor;
 mod pause;
 
 /// What a session needs from the downstream connection.
@@ -154,6 +155,11 @@ pub struct Session {
     multi_writes: bool,
     /// A `CLIENT PAUSE` queued in the open transaction: starts at `EXEC`.
     queued_pause: Option<(crate::clients::PauseMode, std::time::Duration)>,
+    /// In `MONITOR` mode: the lines waiting for this client.
+    monitor: Option<Arc<crate::clients::MonitorFeed>>,
+    /// The nodes' own `MONITOR` streams (for the commands scripts run
+    /// inside them), and which node has confirmed yet.
+    node_monitors: Option<(Arc<ClientShared>, Vec<bool>)>,
 }
 
 impl Session {
@@ -223,6 +229,8 @@ impl Session {
             pause_held: false,
             multi_writes: false,
             queued_pause: None,
+            monitor: None,
+            node_monitors: None,
         }
     }
 
@@ -355,10 +363,11 @@ impl Session {
     }
 
     /// After `handle`: unless a pause holds the command, show it in
-    /// `CLIENT LIST`.
+    /// `CLIENT LIST` and to the monitors.
     fn handled(&mut self, words: &[&[u8]], now: Instant) {
         if !self.pause_held {
             self.sync_view(words, now);
+            self.feed_monitors(words);
         }
     }
 
@@ -432,6 +441,9 @@ impl Session {
         if cmd.name == "reset" {
             return self.reset(now);
         }
+        if let Some(e) = self.monitor_refusal(cmd) {
+            return self.reply_now(e);
+        }
         let in_multi = self.in_multi();
         if matches!(cmd.name, "multi" | "exec" | "discard" | "watch")
             || (cmd.name == "unwatch" && !in_multi)
@@ -459,6 +471,9 @@ impl Session {
         {
             let reply = self.client_reply(args);
             return self.reply_now(reply);
+        }
+        if cmd.name == "monitor" {
+            return self.start_monitor(now);
         }
         if cmd.name == "client" {
             if let Some(reply) = self.client_admin(frame, args, now) {
@@ -559,6 +574,7 @@ impl Session {
     /// unauthenticated again when downstream auth is configured.
     fn reset(&mut self, now: Instant) {
         self.end_txn(now);
+        self.stop_monitor();
         self.state.resp3 = false;
         self.state.name = None;
         self.state.authenticated = !self.proxy.auth().required();
@@ -1083,6 +1099,7 @@ impl Session {
                 break;
             }
         }
+        self.drain_monitor(conn);
         // After FIN, input held back while paused is still answered: close
         // only once everything the client sent has been parsed.
         if self.end_stream && !self.closing && !self.paused() {
@@ -1197,6 +1214,7 @@ impl Session {
             return;
         }
         self.pause_recheck();
+        self.take_node_monitors();
         let mut delivered = std::mem::take(&mut self.delivered);
         self.client.take(&mut delivered);
         for d in delivered.drain(..) {
@@ -1249,12 +1267,14 @@ impl Session {
     pub fn on_close(&mut self) {
         self.closed = true;
         self.client.detach();
+        self.stop_monitor();
         self.proxy.clients.unregister(self.state.id);
     }
 
     pub fn on_destroy(&mut self) {
         self.closed = true;
         self.client.detach();
+        self.stop_monitor();
         self.proxy.clients.unregister(self.state.id);
         let stats = &self.proxy.stats;
         stats.gauge_sub(stats.downstream_cx_active, 1);

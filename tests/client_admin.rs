@@ -357,3 +357,68 @@ fn client_list_info_and_kill_like_redis() {
     assert_eq!(c.cmd(&["SET", "{t}after", "1"]), Resp::ok());
     assert_eq!(c.cmd(&["GET", "{t}after"]), Resp::bulk("1"));
 }
+
+/// A MONITOR line without what differs between servers: the time, and
+/// the client's address (`[0 lua]`, a script's command, is kept).
+fn monitor_line(r: Resp) -> String {
+    let Resp::Simple(line) = r else {
+        panic!("MONITOR line: {r:?}")
+    };
+    let rest = line.split_once(' ').map_or("", |(_, rest)| rest);
+    match rest.split_once("] ") {
+        Some(("[0 lua", args)) => format!("lua: {args}"),
+        Some((_, args)) => format!("client: {args}"),
+        None => format!("?: {rest}"),
+    }
+}
+
+fn monitor_scenario(port: u16) -> Vec<String> {
+    let mut log = Vec::new();
+    let mut m = client(port);
+    log.push(format!("{:?}", m.cmd(&["MONITOR"])));
+    let mut c = client(port);
+    for cmd in [
+        &["SET", "{t}k", "v"][..],
+        &["GET", "{t}k"],
+        &[
+            "EVAL",
+            "redis.call('set', KEYS[1], ARGV[1])",
+            "1",
+            "{t}e",
+            "x y",
+        ],
+        &["CONFIG", "GET", "maxmemory"],
+        &["NOSUCHCOMMAND"],
+        &["MULTI"],
+        &["SET", "{t}m", "1"],
+        &["EXEC"],
+        &["AUTH", "nope"],
+        &["ECHO", "\"quoted\"\n"],
+    ] {
+        c.cmd(cmd);
+    }
+    // Admin commands and unknown ones are not logged.
+    for _ in 0..9 {
+        log.push(monitor_line(m.read_reply()));
+    }
+    log.push(format!("monitor reads keys: {:?}", m.cmd(&["GET", "{t}k"])));
+    log.push(format!("{:?}", m.cmd(&["RESET"])));
+    let list = c.cmd(&["CLIENT", "LIST"]).text().unwrap();
+    log.push(format!("a monitor listed: {}", list.contains("flags=O")));
+    c.cmd(&["SET", "{t}after", "1"]);
+    log.push(format!("after RESET: {:?}", m.cmd(&["PING"])));
+    log
+}
+
+#[test]
+fn monitor_logs_like_redis_with_the_nodes_script_commands() {
+    let cluster = Cluster::start(3, 0);
+    let envoy = Envoy::start(module_config(&cluster, json!({})));
+    let redis = StandaloneRedis::start();
+    let want = monitor_scenario(redis.port());
+    let got = monitor_scenario(envoy.port());
+    for (w, g) in want.iter().zip(&got) {
+        assert_eq!(g, w, "through the proxy vs Redis");
+    }
+    assert_eq!(got.len(), want.len());
+}

@@ -202,6 +202,9 @@ pub struct Request {
     /// An `EVALSHA` already sent again after loading its script on the node
     /// (a second `NOSCRIPT` goes to the client).
     script_reloaded: bool,
+    /// `MONITOR` on a pinned connection: every later frame the node sends
+    /// is delivered to the client too, until the connection closes.
+    stream: bool,
 }
 
 impl Request {
@@ -237,6 +240,7 @@ impl Request {
             swallow: 0,
             pin_continues: false,
             script_reloaded: false,
+            stream: false,
         }
     }
 
@@ -278,6 +282,14 @@ impl Request {
     /// error once the connection is gone (never a fresh connection).
     pub fn continues_pin(mut self) -> Request {
         self.pin_continues = true;
+        self
+    }
+
+    /// A command after which the node streams (`MONITOR`), on a pinned
+    /// connection: the reply and every frame after it go to the client,
+    /// with no deadline, until the client goes away (which closes it).
+    pub fn streaming(mut self) -> Request {
+        self.stream = true;
         self
     }
 
@@ -1004,6 +1016,10 @@ impl UpstreamLoop {
                 let reply = &buf[..n];
                 conn.in_start += n;
                 let req = match next {
+                    Next::Stream(client, seq, part) => {
+                        client.deliver(seq, part, reply.to_vec());
+                        continue;
+                    }
                     Next::Request(req) => req,
                     Next::TimedOut => continue,
                     Next::Internal => {
