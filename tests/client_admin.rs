@@ -421,4 +421,13 @@ fn monitor_logs_like_redis_with_the_nodes_script_commands() {
         assert_eq!(g, w, "through the proxy vs Redis");
     }
     assert_eq!(got.len(), want.len());
+    // RESET closed the proxy's monitors on the masters.
+    for port in cluster.master_ports() {
+        let mut n = client(port);
+        let gone = wait_until(Duration::from_secs(5), || {
+            let list = n.cmd(&["CLIENT", "LIST"]).text().unwrap_or_default();
+            !list.contains("flags=O")
+        });
+        assert!(gone, "a MONITOR left open on {port}");
+    }
 }
