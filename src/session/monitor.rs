@@ -237,7 +237,9 @@ impl Session {
         let Some(feed) = self.monitor.as_ref() else {
             return;
         };
-        if !self.slots.is_empty() || self.closed {
+        // Above Envoy's write watermark the lines wait in the feed, which
+        // closes the client past its limit instead of growing Envoy's buffer.
+        if !self.slots.is_empty() || self.closed || self.write_blocked {
             return;
         }
         match feed.take() {
