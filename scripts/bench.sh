@@ -5,6 +5,9 @@
 #   scripts/bench.sh --quick         smoke run (1 round, 1/4 of the requests, about 1 minute)
 #   scripts/bench.sh --rounds N      number of interleaved rounds (default 5; 1 with --quick)
 #   scripts/bench.sh --port P        first port used (default 7301, or $BENCH_PORT)
+#   --targets A,B,C,W   which targets run (default A,B,C; W below)
+#   --commands GET,SET  which commands (default GET,SET,MSET,MGET,MSET1,MGET1)
+#   --pipelines 1,16    --concurrency 1,2    --clients 50    restrict the matrix
 #
 # One loopback Redis Cluster (3 masters, 3 replicas, ports P..P+5, cluster bus
 # P+50..P+55) and, in front of it, four Envoys started from the same binary
@@ -14,7 +17,11 @@
 #   B  built-in  envoy.filters.network.redis_proxy + envoy.clusters.redis
 #                (--concurrency 1 on P+10, --concurrency 2 on P+11)
 #   C  module    envoy.filters.network.dynamic_modules + target/release/libenvoy_redis_cluster.so
+#                with settings.upstream_io: loop (a module thread per worker)
 #                (--concurrency 1 on P+12, --concurrency 2 on P+13)
+#   W  module with settings.upstream_io: worker, the default (issue #14: the
+#                Envoy worker does the upstream I/O), only with --targets ...W
+#                (--concurrency 1 on P+14, --concurrency 2 on P+15)
 #
 # Both proxies use the same settings: op_timeout 5s, enable_redirection,
 # enable_hashtagging, read_policy MASTER, cluster refresh 5s / timeout 3s.
@@ -61,11 +68,21 @@ ORIG_ARGS="$*"
 ROUNDS=""
 QUICK=0
 BASE_PORT="${BENCH_PORT:-7301}"
+TARGETS_ARG="A,B,C"
+COMMANDS_ARG="GET,SET,MSET,MGET,MSET1,MGET1"
+PIPELINES_ARG="1,16"
+CONCURRENCY_ARG="1,2"
+CLIENTS=50
 while [ $# -gt 0 ]; do
     case "$1" in
         --rounds) ROUNDS="$2"; shift 2 ;;
         --quick) QUICK=1; shift ;;
         --port) BASE_PORT="$2"; shift 2 ;;
+        --targets) TARGETS_ARG="$2"; shift 2 ;;
+        --commands) COMMANDS_ARG="$2"; shift 2 ;;
+        --pipelines) PIPELINES_ARG="$2"; shift 2 ;;
+        --concurrency) CONCURRENCY_ARG="$2"; shift 2 ;;
+        --clients) CLIENTS="$2"; shift 2 ;;
         -h | --help) sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -82,7 +99,6 @@ RAW="$OUT/raw.tsv"
 RESULTS="$OUT/results.md"
 CLUSTER_DIR_BENCH="$RUN/cluster"
 
-CLIENTS=50
 DATA_SIZE=64
 KEYSPACE=100000
 # 64-byte values: the preload writes P..P, the SET/MSET cells write v..v.
@@ -91,9 +107,25 @@ VALUE="$(printf 'v%.0s' $(seq "$DATA_SIZE"))"
 # MSET/MGET: 10 random keys, so ~10 slots on all 3 masters; MSET1/MGET1: 10
 # random keys under one hash tag (one slot), for B and C only (A's MSET/MGET
 # are single-slot anyway, see above).
-COMMANDS=(GET SET MSET MGET MSET1 MGET1)
-PIPELINES=(1 16)
-CONCURRENCIES=(1 2)
+IFS=', ' read -r -a TARGETS <<<"$TARGETS_ARG"
+IFS=', ' read -r -a COMMANDS <<<"$COMMANDS_ARG"
+IFS=', ' read -r -a PIPELINES <<<"$PIPELINES_ARG"
+IFS=', ' read -r -a CONCURRENCIES <<<"$CONCURRENCY_ARG"
+PROXIES=()
+RUN_A=0
+for t in "${TARGETS[@]}"; do
+    case "$t" in
+        A) RUN_A=1 ;;
+        B | C | W) PROXIES+=("$t") ;;
+        *) echo "unknown target $t (A, B, C or W)" >&2; exit 2 ;;
+    esac
+done
+for x in "${COMMANDS[@]}"; do
+    case "$x" in GET | SET | MSET | MGET | MSET1 | MGET1) ;; *) echo "unknown command $x" >&2; exit 2 ;; esac
+done
+for x in "${PIPELINES[@]}"; do [[ "$x" =~ ^[1-9][0-9]*$ ]] || { echo "bad pipeline $x" >&2; exit 2; }; done
+for x in "${CONCURRENCIES[@]}"; do [[ "$x" =~ ^[12]$ ]] || { echo "concurrency is 1 or 2, not $x" >&2; exit 2; }; done
+[[ "$CLIENTS" =~ ^[1-9][0-9]*$ ]] || { echo "--clients needs a positive integer" >&2; exit 2; }
 MULTI_KEYS=10
 
 # Requests per cell: sized so that a cell takes about 1-2.5 s here.
@@ -106,7 +138,11 @@ requests_for() { # CMD PIPELINE
         MGET:1 | MGET1:1) n=40000 ;;
         MSET:16 | MSET1:16) n=56000 ;;
         MGET:16 | MGET1:16) n=80000 ;;
+        *:1) n=64000 ;;
+        *) n=400000 ;;
     esac
+    # Fewer clients wait on each other less but send less at once.
+    if [ "$CLIENTS" -lt 10 ] && [ "$2" -eq 1 ]; then n=$((n / 4)); fi
     if [ "$QUICK" -eq 1 ]; then n=$((n / 4)); fi
     echo "$n"
 }
@@ -118,6 +154,7 @@ port_of() { # TARGET CONCURRENCY -> listener port
     case "$1:$2" in
         B:1) echo $((BASE_PORT + 10)) ;; B:2) echo $((BASE_PORT + 11)) ;;
         C:1) echo $((BASE_PORT + 12)) ;; C:2) echo $((BASE_PORT + 13)) ;;
+        W:1) echo $((BASE_PORT + 14)) ;; W:2) echo $((BASE_PORT + 15)) ;;
     esac
 }
 admin_of() { echo $(($(port_of "$1" "$2") + 10)); }
@@ -190,7 +227,7 @@ NCPU="$(nproc)"
 mkdir -p "$RUN"
 rm -f "$RAW" "$RESULTS" "$RUN"/envoy-*.log "$RUN"/bench-*.out
 
-for off in 0 1 2 3 4 5 10 11 12 13 20 21 22 23; do
+for off in 0 1 2 3 4 5 10 11 12 13 14 15 20 21 22 23 24 25; do
     port_busy $((BASE_PORT + off)) && die "port $((BASE_PORT + off)) is in use (pick another base with --port)"
 done
 
@@ -301,8 +338,9 @@ static_resources:
 YAML
 }
 
-# The module's own bootstrap with other ports and seeds.
-module_config() { # PORT ADMIN
+# The module's own bootstrap with other ports and seeds; C sets
+# upstream_io: loop, W upstream_io: worker.
+module_config() { # PORT ADMIN [TARGET]
     local src="$repo/envoy-config/standalone/envoy.yaml" seeds
     seeds="$(printf '"%s", ' "${SEEDS[@]}")"
     seeds="[${seeds%, }]"
@@ -310,7 +348,8 @@ module_config() { # PORT ADMIN
         die "$src no longer has the admin 9901 / listener 7000 / seeds lines this script rewrites"
     sed -e "s/port_value: 9901 }/port_value: $2 }/" \
         -e "s/port_value: 7000 }/port_value: $1 }/" \
-        -e "s/^\( *seeds: \)\[.*\]/\1$seeds/" "$src"
+        -e "s/^\( *seeds: \)\[.*\]/\1$seeds/" \
+        -e "s/^\( *\)op_timeout: 5s$/&\n\1upstream_io: $([ "${3:-C}" = W ] && echo worker || echo loop)/" "$src"
 }
 
 start_envoy() { # TARGET CONCURRENCY
@@ -319,7 +358,9 @@ start_envoy() { # TARGET CONCURRENCY
     admin="$(admin_of "$t" "$c")"
     cfg="$RUN/envoy-$t-c$c.yaml"
     logf="$RUN/envoy-$t-c$c.log"
-    if [ "$t" = B ]; then builtin_config "$port" "$admin" >"$cfg"; else module_config "$port" "$admin" >"$cfg"; fi
+    if [ "$t" = B ]; then builtin_config "$port" "$admin" >"$cfg"; else module_config "$port" "$admin" "$t" >"$cfg"; fi
+    if [ "$t" = W ]; then grep -q 'upstream_io: worker' "$cfg" || die "W's config has no upstream_io: worker ($cfg)"; fi
+    if [ "$t" = C ]; then grep -q 'upstream_io: loop' "$cfg" || die "C's config has no upstream_io: loop ($cfg)"; fi
     ENVOY_DYNAMIC_MODULES_SEARCH_PATH="$MODULE_DIR" \
         "$ENVOY_BIN" -c "$cfg" --disable-hot-restart --concurrency "$c" -l warning \
         >"$logf" 2>&1 </dev/null &
@@ -469,13 +510,12 @@ run_cell() { # ROUND TARGET CONC CMD PIPELINE
 
 # --- start the proxies, check what they can do ------------------------------------------
 for c in "${CONCURRENCIES[@]}"; do
-    start_envoy B "$c"
-    start_envoy C "$c"
+    for t in "${PROXIES[@]}"; do start_envoy "$t" "$c"; done
 done
 mapfile -t OWN_PIDS < <(awk '{print $2}' "$CLUSTER_DIR_BENCH/pids")
 OWN_PIDS+=("${ENVOY_PID[@]}")
 
-for t in B C; do
+for t in "${PROXIES[@]}"; do
     for c in "${CONCURRENCIES[@]}"; do
         for cmd in MSET MGET MSET1 MGET1; do
             res="$(probe_multi "$(port_of "$t" "$c")" "$cmd")"
@@ -495,7 +535,7 @@ for k in "${!SKIP[@]}"; do printf '%s\t%s\n' "$k" "${SKIP[$k]}" >>"$RUN/skipped.
 
 # Warm-up, not recorded: connections, allocator, slot maps.
 log "warm-up"
-for t in A B C; do
+for t in $([ "$RUN_A" -eq 1 ] && echo A) "${PROXIES[@]}"; do
     for c in "${CONCURRENCIES[@]}"; do
         if [ "$t" = A ]; then port="$CLUSTER_PORT"; cl=(--cluster); else port="$(port_of "$t" "$c")"; cl=(); fi
         mapfile -t args < <(cmd_args "$t" GET)
@@ -512,10 +552,11 @@ for ((r = 1; r <= ROUNDS; r++)); do
     log "round $r of $ROUNDS"
     for cmd in "${COMMANDS[@]}"; do
         for P in "${PIPELINES[@]}"; do
-            case "$cmd" in MSET1 | MGET1) ;; *) run_cell "$r" A 0 "$cmd" "$P" ;; esac
+            if [ "$RUN_A" -eq 1 ]; then
+                case "$cmd" in MSET1 | MGET1) ;; *) run_cell "$r" A 0 "$cmd" "$P" ;; esac
+            fi
             for c in "${CONCURRENCIES[@]}"; do
-                run_cell "$r" B "$c" "$cmd" "$P"
-                run_cell "$r" C "$c" "$cmd" "$P"
+                for t in "${PROXIES[@]}"; do run_cell "$r" "$t" "$c" "$cmd" "$P"; done
             done
         done
     done
@@ -527,7 +568,7 @@ final_keys="$(dbsize_total)"
 # The probes again, through every Envoy still running: do replies still come
 # back right after all that load?
 post_check=""
-for t in B C; do
+for t in "${PROXIES[@]}"; do
     for c in "${CONCURRENCIES[@]}"; do
         alive "${ENVOY_PID[$t$c]}" || continue
         port="$(port_of "$t" "$c")"
@@ -542,7 +583,7 @@ for t in B C; do
 done
 export post_check="${post_check:-all right}"
 envoy_log_summary=""
-for t in B C; do
+for t in "${PROXIES[@]}"; do
     for c in "${CONCURRENCIES[@]}"; do
         pid="${ENVOY_PID[$t$c]}"
         state=running; alive "$pid" || state=EXITED
@@ -648,10 +689,13 @@ out.append("")
 out.append("| command | -P | Envoy --concurrency | A direct ops/s | B built-in ops/s | C module ops/s | C/B | C/A "
            "| B CPU µs/cmd | C CPU µs/cmd | CPU C/B | B RSS MiB | C RSS MiB |")
 out.append("| --- | --: | --: | --: | --: | --: | --: | --: | --: | --: | --: | --: | --: |")
+present = {(r["cmd"], r["pipeline"], r["conc"]) for r in rows}
 for cmd in ["GET", "SET", "MSET", "MGET", "MSET1", "MGET1"]:
     a_cmd = cmd.rstrip("1")  # A's MSET/MGET are single-slot already
-    for P in [1, 16]:
+    for P in sorted({int(r["pipeline"]) for r in rows}):
         for c in [1, 2]:
+            if (cmd, str(P), str(c)) not in present:
+                continue
             a_med, a_s = ops_cell(cell("A", 0, a_cmd, P))
             if cmd in ("MSET", "MGET") and a_med is not None:
                 a_s += " †"
@@ -671,9 +715,35 @@ for cmd in ["GET", "SET", "MSET", "MGET", "MSET1", "MGET1"]:
             )
 out.append("")
 
+if any(r["target"] == "W" for r in rows):
+    out.append("W = the module with `upstream_io: worker` (the Envoy worker sends and reads the upstream sockets itself; "
+               "a helper thread only wakes it), interleaved with B and C in the same rounds.")
+    out.append("")
+    out.append("| command | -P | c | B ops/s | C ops/s | W ops/s | W/B | W/C | B CPU µs/cmd | C CPU µs/cmd "
+               "| W CPU µs/cmd | CPU W/B | CPU W/C | W RSS MiB |")
+    out.append("| --- | --: | --: | --: | --: | --: | --: | --: | --: | --: | --: | --: | --: | --: |")
+    for cmd in ["GET", "SET", "MSET", "MGET", "MSET1", "MGET1"]:
+        for P in sorted({int(r["pipeline"]) for r in rows}):
+            for c in [1, 2]:
+                if not cell("W", c, cmd, P):
+                    continue
+                b_med, b_s = ops_cell(cell("B", c, cmd, P))
+                c_med, c_s = ops_cell(cell("C", c, cmd, P))
+                w_med, w_s = ops_cell(cell("W", c, cmd, P))
+                bc, bcs = summary(cell("B", c, cmd, P), "cpu_us_per_cmd", fmt_cpu)
+                cc, ccs = summary(cell("C", c, cmd, P), "cpu_us_per_cmd", fmt_cpu)
+                wc, wcs = summary(cell("W", c, cmd, P), "cpu_us_per_cmd", fmt_cpu)
+                wr = ok_vals(cell("W", c, cmd, P), "rss_kb")
+                out.append(
+                    f"| {LABELS[cmd]} | {P} | {c} | {b_s} | {c_s} | {w_s} | {ratio(w_med, b_med)} | {ratio(w_med, c_med)} "
+                    f"| {bcs or '–'} | {ccs or '–'} | {wcs or '–'} | {ratio(wc, bc)} | {ratio(wc, cc)} "
+                    f"| {f'{statistics.median(wr) / 1024:.0f}' if wr else '–'} |"
+                )
+    out.append("")
+
 # Hit rates of the GET/MGET cells, from the masters' keyspace_hits/misses.
 hit_lines = []
-for t, name in [("A", "direct"), ("B", "built-in"), ("C", "module")]:
+for t, name in [("A", "direct"), ("B", "built-in"), ("C", "module"), ("W", "module, worker I/O")]:
     h = m = 0
     for r in rows:
         if r["target"] == t and r["cmd"].startswith(("GET", "MGET")) and r["status"] == "ok":
@@ -702,7 +772,7 @@ if others:
     vals = sorted(v for v, _ in others)
     steals = [float(r["steal_pct"]) for _, r in others if r["steal_pct"] != ""]
     per_target = []
-    for t in ("A", "B", "C"):
+    for t in ("A", "B", "C", "W"):
         tv = [v for v, r in others if r["target"] == t]
         if tv:
             per_target.append(f"{t} {statistics.median(tv):.0f}%")
@@ -721,7 +791,7 @@ if others:
                  "especially the CPU µs/cmd columns are the numbers to compare; per cell in raw.tsv (other_cpu_pct).")
     out.append(line)
 # Envoy's RSS over the run: after its first and its last cell.
-for t, name in (("B", "built-in"), ("C", "module")):
+for t, name in (("B", "built-in"), ("C", "module"), ("W", "module, worker I/O")):
     parts = []
     for c in ("1", "2"):
         rs = [r for r in rows if r["target"] == t and r["conc"] == c and r["status"] == "ok" and r["rss_kb"]]

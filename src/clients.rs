@@ -8,7 +8,7 @@
 //! timeout (a timer thread per runtime) wakes them. The nodes never pause,
 //! so the upstream connections every client shares keep serving reads.
 
-use crate::upstream::ClientShared;
+use crate::upstream::{ClientShared, Notify};
 use parking_lot::{Condvar, Mutex};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -30,7 +30,8 @@ pub struct ClientEntry {
     created: Instant,
     /// Set by `CLIENT KILL`: the session closes when it next runs.
     killed: AtomicBool,
-    waker: Arc<ClientShared>,
+    /// `None` once the session is gone.
+    waker: Mutex<Option<Waker>>,
     view: Mutex<ClientView>,
 }
 
@@ -55,13 +56,50 @@ pub struct ClientView {
     pub monitor: bool,
 }
 
+/// How the registry runs a client's session from any thread (a pause
+/// ended, `CLIENT KILL`, lines for a monitor).
+pub enum Waker {
+    /// Its reply mailbox, whose notifier works from any thread.
+    Mailbox(Arc<ClientShared>),
+    /// A notifier of its own, when the mailbox's works only on the
+    /// session's worker thread (`upstream_io: worker`).
+    Own(Arc<dyn Notify>),
+}
+
 impl ClientEntry {
+    /// Run the session soon (from any thread). The notifier is called
+    /// outside the lock: Envoy may run the woken session (which detaches,
+    /// taking the lock) before its scheduler call returns here.
+    pub fn wake(&self) {
+        let own = match self.waker.lock().as_ref() {
+            Some(Waker::Mailbox(m)) => {
+                m.wake();
+                return;
+            }
+            Some(Waker::Own(n)) => n.clone(),
+            None => return,
+        };
+        own.notify();
+    }
+
+    pub fn set_waker(&self, waker: Waker) {
+        *self.waker.lock() = Some(waker);
+    }
+
+    /// The session is gone: forget its notifier (a wake already under way
+    /// holds its own reference; Envoy's scheduler outlives the filter
+    /// safely).
+    pub fn detach(&self) {
+        let gone = self.waker.lock().take();
+        drop(gone);
+    }
+
     pub fn new(id: u64, waker: Arc<ClientShared>, now: Instant) -> Arc<ClientEntry> {
         Arc::new(ClientEntry {
             id,
             created: now,
             killed: AtomicBool::new(false),
-            waker,
+            waker: Mutex::new(Some(Waker::Mailbox(waker))),
             view: Mutex::new(ClientView {
                 addr: "?:0".to_string(),
                 laddr: "?:0".to_string(),
@@ -130,7 +168,7 @@ pub struct MonitorFeed {
     /// The client did not keep up: its session closes it (Redis closes a
     /// monitor past its output buffer limit too).
     overflow: AtomicBool,
-    waker: Arc<ClientShared>,
+    client: Arc<ClientEntry>,
 }
 
 /// Bytes a monitor may have waiting before it is closed.
@@ -183,11 +221,12 @@ impl Clients {
     }
 
     /// `MONITOR`: this client gets every command the proxy's clients run.
-    pub fn add_monitor(&self, id: u64, waker: Arc<ClientShared>) -> Arc<MonitorFeed> {
+    pub fn add_monitor(&self, client: Arc<ClientEntry>) -> Arc<MonitorFeed> {
+        let id = client.id;
         let feed = Arc::new(MonitorFeed {
             lines: Mutex::new(Vec::new()),
             overflow: AtomicBool::new(false),
-            waker,
+            client,
         });
         let mut m = self.monitors.lock();
         m.retain(|(i, _)| *i != id);
@@ -218,7 +257,7 @@ impl Clients {
                 let first = lines.is_empty();
                 lines.extend_from_slice(line);
                 if first {
-                    f.waker.wake();
+                    f.client.wake();
                 }
             }
         }
@@ -255,7 +294,7 @@ impl Clients {
             if v.id == me {
                 killed_me = true;
             } else {
-                v.waker.wake();
+                v.wake();
             }
         }
         (victims.len(), killed_me)
@@ -293,7 +332,7 @@ impl Clients {
         let entries = self.entries.lock();
         for id in ids {
             if let Some(e) = entries.get(id) {
-                e.waker.wake();
+                e.wake();
             }
         }
     }
@@ -507,7 +546,7 @@ mod tests {
         let c = Clients::default();
         let (e, n) = entry(3, now);
         assert!(!c.monitoring());
-        let feed = c.add_monitor(3, e.waker.clone());
+        let feed = c.add_monitor(e.clone());
         assert!(c.monitoring());
         c.feed(b"+a\r\n");
         c.feed(b"+b\r\n");

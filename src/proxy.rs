@@ -3,13 +3,14 @@
 //! connection of every worker.
 
 use crate::clients::Clients;
-use crate::config::{Config, MirrorPolicy, ReadPolicy};
+use crate::config::{Config, MirrorPolicy, ReadPolicy, UpstreamIo};
 use crate::envoy::Level;
 use crate::log;
 use crate::scripts::ScriptCache;
+use crate::session::Upstream;
 use crate::stats::Stats;
 use crate::topology_refresh::ClusterTopology;
-use crate::upstream::{LoopShared, SharedBusy, UpstreamLoop};
+use crate::upstream::{LoopShared, SharedBusy, UpstreamLoop, WorkerIo};
 use parking_lot::Mutex;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -30,6 +31,8 @@ pub struct Proxy {
     names: Vec<String>,
     clusters: Vec<Arc<ClusterTopology>>,
     loops: Vec<Arc<LoopShared>>,
+    /// `upstream_io: worker`: each worker's own upstream state.
+    worker_io: Vec<Arc<WorkerIo>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -64,6 +67,7 @@ impl Proxy {
             names,
             clusters,
             loops: Vec::new(),
+            worker_io: Vec::new(),
             threads: Mutex::new(Vec::new()),
         }
     }
@@ -80,6 +84,30 @@ impl Proxy {
         let busy = Arc::new(SharedBusy::default());
         for i in 0..workers {
             let settings = proxy.config.settings.clone();
+            if settings.upstream_io == UpstreamIo::Worker {
+                match WorkerIo::start(
+                    i,
+                    settings,
+                    &proxy.clusters,
+                    proxy.stats.clone(),
+                    proxy.scripts.clone(),
+                    busy.clone(),
+                ) {
+                    Ok((io, shared, helper)) => {
+                        for c in &proxy.clusters {
+                            c.add_listener(shared.clone());
+                        }
+                        proxy.loops.push(shared);
+                        proxy.worker_io.push(io);
+                        threads.push(helper);
+                    }
+                    Err(e) => log!(
+                        Level::Error,
+                        "redis_cluster: cannot start upstream helper thread: {e}"
+                    ),
+                }
+                continue;
+            }
             match UpstreamLoop::new(
                 settings,
                 &proxy.clusters,
@@ -151,11 +179,25 @@ impl Proxy {
         }
     }
 
-    pub fn loop_for(&self, worker: usize) -> Option<&Arc<LoopShared>> {
+    /// Where worker `worker`'s sessions send their requests (`None` in
+    /// validation mode).
+    pub fn upstream_for(&self, worker: usize) -> Option<Arc<dyn Upstream>> {
+        if let Some(io) = self.worker_io(worker) {
+            return Some(io.clone() as Arc<dyn Upstream>);
+        }
         if self.loops.is_empty() {
             return None;
         }
-        self.loops.get(worker % self.loops.len())
+        let l = self.loops.get(worker % self.loops.len())?;
+        Some(l.clone() as Arc<dyn Upstream>)
+    }
+
+    /// Worker `worker`'s own upstream state under `upstream_io: worker`.
+    pub fn worker_io(&self, worker: usize) -> Option<&Arc<WorkerIo>> {
+        if self.worker_io.is_empty() {
+            return None;
+        }
+        self.worker_io.get(worker % self.worker_io.len())
     }
 
     /// The cluster's current slot map, if one was fetched yet.

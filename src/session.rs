@@ -21,7 +21,7 @@ use crate::key_routing::{self as keys, KeyRoutes, SingleError};
 use crate::local::{self, ConnState};
 use crate::proxy::Proxy;
 use crate::splitter::{self, Gather, Merge};
-use crate::upstream::{ClientShared, Delivery, LoopShared, Part, Request, Target, WHOLE};
+use crate::upstream::{ClientShared, Delivery, LoopShared, Part, Request, Target, WorkerIo, WHOLE};
 
 /// Part number marking the probe of a command deferred until a topology
 /// with masters (never a real part: splits have far fewer parts).
@@ -34,8 +34,11 @@ use std::time::Instant;
 pub use crate::upstream::Notify;
 
 mod admin;
+mod blocking;
+mod ordering;
 mod transaction;
 
+use ordering::{Lane, Waiting};
 use transaction::Txn;
 mod clients;
 mod monitor;
@@ -64,6 +67,8 @@ pub trait Upstream {
     fn busy_reply(&self) -> Option<Vec<u8>> {
         None
     }
+    /// Look at the clients again now (one left while blocked).
+    fn wake(&self) {}
 }
 
 impl Upstream for LoopShared {
@@ -72,6 +77,21 @@ impl Upstream for LoopShared {
     }
     fn busy_reply(&self) -> Option<Vec<u8>> {
         LoopShared::busy_reply(self)
+    }
+    fn wake(&self) {
+        LoopShared::wake(self)
+    }
+}
+
+impl Upstream for WorkerIo {
+    fn submit(&self, batch: &mut Vec<Request>) {
+        WorkerIo::submit(self, batch)
+    }
+    fn busy_reply(&self) -> Option<Vec<u8>> {
+        WorkerIo::busy_reply(self)
+    }
+    fn wake(&self) {
+        WorkerIo::wake(self)
     }
 }
 
@@ -83,6 +103,8 @@ struct Slot {
     /// Command table index (`None`: not a known command).
     cmd: Option<usize>,
     start: Instant,
+    /// The kind of connection the command took ([`ordering`]).
+    lane: Lane,
 }
 
 /// `CLIENT REPLY` mode: whether replies are written to the client.
@@ -122,8 +144,16 @@ pub struct Session {
     gathers: HashMap<u64, Gather>,
     state: ConnState,
     txn: Option<Txn>,
-    /// Parsing waits for this command's reply (EXEC ordering).
+    /// Parsing waits for this command's reply (EXEC, blocking commands).
     barrier: Option<u64>,
+    /// A blocking command waiting for earlier replies or blocked.
+    block: Option<blocking::Held>,
+    /// Unanswered commands per kind of connection, and whether parsing
+    /// stopped at a command that must wait for the other kind
+    /// ([`ordering`]).
+    waiting: Waiting,
+    lane: Lane,
+    gated: bool,
     /// Cluster-wide commands waiting for a topology with masters, by their
     /// reply slot.
     deferred: HashMap<u64, Vec<u8>>,
@@ -166,9 +196,7 @@ impl Session {
     /// A session of worker `worker`, whose requests go to that worker's
     /// upstream loop.
     pub fn new(proxy: Arc<Proxy>, worker: usize, notifier: Box<dyn Notify>) -> Session {
-        let upstream = proxy
-            .loop_for(worker)
-            .map(|l| l.clone() as Arc<dyn Upstream>);
+        let upstream = proxy.upstream_for(worker);
         Session::with_upstream(proxy, notifier, upstream, Clock::System)
     }
 
@@ -206,6 +234,10 @@ impl Session {
             gathers: HashMap::new(),
             txn: None,
             barrier: None,
+            block: None,
+            waiting: Waiting::default(),
+            lane: Lane::Free,
+            gated: false,
             deferred: HashMap::new(),
             reuse_seq: None,
             state: ConnState {
@@ -248,6 +280,7 @@ impl Session {
     fn paused(&self) -> bool {
         self.pause_held
             || self.barrier.is_some()
+            || self.gated
             || self.write_blocked
             || self.slots.len()
                 >= self
@@ -301,6 +334,23 @@ impl Session {
             match scanned {
                 Ok(Scan::Complete(n)) => {
                     let frame = &buf[pos..pos + n];
+                    if self.waiting.shared > 0 || self.waiting.txn > 0 {
+                        let name = args.first().map(|r| {
+                            let raw = &frame[r.clone()];
+                            if frame.first() == Some(&b'*') {
+                                std::borrow::Cow::Borrowed(raw)
+                            } else {
+                                std::borrow::Cow::Owned(codec::inline_word(raw))
+                            }
+                        });
+                        if self.waiting.must_wait(self.lane_of(name.as_deref())) {
+                            // Handled once the other kind of connection
+                            // has answered everything sent before it.
+                            self.gated = true;
+                            self.args = args;
+                            break;
+                        }
+                    }
                     if frame.first() == Some(&b'*') {
                         let words: Vec<&[u8]> = args.iter().map(|r| &frame[r.clone()]).collect();
                         self.handle(frame, &words, now);
@@ -371,6 +421,19 @@ impl Session {
         }
     }
 
+    /// The lane of the command named `name` (see [`ordering`]). Cheap when
+    /// no transaction is open: only its first command can change lanes.
+    fn lane_of(&self, name: Option<&[u8]>) -> Lane {
+        if self.txn.is_none() && self.waiting.txn == 0 {
+            return match name {
+                Some(n) if ordering::opens_txn(n) => Lane::Txn,
+                _ => Lane::Shared,
+            };
+        }
+        let cmd = name.and_then(command::lookup).map(|c| c.name);
+        ordering::lane(cmd, self.txn.is_some(), self.in_multi())
+    }
+
     fn push_slot(&mut self) -> u64 {
         if let Some(seq) = self.reuse_seq.take() {
             return seq;
@@ -382,7 +445,9 @@ impl Session {
             silent: self.silent,
             cmd,
             start,
+            lane: self.lane,
         });
+        self.waiting.add(self.lane);
         seq
     }
 
@@ -391,6 +456,9 @@ impl Session {
             return;
         };
         if let Some(slot) = self.slots.get_mut(i as usize) {
+            if slot.reply.is_none() {
+                self.waiting.answered(slot.lane);
+            }
             slot.reply = Some(reply);
         }
     }
@@ -417,6 +485,7 @@ impl Session {
             }
         }
         self.current = (found.map(command::index_of), now);
+        self.lane = ordering::lane(found.map(|c| c.name), self.txn.is_some(), self.in_multi());
         self.silent = match self.reply_mode {
             ReplyMode::On => false,
             ReplyMode::Off => true,
@@ -485,10 +554,16 @@ impl Session {
             self.closing |= cmd.name == "quit";
             return self.reply_now(reply);
         }
+        if command::is_blocking(cmd, args) {
+            if let Err(e) = self.blocking(cmd, frame, args, now) {
+                self.reply_now(e);
+            }
+            return;
+        }
         // PUBLISH is not a subscription: any node spreads it over the cluster.
-        if command::is_blocking(cmd, args) || (cmd.has(command::PUBSUB) && cmd.name != "publish") {
+        if cmd.has(command::PUBSUB) && cmd.name != "publish" {
             let msg = format!(
-                "ERR '{}' is not supported through this proxy yet (blocking and pub/sub commands)",
+                "ERR '{}' is not supported through this proxy yet (pub/sub commands)",
                 cmd.name
             );
             return self.reply_now(codec::error(&msg));
@@ -683,7 +758,10 @@ impl Session {
                 self.broadcast(cluster, data, |_| Merge::Same, now)
             }
             "script" | "function" => self.broadcast(cluster, data, |_| Merge::Same, now),
-            "wait" => self.broadcast(cluster, data, |_| Merge::Min, now),
+            "wait" => {
+                let data = self.wait_timeout(args).unwrap_or(data);
+                self.broadcast(cluster, data, |_| Merge::Min, now)
+            }
             "randomkey" => {
                 let start = self.next_random();
                 self.broadcast(
@@ -1081,7 +1159,13 @@ impl Session {
                 }
             }
             self.release_barrier();
+            // Retry a command that waited for the other kind of connection.
+            self.gated = false;
             self.flush(conn);
+            if self.launch_blocking() {
+                // Every earlier reply is out: the blocking command goes.
+                continue;
+            }
             // Replies made here (local commands, validation mode) free their
             // slots with no upstream wake-up to follow: parse the input held
             // back by the pause now, or nothing ever would.
@@ -1122,7 +1206,9 @@ impl Session {
             }
             self.reported_buffered = buffered;
         }
-        let want_disabled = self.paused();
+        // A blocked client is still read (a little), so that its leaving
+        // is seen and its blocked command released at once.
+        let want_disabled = self.paused() && !self.read_while_blocked();
         if want_disabled != self.read_disabled && !self.closed {
             self.read_disabled = want_disabled;
             crate::log!(
@@ -1232,6 +1318,15 @@ impl Session {
 
     /// The client sent FIN: answer what it asked, then close.
     pub fn on_end_stream(&mut self, conn: &mut dyn Downstream) {
+        if self.blocked_upstream() {
+            // As Redis frees a blocked client that closes: nothing after
+            // the blocking command can be owed, nothing before it is.
+            self.release_blocked();
+            self.closed = true;
+            self.client.detach();
+            conn.close(true);
+            return;
+        }
         self.end_stream = true;
         self.finish(conn);
     }
@@ -1258,6 +1353,13 @@ impl Session {
         self.state.local_addr = Some((ip, port));
     }
 
+    /// How other threads run this session (pause, `CLIENT KILL`, monitor
+    /// lines) when its mailbox's notifier works only on its own worker.
+    pub fn set_waker(&mut self, notifier: Box<dyn Notify>) {
+        self.entry
+            .set_waker(crate::clients::Waker::Own(Arc::from(notifier)));
+    }
+
     /// The client's address (`CLIENT LIST` `addr`, `CLIENT KILL ADDR`).
     pub fn set_peer_address(&mut self, ip: &str, port: u16) {
         let addr = clients::format_addr(ip, port);
@@ -1269,6 +1371,19 @@ impl Session {
         self.client.detach();
         self.stop_monitor();
         self.proxy.clients.unregister(self.state.id);
+        self.entry.detach();
+        self.release_blocked();
+    }
+
+    /// The client left while blocked: the loop closes that connection now
+    /// (so the node pops nothing for it), not at its next timer tick.
+    fn release_blocked(&mut self) {
+        if self.blocked_upstream() {
+            self.block = None;
+            if let Some(u) = &self.upstream {
+                u.wake();
+            }
+        }
     }
 
     pub fn on_destroy(&mut self) {
@@ -1276,6 +1391,8 @@ impl Session {
         self.client.detach();
         self.stop_monitor();
         self.proxy.clients.unregister(self.state.id);
+        self.entry.detach();
+        self.release_blocked();
         let stats = &self.proxy.stats;
         stats.gauge_sub(stats.downstream_cx_active, 1);
         stats.gauge_sub(stats.downstream_cx_buffered_bytes, self.reported_buffered);

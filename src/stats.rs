@@ -64,6 +64,12 @@ pub struct ClusterStats {
     pub slots_covered: Id,
     pub mirror_rq_total: Id,
     pub mirror_rq_dropped: Id,
+    /// Blocking commands on their node now.
+    pub blocked_rq_active: Id,
+    /// Idle blocking connections in the pools.
+    pub blocking_cx_idle: Id,
+    /// Blocking commands refused: `max_blocking_connections` reached.
+    pub blocking_cx_overflow: Id,
 }
 
 #[derive(Default)]
@@ -142,6 +148,9 @@ impl Stats {
                     slots_covered: g(&format!("cluster.{name}.slots_covered")),
                     mirror_rq_total: cc("mirror_rq_total"),
                     mirror_rq_dropped: cc("mirror_rq_dropped"),
+                    blocked_rq_active: g(&format!("cluster.{name}.blocked_rq_active")),
+                    blocking_cx_idle: g(&format!("cluster.{name}.blocking_cx_idle")),
+                    blocking_cx_overflow: cc("blocking_cx_overflow"),
                 }
             })
             .collect();
@@ -247,6 +256,9 @@ impl Stats {
             slots_covered: None,
             mirror_rq_total: None,
             mirror_rq_dropped: None,
+            blocked_rq_active: None,
+            blocking_cx_idle: None,
+            blocking_cx_overflow: None,
         };
         self.clusters.get(index).unwrap_or(&NONE)
     }

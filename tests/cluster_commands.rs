@@ -3,7 +3,7 @@
 //! TIME across masters, the local CLUSTER view (`redis-cli -c` works), CLIENT/
 //! HELLO/RESET state, cross-slot splitting compared with a standalone Redis,
 //! CROSSSLOT for what cannot be split, EVAL routing, and the clear errors for
-//! blocking and pub/sub commands.
+//! pub/sub commands (blocking commands: tests/blocking.rs).
 //!
 //! MODULE-DEPENDENT: needs target/debug/libenvoy_redis_cluster.so (cargo build).
 
@@ -926,19 +926,11 @@ fn evalsha_after_script_load_works_for_keys_on_every_master() {
 // ---------------------------------------------------------------------------
 
 #[test]
-fn blocking_and_pubsub_commands_get_a_clear_error() {
+fn pubsub_commands_get_a_clear_error() {
     let s = setup();
     let mut c = s.raw();
     c.set_timeout(Duration::from_secs(3));
     for (cmd, name) in [
-        (vec!["BLPOP", "q", "1"], "blpop"),
-        (vec!["BRPOP", "q", "0"], "brpop"),
-        (
-            vec!["BLMOVE", "{q}a", "{q}b", "LEFT", "LEFT", "0"],
-            "blmove",
-        ),
-        (vec!["BZPOPMIN", "z", "0"], "bzpopmin"),
-        (vec!["XREAD", "BLOCK", "0", "STREAMS", "s", "$"], "xread"),
         (vec!["SUBSCRIBE", "ch"], "subscribe"),
         (vec!["PSUBSCRIBE", "ch*"], "psubscribe"),
     ] {

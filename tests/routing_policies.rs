@@ -648,3 +648,48 @@ fn unsplittable_commands_across_clusters_are_refused() {
     // The connection is fine after the refusals.
     assert_eq!(c.cmd(&["PING"]), Resp::Simple("PONG".into()));
 }
+
+/// Blocking commands are not mirrored: a mirrored `BLPOP` would take an
+/// element from the mirror's list, and the mirror's copy of a queue would
+/// drift from the primary's. The writes that fill the queue are mirrored.
+#[test]
+fn blocking_pops_are_not_mirrored() {
+    let cluster = Cluster::start(3, 0);
+    let mirror = Standalone::start();
+    let envoy = Envoy::start(mirror_config(&cluster, mirror.port));
+    let mut c = envoy.raw_client();
+    for q in ["all:q", "jobs"] {
+        assert_eq!(c.cmd(&["RPUSH", q, "a", "b"]), Resp::Int(2));
+        assert_eq!(
+            c.cmd(&["BLPOP", q, "1"]),
+            Resp::Array(vec![Resp::bulk(q), Resp::bulk("a")])
+        );
+        assert_eq!(
+            c.cmd(&["LRANGE", q, "0", "-1"]),
+            Resp::Array(vec![Resp::bulk("b")])
+        );
+    }
+    let mut m = mirror.conn();
+    // The RPUSHes reached the mirror ("all:" mirrors every command, the
+    // catch-all route writes only), the BLPOPs did not.
+    for q in ["all:q", "jobs"] {
+        assert!(
+            wait_until(Duration::from_secs(5), || {
+                let n: i64 = redis::cmd("LLEN").arg(q).query(&mut m).unwrap();
+                n == 2
+            }),
+            "{q}: the mirror should hold both pushed elements"
+        );
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    for q in ["all:q", "jobs"] {
+        let items: Vec<String> = redis::cmd("LRANGE")
+            .arg(q)
+            .arg(0)
+            .arg(-1)
+            .query(&mut m)
+            .unwrap();
+        assert_eq!(items, ["a", "b"], "{q}: a pop reached the mirror");
+    }
+    assert_eq!(calls(mirror.port, "blpop"), 0, "the mirror saw a BLPOP");
+}

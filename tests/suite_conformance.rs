@@ -450,9 +450,9 @@ fn xread_and_xreadgroup_without_block_work_like_redis() {
         Resp::Error(e) => assert!(e.starts_with("CROSSSLOT"), "{e}"),
         other => panic!("expected CROSSSLOT, got {other:?}"),
     }
-    // BLOCK is still refused (blocking commands are not supported yet).
-    match c.cmd(&["XREAD", "BLOCK", "10", "STREAMS", "{s}1", "$"]) {
-        Resp::Error(e) => assert!(e.contains("xread"), "{e}"),
-        other => panic!("expected a refusal, got {other:?}"),
-    }
+    // With BLOCK it blocks (tests/blocking.rs) and times out as Redis does.
+    assert_eq!(
+        c.cmd(&["XREAD", "BLOCK", "10", "STREAMS", "{s}1", "$"]),
+        Resp::NilArray
+    );
 }

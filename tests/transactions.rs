@@ -679,3 +679,68 @@ fn a_resp3_transaction_is_answered_like_redis() {
         ],
     );
 }
+
+/// What a client pipelines before a transaction runs before it, though it
+/// travels on a shared connection and the transaction on one of its own.
+/// Here a large value ahead of the `SET` keeps the shared connection busy
+/// while the transaction's connection is fresh: a proxy that sent the
+/// transaction at once would read the old value.
+#[test]
+fn commands_pipelined_before_a_transaction_run_before_it() {
+    let s = setup();
+    let key = "order:{t}";
+    let big = "x".repeat(8 << 20);
+    let mut c = s.envoy.raw_client();
+    c.set_timeout(Duration::from_secs(20));
+    for round in 1..=5 {
+        assert_eq!(c.cmd(&["SET", key, "0"]), Resp::ok());
+        let value = round.to_string();
+        c.send_cmd(&["SET", "big:{t}", &big]);
+        c.send_cmd(&["SET", key, &value]);
+        c.send_cmd(&["MULTI"]);
+        c.send_cmd(&["GET", key]);
+        c.send_cmd(&["EXEC"]);
+        assert_eq!(c.read_reply(), Resp::ok(), "round {round}: big SET");
+        assert_eq!(c.read_reply(), Resp::ok(), "round {round}: SET");
+        assert_eq!(c.read_reply(), Resp::ok(), "round {round}: MULTI");
+        assert_eq!(
+            c.read_reply(),
+            Resp::Simple("QUEUED".into()),
+            "round {round}"
+        );
+        assert_eq!(
+            c.read_reply(),
+            Resp::Array(vec![Resp::bulk(&value)]),
+            "round {round}: the transaction ran before the SET sent ahead of it"
+        );
+    }
+}
+
+/// And what a client pipelines after `WATCH` runs after it: a write to the
+/// watched key on the shared connection must abort the `EXEC`, as on Redis.
+#[test]
+fn a_write_pipelined_after_watch_aborts_exec() {
+    let s = setup();
+    let key = "watched:{t}";
+    let mut c = s.envoy.raw_client();
+    for round in 1..=10 {
+        // The WATCH opens a fresh connection; the SET behind it finds the
+        // shared one ready at once.
+        assert_eq!(c.cmd(&["SET", key, "0"]), Resp::ok());
+        c.send_cmd(&["WATCH", key]);
+        c.send_cmd(&["SET", key, "1"]);
+        c.send_cmd(&["MULTI"]);
+        c.send_cmd(&["SET", key, "2"]);
+        c.send_cmd(&["EXEC"]);
+        assert_eq!(c.read_reply(), Resp::ok(), "round {round}: WATCH");
+        assert_eq!(c.read_reply(), Resp::ok(), "round {round}: SET");
+        assert_eq!(c.read_reply(), Resp::ok(), "round {round}: MULTI");
+        assert_eq!(c.read_reply(), Resp::Simple("QUEUED".into()));
+        assert_eq!(
+            c.read_reply(),
+            Resp::NilArray,
+            "round {round}: EXEC must abort"
+        );
+        assert_eq!(c.cmd(&["GET", key]), Resp::bulk("1"), "round {round}");
+    }
+}

@@ -9,11 +9,15 @@ use crate::config::Config;
 use crate::log;
 use crate::logging::Level;
 use crate::proxy::Proxy;
+use crate::session::Notify;
 use crate::session::{Downstream, Session};
 use crate::stats::{MetricsSink, Stats};
+use crate::upstream::WorkerIo;
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::ffi::c_void;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// Envoy 1.40's ABI version. Envoy 1.38 and 1.39 expect v0.1.0 and only warn.
@@ -104,6 +108,63 @@ pub extern "C" fn envoy_dynamic_module_on_network_filter_config_destroy(config_p
     }));
 }
 
+/// The scheduler event that wakes a worker's upstream I/O
+/// (`upstream_io: worker`), committed on the worker's anchor connection; 0
+/// is a client's own replies (`upstream_io: loop`).
+const WAKE_EVENT: u64 = 1;
+
+/// Keys of client connections (`upstream_io: worker`), unique per process.
+static NEXT_KEY: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// This worker's live client connections by key: the filter pointers a
+    /// wake uses to write replies to other connections of the same worker.
+    static LIVE: RefCell<HashMap<u64, (FilterEnvoyPtr, *const c_void)>> =
+        RefCell::new(HashMap::new());
+    /// Clients of this worker with replies in their mailboxes.
+    static DIRTY: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
+    /// `drain_dirty` is running (it must not nest).
+    static DRAINING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// A client's notifier under `upstream_io: worker`: replies are matched on
+/// the client's own worker thread, so a delivery just marks the client for
+/// [`drain_dirty`] on the same thread.
+struct DirectWake {
+    key: u64,
+}
+
+impl Notify for DirectWake {
+    fn notify(&self) {
+        DIRTY.with(|d| d.borrow_mut().push(self.key));
+    }
+}
+
+/// Write the replies of every client marked by a [`DirectWake`], on this
+/// worker thread, each through its own connection.
+fn drain_dirty() {
+    if DRAINING.with(|d| d.replace(true)) {
+        return;
+    }
+    loop {
+        let batch = DIRTY.with(|d| std::mem::take(&mut *d.borrow_mut()));
+        if batch.is_empty() {
+            break;
+        }
+        for key in batch {
+            let Some((envoy_ptr, filter_ptr)) = LIVE.with(|l| l.borrow().get(&key).copied()) else {
+                continue; // destroyed meanwhile: its mailbox is detached
+            };
+            // The pointers stay valid until filter_destroy removes them from
+            // LIVE; this is the same worker thread.
+            with_session(envoy_ptr, filter_ptr, |session, conn| {
+                session.on_scheduled(conn)
+            });
+        }
+    }
+    DRAINING.with(|d| d.set(false));
+}
+
 /// Per-connection state behind `filter_module_ptr`.
 struct Filter {
     session: RefCell<Session>,
@@ -114,6 +175,18 @@ struct Filter {
     /// A watermark event Envoy raised re-entrantly (inside our own `write`,
     /// while the session was busy): applied when the outer hook returns.
     pending_watermark: Cell<Option<bool>>,
+    /// `upstream_io: worker`: the worker's upstream state and this
+    /// connection's key in it (as a possible wake anchor) and in `LIVE`.
+    io: Option<(Arc<WorkerIo>, u64)>,
+}
+
+impl Filter {
+    /// The connection is closing: it can no longer anchor wakes.
+    fn leave_anchors(&self) {
+        if let Some((io, key)) = &self.io {
+            io.remove_anchor(*key);
+        }
+    }
 }
 
 #[no_mangle]
@@ -136,15 +209,52 @@ pub extern "C" fn envoy_dynamic_module_on_network_filter_new(
         if sched.is_null() {
             return std::ptr::null();
         }
-        let notifier = Box::new(EnvoyScheduler { ptr: sched });
         let stats = proxy.stats.clone();
-        let session = Session::new(proxy, worker as usize, notifier);
-        Box::into_raw(Box::new(Filter {
+        let Some(io) = proxy.worker_io(worker as usize).cloned() else {
+            let notifier = Box::new(EnvoyScheduler {
+                ptr: sched,
+                event: 0,
+            });
+            let session = Session::new(proxy, worker as usize, notifier);
+            return Box::into_raw(Box::new(Filter {
+                session: RefCell::new(session),
+                stats,
+                poisoned: Cell::new(false),
+                pending_watermark: Cell::new(None),
+                io: None,
+            })) as *const c_void;
+        };
+        let key = NEXT_KEY.fetch_add(1, Ordering::Relaxed);
+        let mut session = Session::new(proxy, worker as usize, Box::new(DirectWake { key }));
+        // DirectWake works on this worker only: other threads (a pause's
+        // end, CLIENT KILL, monitor lines) run the session through a
+        // scheduler of its own, whose event 0 is the session's.
+        // SAFETY: filter_new runs on the connection's worker thread with a live filter pointer.
+        let remote = unsafe {
+            ffi::envoy_dynamic_module_callback_network_filter_scheduler_new(filter_envoy_ptr)
+        };
+        if !remote.is_null() {
+            session.set_waker(Box::new(EnvoyScheduler {
+                ptr: remote,
+                event: 0,
+            }));
+        }
+        let filter = Box::into_raw(Box::new(Filter {
             session: RefCell::new(session),
             stats,
             poisoned: Cell::new(false),
             pending_watermark: Cell::new(None),
-        })) as *const c_void
+            io: Some((io.clone(), key)),
+        })) as *const c_void;
+        LIVE.with(|l| l.borrow_mut().insert(key, (filter_envoy_ptr, filter)));
+        io.add_anchor(
+            key,
+            Box::new(EnvoyScheduler {
+                ptr: sched,
+                event: WAKE_EVENT,
+            }),
+        );
+        filter
     }));
     // NULL makes Envoy close the connection.
     result.unwrap_or(std::ptr::null())
@@ -191,6 +301,9 @@ fn with_session(
         );
         conn.close(false);
     }
+    // Replies this hook made ready for clients of this worker
+    // (`upstream_io: worker`), this one included.
+    drain_dirty();
 }
 
 #[no_mangle]
@@ -343,6 +456,11 @@ pub extern "C" fn envoy_dynamic_module_on_network_filter_event(
         with_session(filter_envoy_ptr, filter_ptr, |session, _| {
             session.on_close()
         });
+        if !filter_ptr.is_null() {
+            // SAFETY: as in with_session: live until filter_destroy, same thread.
+            let filter = unsafe { &*(filter_ptr as *const Filter) };
+            filter.leave_anchors();
+        }
     }
 }
 
@@ -350,8 +468,24 @@ pub extern "C" fn envoy_dynamic_module_on_network_filter_event(
 pub extern "C" fn envoy_dynamic_module_on_network_filter_scheduled(
     filter_envoy_ptr: FilterEnvoyPtr,
     filter_ptr: *const c_void,
-    _event_id: u64,
+    event_id: u64,
 ) {
+    if event_id == WAKE_EVENT && !filter_ptr.is_null() {
+        // SAFETY: as in with_session: live until filter_destroy, same thread.
+        let filter = unsafe { &*(filter_ptr as *const Filter) };
+        if let Some((io, _)) = &filter.io {
+            // The worker's wake, anchored on this connection: not about its
+            // session. Replies go out to every client in drain_dirty.
+            if catch_unwind(AssertUnwindSafe(|| io.on_wake())).is_err() {
+                log!(
+                    Level::Error,
+                    "redis_cluster: internal error in upstream I/O"
+                );
+            }
+            drain_dirty();
+            return;
+        }
+    }
     with_session(filter_envoy_ptr, filter_ptr, |session, conn| {
         session.on_scheduled(conn)
     });
@@ -400,6 +534,10 @@ pub extern "C" fn envoy_dynamic_module_on_network_filter_destroy(filter_ptr: *co
         // SAFETY: created by Box::into_raw in filter_new; Envoy calls destroy
         // exactly once, after the last hook for this connection.
         let filter = unsafe { Box::from_raw(filter_ptr as *mut Filter) };
+        if let Some((_, key)) = &filter.io {
+            LIVE.with(|l| l.borrow_mut().remove(key));
+        }
+        filter.leave_anchors();
         let mut session = filter.session.into_inner();
         session.on_destroy();
     }));

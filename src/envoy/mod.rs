@@ -101,6 +101,8 @@ impl MetricUpdates for EnvoyConnection {
 /// worker. Envoy allocates it; we delete it on drop.
 pub struct EnvoyScheduler {
     ptr: ffi::SchedulerPtr,
+    /// The event id each commit carries (see `hooks::WAKE_EVENT`).
+    event: u64,
 }
 
 // SAFETY: Envoy documents `scheduler_commit` and `scheduler_delete` as callable
@@ -112,7 +114,9 @@ unsafe impl Sync for EnvoyScheduler {}
 impl Notify for EnvoyScheduler {
     fn notify(&self) {
         // SAFETY: `ptr` came from `scheduler_new` and is deleted only in Drop.
-        unsafe { ffi::envoy_dynamic_module_callback_network_filter_scheduler_commit(self.ptr, 0) }
+        unsafe {
+            ffi::envoy_dynamic_module_callback_network_filter_scheduler_commit(self.ptr, self.event)
+        }
     }
 }
 

@@ -145,10 +145,7 @@ impl Session {
             Some(Err(e)) => return self.reply_now(e),
             None => return self.reply_now(codec::error("ERR no route for MONITOR")),
         };
-        let feed = self
-            .proxy
-            .clients
-            .add_monitor(self.state.id, self.client.clone());
+        let feed = self.proxy.clients.add_monitor(self.entry.clone());
         self.monitor = Some(feed);
         self.entry.update(|v| v.monitor = true);
         // Node frames land in a mailbox of their own: dropping it (RESET,

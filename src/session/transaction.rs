@@ -416,7 +416,7 @@ impl Session {
     }
 
     /// The slot and cluster of a command's keys, with the bytes to send.
-    fn locate(
+    pub(super) fn locate(
         &self,
         cmd: &command::Command,
         frame: &[u8],

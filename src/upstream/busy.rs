@@ -137,6 +137,11 @@ impl BusyNodes {
         }
     }
 
+    /// Whether any node is busy (then the loop keeps ticking, to probe it).
+    pub fn any_busy(&self) -> bool {
+        self.shared.any_busy.load(Ordering::Acquire)
+    }
+
     /// The `-BUSY` reply for a command to this node, if it is busy.
     pub fn reply_for(&self, cluster: usize, addr: &str) -> Option<Vec<u8>> {
         if !self.shared.any_busy.load(Ordering::Acquire) {

@@ -1,20 +1,29 @@
-//! Module-owned upstream I/O: one event loop thread (mio) per Envoy worker.
+//! Module-owned upstream I/O: one [`UpstreamLoop`] per Envoy worker.
 //!
 //! The network-filter ABI gives a module no upstream client and no timers, so
 //! each loop owns non-blocking, pipelined TCP connections to the Redis nodes
-//! of every configured cluster. A worker's sessions hand their commands to
-//! that worker's loop in batches ([`LoopShared::submit`]); the loop routes
-//! each one by its slot, writes it to the node, matches replies to commands
-//! in order (Redis answers a connection's commands in order), follows
-//! `MOVED`/`ASK`, enforces `op_timeout`, and delivers each reply to the
-//! client's [`ClientShared`] mailbox, which wakes the client's worker through
-//! Envoy's scheduler once per burst.
+//! of every configured cluster. It routes each command by its slot, writes
+//! it to the node, matches replies to commands in order (Redis answers a
+//! connection's commands in order), follows `MOVED`/`ASK`, enforces
+//! `op_timeout`, and delivers each reply to the client's [`ClientShared`]
+//! mailbox. Where it runs is `settings.upstream_io`:
+//!
+//! - `loop`: on a thread of its own (mio); a worker's sessions hand it their
+//!   commands in batches ([`LoopShared::submit`]) and each client's mailbox
+//!   wakes the client's worker through Envoy's scheduler once per burst;
+//! - `worker`: on the Envoy worker itself ([`WorkerIo`]), woken by a helper
+//!   thread that only waits for readiness and deadlines (`worker`, `wake`).
 //!
 //! Nothing here touches Envoy: the only link is the [`Notify`] trait.
 
+mod blocking;
 mod busy;
 mod pipeline;
 mod policy;
+mod wake;
+mod worker;
+
+pub use worker::WorkerIo;
 
 use crate::codec;
 use crate::config::{ClusterConfig, ReadPolicy, Settings};
@@ -25,10 +34,11 @@ use crate::scripts::ScriptCache;
 use crate::stats::Stats;
 use crate::topology::{Redirect, SlotMap};
 use crate::topology_refresh::ClusterTopology;
+pub use blocking::{Blocking, TimeoutUnit};
 use busy::BusyNodes;
 pub use busy::SharedBusy;
 use mio::net::TcpStream;
-use mio::{Events, Interest, Poll, Token, Waker};
+use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use parking_lot::Mutex;
 use pipeline::{Next, Pipeline, Unanswered};
 use policy::Outcome;
@@ -205,6 +215,8 @@ pub struct Request {
     /// `MONITOR` on a pinned connection: every later frame the node sends
     /// is delivered to the client too, until the connection closes.
     stream: bool,
+    /// A blocking command: sent on a blocking connection of its own.
+    blocking: Option<Box<Blocking>>,
 }
 
 impl Request {
@@ -241,6 +253,7 @@ impl Request {
             pin_continues: false,
             script_reloaded: false,
             stream: false,
+            blocking: None,
         }
     }
 
@@ -290,6 +303,13 @@ impl Request {
     /// with no deadline, until the client goes away (which closes it).
     pub fn streaming(mut self) -> Request {
         self.stream = true;
+        self
+    }
+
+    /// A command that may block: it runs on a connection of its own
+    /// ([`blocking`]).
+    pub fn blocking(mut self, b: Blocking) -> Request {
+        self.blocking = Some(Box::new(b));
         self
     }
 
@@ -390,6 +410,8 @@ struct Conn {
     pin: Option<u64>,
     /// The client owning a pinned connection: closed when it goes away.
     owner: Option<Arc<ClientShared>>,
+    /// A blocking command's connection ([`blocking`]; `pin` set too).
+    blocking: bool,
     stream: TcpStream,
     connected: bool,
     opened: Instant,
@@ -419,7 +441,10 @@ struct ClusterView {
 
 /// A loop's thread state.
 pub struct UpstreamLoop {
-    poll: Poll,
+    /// Taken by whoever waits on it: [`UpstreamLoop::run`], or the helper
+    /// thread of `upstream_io: worker`.
+    poll: Option<Poll>,
+    registry: Registry,
     shared: Arc<LoopShared>,
     settings: Settings,
     clusters: Vec<ClusterView>,
@@ -443,6 +468,7 @@ pub struct UpstreamLoop {
     /// Pin ids for the loop's own one-off connections (busy probes), apart
     /// from the sessions' ids, which count up from 1.
     next_pin: u64,
+    blocking: blocking::BlockingPool,
 }
 
 impl UpstreamLoop {
@@ -456,6 +482,7 @@ impl UpstreamLoop {
     ) -> io::Result<(UpstreamLoop, Arc<LoopShared>)> {
         let poll = Poll::new()?;
         let waker = Waker::new(poll.registry(), WAKER)?;
+        let registry = poll.registry().try_clone()?;
         let shared = Arc::new(LoopShared {
             inbox: Mutex::new(Vec::new()),
             waker,
@@ -473,7 +500,8 @@ impl UpstreamLoop {
             })
             .collect();
         let lp = UpstreamLoop {
-            poll,
+            poll: Some(poll),
+            registry,
             shared: shared.clone(),
             settings,
             clusters,
@@ -492,27 +520,25 @@ impl UpstreamLoop {
             scripts,
             busy: BusyNodes::new(busy),
             next_pin: 1 << 63,
+            blocking: blocking::BlockingPool::new(),
         };
         Ok((lp, shared))
     }
 
     /// The thread body: runs until [`LoopShared::stop`].
     pub fn run(mut self) {
+        let Some(mut poll) = self.poll.take() else {
+            return;
+        };
         let mut events = Events::with_capacity(256);
         let mut batch = Vec::new();
         while !self.shared.stop.load(Ordering::Acquire) {
-            let busy = !self.parked.is_empty()
-                || self
-                    .conns
-                    .iter()
-                    .flatten()
-                    .any(|c| !c.pipe.is_idle() || !c.connected);
-            let timeout = if busy {
+            let timeout = if self.needs_ticks() {
                 Some(Duration::from_millis(5))
             } else {
                 Some(Duration::from_millis(250))
             };
-            if let Err(e) = self.poll.poll(&mut events, timeout) {
+            if let Err(e) = poll.poll(&mut events, timeout) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     log!(Level::Error, "redis_cluster: upstream poll failed: {e}");
                     std::thread::sleep(Duration::from_millis(10));
@@ -524,13 +550,11 @@ impl UpstreamLoop {
                 if tok == WAKER {
                     continue;
                 }
-                let idx = tok.0 - 1;
-                if ev.is_writable() {
-                    self.on_writable(idx);
-                }
-                if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                    self.on_readable(idx);
-                }
+                self.on_ready(
+                    tok.0 - 1,
+                    ev.is_readable() || ev.is_read_closed() || ev.is_error(),
+                    ev.is_writable(),
+                );
             }
             // New requests from the sessions.
             self.shared.wake_pending.store(false, Ordering::Release);
@@ -540,10 +564,7 @@ impl UpstreamLoop {
             for req in batch.drain(..) {
                 self.dispatch(req, now);
             }
-            self.retry_parked(now);
-            self.check_timeouts(now);
-            self.check_busy(now);
-            self.flush_dirty();
+            self.tick(now);
         }
         // Shutdown: fail what is left so no reply slot stays empty.
         for c in self.conns.iter_mut().flatten() {
@@ -554,6 +575,50 @@ impl UpstreamLoop {
         for r in self.parked.drain(..) {
             r.respond(codec::error("ERR proxy is shutting down"));
         }
+    }
+
+    /// Something waits on a clock: a reply, a connect, a parked retry.
+    fn needs_ticks(&self) -> bool {
+        !self.parked.is_empty()
+            || self.busy.any_busy()
+            || self
+                .conns
+                .iter()
+                .flatten()
+                // A blocked command may wait for hours: no need to poll for
+                // its reply (a client leaving wakes the loop).
+                .any(|c| (!c.pipe.is_idle() && !c.is_blocking()) || !c.connected)
+    }
+
+    /// A connection's socket is ready.
+    fn on_ready(&mut self, idx: usize, readable: bool, writable: bool) {
+        if writable {
+            self.on_writable(idx);
+        }
+        if readable {
+            self.on_readable(idx);
+        }
+    }
+
+    /// Route a batch of new requests and queue them on their connections;
+    /// true when some are left to write ([`Self::flush_dirty`]).
+    fn dispatch_batch(&mut self, batch: &mut Vec<Request>) -> bool {
+        let now = Instant::now();
+        self.refresh_views();
+        for req in batch.drain(..) {
+            self.dispatch(req, now);
+        }
+        !self.dirty.is_empty()
+    }
+
+    /// The clock's work: retries, timeouts, busy probes; then write what
+    /// all of it queued.
+    fn tick(&mut self, now: Instant) {
+        self.refresh_views();
+        self.retry_parked(now);
+        self.check_timeouts(now);
+        self.check_busy(now);
+        self.flush_dirty();
     }
 
     /// Pick up new topology generations published by the refreshers.
@@ -692,6 +757,9 @@ impl UpstreamLoop {
                 return req.respond(reply);
             }
         }
+        if req.blocking.is_some() {
+            return self.send_blocking(req, key.1, asking, now);
+        }
         let resp3 = req.resp3;
         if req.pin.is_some()
             && self.pinned.len() >= self.settings.max_transaction_connections as usize
@@ -781,7 +849,7 @@ impl UpstreamLoop {
             self.conns.push(None);
             self.conns.len() - 1
         });
-        self.poll.registry().register(
+        self.registry.register(
             &mut stream,
             Token(idx + 1),
             Interest::READABLE | Interest::WRITABLE,
@@ -793,6 +861,7 @@ impl UpstreamLoop {
             role,
             pin,
             owner: None,
+            blocking: false,
             stream,
             connected: false,
             opened: now,
@@ -805,7 +874,7 @@ impl UpstreamLoop {
         match self.clusters[cluster].topo.tls_session(addr) {
             Ok(t) => conn.tls = t.map(Box::new),
             Err(e) => {
-                let _ = self.poll.registry().deregister(&mut conn.stream);
+                let _ = self.registry.deregister(&mut conn.stream);
                 self.conns[idx] = None;
                 self.free.push(idx);
                 return Err(io::Error::other(e));
@@ -1015,7 +1084,7 @@ impl UpstreamLoop {
                 };
                 let reply = &buf[..n];
                 conn.in_start += n;
-                let req = match next {
+                let mut req = match next {
                     Next::Stream(client, seq, part) => {
                         client.deliver(seq, part, reply.to_vec());
                         continue;
@@ -1044,6 +1113,11 @@ impl UpstreamLoop {
                 };
                 if req.release_pin {
                     release = true;
+                }
+                if req.blocking.is_some() {
+                    // Sent again from here (redirected, retried), getting
+                    // it to a node is bounded by op_timeout again.
+                    req.deadline = Instant::now() + self.settings.op_timeout;
                 }
                 if conn.pin.is_none() {
                     self.busy
@@ -1111,6 +1185,7 @@ impl UpstreamLoop {
             // Handshake messages or alerts rustls wants to send.
             self.flush(idx);
         }
+        self.blocking_answered(idx);
         for (mut req, body) in reload {
             // Load the script where it is missing, then run it there again.
             req.script_reloaded = true;
@@ -1139,10 +1214,11 @@ impl UpstreamLoop {
         let Some(mut conn) = self.conns.get_mut(idx).and_then(|c| c.take()) else {
             return;
         };
-        let _ = self.poll.registry().deregister(&mut conn.stream);
+        let _ = self.registry.deregister(&mut conn.stream);
         if let Some(pin) = conn.pin {
             self.pinned.remove(&pin);
         }
+        self.blocking_closed(&conn, idx);
         self.free.push(idx);
         for u in conn.pipe.unanswered() {
             u.req
@@ -1159,7 +1235,7 @@ impl UpstreamLoop {
         let Some(mut conn) = self.conns.get_mut(idx).and_then(|c| c.take()) else {
             return;
         };
-        let _ = self.poll.registry().deregister(&mut conn.stream);
+        let _ = self.registry.deregister(&mut conn.stream);
         match conn.pin {
             Some(pin) => {
                 self.pinned.remove(&pin);
@@ -1173,6 +1249,7 @@ impl UpstreamLoop {
                 });
             }
         }
+        self.blocking_closed(&conn, idx);
         self.free.push(idx);
         let now = Instant::now();
         self.mark_down(conn.cluster, &conn.addr, now);
@@ -1183,7 +1260,14 @@ impl UpstreamLoop {
             "redis_cluster: connection to {} lost: {why}",
             conn.addr
         );
-        for Unanswered { req, reached_node } in conn.pipe.unanswered() {
+        for Unanswered {
+            mut req,
+            reached_node,
+        } in conn.pipe.unanswered()
+        {
+            if req.blocking.is_some() {
+                req.deadline = now + self.settings.op_timeout;
+            }
             if policy::resend_after_loss(&req, reached_node, &self.settings) {
                 self.park(req, "connection lost");
             } else {
@@ -1230,6 +1314,7 @@ impl UpstreamLoop {
     }
 
     fn check_timeouts(&mut self, now: Instant) {
+        self.close_orphaned_blocking();
         let orphans: Vec<usize> = self
             .pinned
             .values()

@@ -49,6 +49,12 @@ pub fn classify(
         }
     }
     // The command did not run: safe to retry after a pause / a refresh.
+    if req.blocking.is_some() && super::blocking::unblocked_by_role_change(err) {
+        return Outcome::Retry {
+            refresh: true,
+            delay: Duration::from_millis(50),
+        };
+    }
     if err.starts_with(b"TRYAGAIN") {
         return Outcome::Retry {
             refresh: false,
@@ -100,9 +106,14 @@ pub fn redirected(mut req: Request, r: Redirect) -> Request {
 
 /// Its connection broke before the reply: send `req` again (once a fresh
 /// topology says where)? Commands that never reached the node whole and
-/// reads always; writes that may have run only with
+/// reads and blocking commands always; writes that may have run only with
 /// `retry_unanswered_writes` (at-least-once); a transaction's never.
 pub fn resend_after_loss(req: &Request, reached_node: bool, settings: &Settings) -> bool {
+    // A blocked command whose connection broke popped nothing it could
+    // still deliver: it waits on the new owner.
+    if req.blocking.is_some() {
+        return true;
+    }
     if req.pin.is_some() {
         return false;
     }

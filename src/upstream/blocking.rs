@@ -1,0 +1,342 @@
+//! Blocking commands (`BLPOP`, `BZPOPMIN`, `XREAD … BLOCK`, …) on
+//! connections of their own.
+//!
+//! A blocked command holds its connection until the node answers, so it can
+//! never share one: it takes an idle connection from this loop's pool of
+//! blocking connections to the node (opening one when none is idle), and the
+//! connection goes back to the pool once the reply is in whole. At most
+//! `max_blocking_connections` exist per loop (idle ones to other nodes are
+//! closed to make room); beyond that the command gets an error.
+//!
+//! The node enforces the command's own timeout; `op_timeout` only bounds
+//! getting the command to a node. While blocked, the connection belongs to
+//! its client: when the client goes away it is closed at once, so the node
+//! unblocks it and pops nothing for nobody. When the node answers `MOVED`,
+//! `ASK`, `-UNBLOCKED` (it became a replica) or the connection is lost, the
+//! command is sent again, to the owner a fresh topology names, with the
+//! time it has left.
+
+use super::{Conn, Request, UpstreamLoop};
+use crate::codec::{self, Scan};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// The unit of a blocking command's timeout argument.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimeoutUnit {
+    /// `BLPOP k 1.5`: seconds, fractions allowed.
+    Seconds,
+    /// `XREAD BLOCK 1500`: whole milliseconds.
+    Millis,
+}
+
+/// What the loop must know about a blocking command.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Blocking {
+    /// Index (in the command's arguments, 0 = its name) of the timeout.
+    pub timeout_arg: usize,
+    pub unit: TimeoutUnit,
+    /// How long it may block; `None`: forever (timeout 0).
+    pub timeout: Option<Duration>,
+    /// When the node stops blocking it (set when it is first sent).
+    ends: Option<Instant>,
+    /// Sent to a node before: the timeout argument is rewritten to what is
+    /// left of it when sent again.
+    sent: bool,
+}
+
+impl Blocking {
+    pub fn new(timeout_arg: usize, unit: TimeoutUnit, timeout: Option<Duration>) -> Blocking {
+        Blocking {
+            timeout_arg,
+            unit,
+            timeout,
+            ends: None,
+            sent: false,
+        }
+    }
+}
+
+/// The shortest timeout sent again: 0 would mean "forever".
+const MIN_LEFT: Duration = Duration::from_millis(1);
+/// The loop's deadline for a request blocked forever (timeout 0).
+const FOREVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// A pool key: connections are per node and per protocol.
+type NodeKey = (usize, String, bool);
+
+/// This loop's blocking connections.
+#[derive(Default)]
+pub(super) struct BlockingPool {
+    /// Idle connections by node, most recently used last.
+    idle: HashMap<NodeKey, Vec<usize>>,
+    /// Connections holding a blocked command.
+    in_use: Vec<usize>,
+    /// Ids for the `pin` field that keeps these connections out of the
+    /// shared pool.
+    next_id: u64,
+}
+
+impl BlockingPool {
+    pub(super) fn new() -> BlockingPool {
+        BlockingPool {
+            // Apart from the sessions' transaction pins (counting up from
+            // 1) and the loop's busy probes (from 1 << 63).
+            next_id: 1 << 62,
+            ..BlockingPool::default()
+        }
+    }
+
+    fn total(&self) -> usize {
+        self.in_use.len() + self.idle.values().map(Vec::len).sum::<usize>()
+    }
+
+    /// An idle connection to `key`, now in use.
+    fn take_idle(&mut self, key: &NodeKey) -> Option<usize> {
+        let v = self.idle.get_mut(key)?;
+        let idx = v.pop();
+        if v.is_empty() {
+            self.idle.remove(key);
+        }
+        idx
+    }
+
+    /// Forget connection `idx` (it was closed): whether it was idle.
+    fn forget(&mut self, idx: usize) -> bool {
+        let before = self.in_use.len();
+        self.in_use.retain(|&i| i != idx);
+        if self.in_use.len() != before {
+            return false;
+        }
+        for v in self.idle.values_mut() {
+            v.retain(|&i| i != idx);
+        }
+        self.idle.retain(|_, v| !v.is_empty());
+        true
+    }
+}
+
+/// `data` with its timeout argument replaced by what is left of it.
+fn with_timeout_left(data: &[u8], b: &Blocking, left: Option<Duration>) -> Option<Vec<u8>> {
+    let mut ranges = Vec::new();
+    if !matches!(
+        codec::scan_request(data, &mut ranges),
+        Ok(Scan::Complete(_))
+    ) {
+        return None;
+    }
+    let text = match left {
+        None => "0".to_string(),
+        Some(d) => {
+            let d = d.max(MIN_LEFT);
+            match b.unit {
+                TimeoutUnit::Seconds => format!("{:.3}", d.as_secs_f64()),
+                TimeoutUnit::Millis => d.as_millis().to_string(),
+            }
+        }
+    };
+    let mut args: Vec<&[u8]> = ranges.iter().map(|r| &data[r.clone()]).collect();
+    *args.get_mut(b.timeout_arg)? = text.as_bytes();
+    Some(codec::command(&args))
+}
+
+impl Conn {
+    /// A connection holding (or pooled for) a blocking command.
+    pub(super) fn is_blocking(&self) -> bool {
+        self.blocking
+    }
+}
+
+impl UpstreamLoop {
+    /// Send blocking request `req` to `addr` on a blocking connection.
+    pub(super) fn send_blocking(
+        &mut self,
+        mut req: Request,
+        addr: String,
+        asking: bool,
+        now: Instant,
+    ) {
+        let key: NodeKey = (req.cluster, addr, req.resp3);
+        let idx = match self.blocking.take_idle(&key) {
+            Some(i) => {
+                let cs = self.stats.cluster(req.cluster);
+                self.stats.gauge_sub(cs.blocking_cx_idle, 1);
+                i
+            }
+            None => {
+                let max = self.settings.max_blocking_connections as usize;
+                if self.blocking.total() >= max && !self.close_idle_blocking() {
+                    let cs = self.stats.cluster(req.cluster);
+                    self.stats.inc(cs.blocking_cx_overflow);
+                    return req.respond(codec::error(&format!(
+                        "ERR too many blocked clients through this proxy (max_blocking_connections = {max} per worker)"
+                    )));
+                }
+                self.blocking.next_id += 1;
+                let id = self.blocking.next_id;
+                match self.connect(key.0, &key.1, key.2, super::Role::Master, Some(id), now) {
+                    Ok(i) => {
+                        if let Some(c) = self.conns[i].as_mut() {
+                            c.blocking = true;
+                        }
+                        i
+                    }
+                    Err(e) => {
+                        self.mark_down(key.0, &key.1, now);
+                        self.stats
+                            .inc(self.stats.cluster(key.0).upstream_cx_connect_fail);
+                        crate::log!(
+                            crate::envoy::Level::Debug,
+                            "redis_cluster: connect to {} failed: {e}",
+                            key.1
+                        );
+                        return self.park(req, "connect failed");
+                    }
+                }
+            }
+        };
+        self.blocking.in_use.push(idx);
+        if let Some(b) = req.blocking.as_mut() {
+            if b.sent {
+                let left = b.ends.map(|e| e.saturating_duration_since(now));
+                if let Some(data) = with_timeout_left(&req.data, b, left) {
+                    req.data = data;
+                }
+            } else {
+                b.sent = true;
+                b.ends = b.timeout.map(|t| now + t);
+            }
+            // From here the node's timeout governs; the loop only gives up
+            // on a connection that stays silent op_timeout past it.
+            let grace = self.settings.op_timeout;
+            req.deadline = match b.ends {
+                Some(e) => e + grace,
+                None => now + FOREVER,
+            };
+        }
+        if let Some(c) = self.conns[idx].as_mut() {
+            c.owner = Some(req.client.clone());
+        }
+        let cs = self.stats.cluster(req.cluster);
+        self.stats.gauge_add(cs.blocked_rq_active, 1);
+        self.enqueue(idx, req, asking);
+    }
+
+    /// Close one idle blocking connection to make room; false if none.
+    fn close_idle_blocking(&mut self) -> bool {
+        let Some(idx) = self.blocking.idle.values_mut().find_map(|v| {
+            if v.is_empty() {
+                None
+            } else {
+                Some(v.remove(0))
+            }
+        }) else {
+            return false;
+        };
+        self.close_pinned(idx);
+        true
+    }
+
+    /// After replies were read on blocking connection `idx`: once it owes
+    /// nothing it goes back to the pool.
+    pub(super) fn blocking_answered(&mut self, idx: usize) {
+        let Some(c) = self.conns.get_mut(idx).and_then(|c| c.as_mut()) else {
+            return;
+        };
+        if !c.is_blocking() || !c.pipe.is_idle() || c.owner.is_none() {
+            return;
+        }
+        c.owner = None;
+        let (cluster, key) = (c.cluster, (c.cluster, c.addr.clone(), c.resp3));
+        self.blocking.in_use.retain(|&i| i != idx);
+        self.blocking.idle.entry(key).or_default().push(idx);
+        let cs = self.stats.cluster(cluster);
+        self.stats.gauge_sub(cs.blocked_rq_active, 1);
+        self.stats.gauge_add(cs.blocking_cx_idle, 1);
+    }
+
+    /// A blocking connection is closing (lost, its client gone, stuck).
+    pub(super) fn blocking_closed(&mut self, conn: &Conn, idx: usize) {
+        if !conn.is_blocking() {
+            return;
+        }
+        let was_idle = self.blocking.forget(idx);
+        let cs = self.stats.cluster(conn.cluster);
+        self.stats.gauge_sub(
+            if was_idle {
+                cs.blocking_cx_idle
+            } else {
+                cs.blocked_rq_active
+            },
+            1,
+        );
+    }
+
+    /// Close the blocking connections whose client has gone away, so their
+    /// nodes unblock them and pop nothing for nobody.
+    pub(super) fn close_orphaned_blocking(&mut self) {
+        let orphans: Vec<usize> = self
+            .blocking
+            .in_use
+            .iter()
+            .copied()
+            .filter(|&i| {
+                self.conns
+                    .get(i)
+                    .and_then(|c| c.as_ref())
+                    .and_then(|c| c.owner.as_ref())
+                    .is_some_and(|o| o.is_detached())
+            })
+            .collect();
+        for i in orphans {
+            self.close_pinned(i);
+        }
+    }
+}
+
+/// Whether a reply to a blocking command means it did not run and must be
+/// sent again (after a topology refresh): the node stopped being a master
+/// while the client was blocked.
+pub(super) fn unblocked_by_role_change(err: &[u8]) -> bool {
+    err.starts_with(b"UNBLOCKED") && err.windows(14).any(|w| w == b"state changed ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_timeout_is_rewritten_to_what_is_left() {
+        let data = codec::command(&[b"BLPOP", b"a", b"b", b"5"]);
+        let b = Blocking::new(3, TimeoutUnit::Seconds, Some(Duration::from_secs(5)));
+        let out = with_timeout_left(&data, &b, Some(Duration::from_millis(2500)));
+        assert_eq!(out, Some(codec::command(&[b"BLPOP", b"a", b"b", b"2.500"])));
+        let out = with_timeout_left(&data, &b, Some(Duration::ZERO));
+        assert_eq!(
+            out,
+            Some(codec::command(&[b"BLPOP", b"a", b"b", b"0.001"])),
+            "never 0, which would block forever"
+        );
+        let out = with_timeout_left(&data, &b, None);
+        assert_eq!(out, Some(codec::command(&[b"BLPOP", b"a", b"b", b"0"])));
+        let x = codec::command(&[b"XREAD", b"BLOCK", b"900", b"STREAMS", b"s", b"$"]);
+        let b = Blocking::new(2, TimeoutUnit::Millis, Some(Duration::from_millis(900)));
+        let out = with_timeout_left(&x, &b, Some(Duration::from_millis(400)));
+        assert_eq!(
+            out,
+            Some(codec::command(&[
+                b"XREAD", b"BLOCK", b"400", b"STREAMS", b"s", b"$"
+            ]))
+        );
+    }
+
+    #[test]
+    fn only_a_role_change_unblocks_for_a_resend() {
+        assert!(unblocked_by_role_change(
+            b"UNBLOCKED force unblock from blocking operation, instance state changed (master -> replica?)"
+        ));
+        assert!(!unblocked_by_role_change(
+            b"UNBLOCKED client unblocked via CLIENT UNBLOCK"
+        ));
+    }
+}
