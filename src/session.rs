@@ -1320,8 +1320,10 @@ impl Session {
     pub fn on_end_stream(&mut self, conn: &mut dyn Downstream) {
         if self.blocked_upstream() {
             // As Redis frees a blocked client that closes: nothing after
-            // the blocking command can be owed, nothing before it is.
-            self.release_blocked();
+            // the blocking command can be owed, nothing before it is. The
+            // blocked upstream connection is released by `on_destroy`, once
+            // this connection no longer anchors the worker's wakes (a wake
+            // asked for now could be committed on it and never run).
             self.closed = true;
             self.client.detach();
             conn.close(true);

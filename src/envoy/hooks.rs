@@ -453,14 +453,17 @@ pub extern "C" fn envoy_dynamic_module_on_network_filter_event(
 ) {
     // 0 = RemoteClose, 1 = LocalClose.
     if event == 0 || event == 1 {
-        with_session(filter_envoy_ptr, filter_ptr, |session, _| {
-            session.on_close()
-        });
+        // Leave the anchors first: a wake `on_close` asks for (a client
+        // gone while blocked) must not be committed on this connection,
+        // whose events Envoy will never deliver.
         if !filter_ptr.is_null() {
             // SAFETY: as in with_session: live until filter_destroy, same thread.
             let filter = unsafe { &*(filter_ptr as *const Filter) };
             filter.leave_anchors();
         }
+        with_session(filter_envoy_ptr, filter_ptr, |session, _| {
+            session.on_close()
+        });
     }
 }
 

@@ -141,13 +141,24 @@ impl WorkerIo {
         self.shared.busy_reply()
     }
 
-    /// Look at the clients again soon (one left while blocked: its
-    /// blocking connection must close at once). A wake, not a direct call:
-    /// this may run inside a hook fired while the loop state is in use.
+    /// Look at the clients again now (one left while blocked: its blocking
+    /// connection must close at once, before the node pops for it). A wake
+    /// on the anchor when there is one; with no other connection left to
+    /// carry it, the work is done here, unless the loop state is in use
+    /// (a hook fired inside the worker's own wake, which ticks anyway).
     pub fn wake(&self) {
         let mut w = self.wakes.lock();
         if let Some(a) = w.want(std::iter::empty()) {
             a.notify();
+            return;
+        }
+        if w.is_pending() {
+            return;
+        }
+        drop(w);
+        if let Some(mut lp) = self.lp.try_lock() {
+            lp.tick(Instant::now());
+            self.ticking.store(lp.needs_ticks(), Ordering::Release);
         }
     }
 }

@@ -1044,7 +1044,7 @@ impl Envoy {
             .args([
                 "--disable-hot-restart",
                 "-l",
-                "warning",
+                &std::env::var("ENVOY_LOG_LEVEL").unwrap_or("warning".into()),
                 "--concurrency",
                 "2",
             ])
