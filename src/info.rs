@@ -67,6 +67,31 @@ fn parse(text: &str) -> Vec<Section<'_>> {
     out
 }
 
+/// `text` with each `field:value` line of `fields` given that value (the
+/// proxy's own figures where the nodes' sum would mislead).
+pub fn set_fields(text: &str, fields: &[(&str, String)]) -> String {
+    if fields.is_empty() {
+        return text.to_string();
+    }
+    let mut out = String::with_capacity(text.len());
+    for line in text.split_inclusive("\r\n") {
+        let name = line.split(':').next().unwrap_or_default();
+        match fields
+            .iter()
+            .find(|(f, _)| *f == name && line.contains(':'))
+        {
+            Some((f, v)) => {
+                out.push_str(f);
+                out.push(':');
+                out.push_str(v);
+                out.push_str("\r\n");
+            }
+            None => out.push_str(line),
+        }
+    }
+    out
+}
+
 /// The combined INFO text of `bodies` (each master's INFO, in master order),
 /// with `extra` (the proxy's own section, complete with its header) last.
 pub fn aggregate(bodies: &[&str], extra: Option<&str>) -> String {
@@ -415,6 +440,12 @@ mod tests {
         assert_eq!(field(&out, "process_id"), Some("11"));
         assert_eq!(field(&out, "tcp_port"), Some("7001"));
         assert_eq!(field(&out, "connected_clients"), Some("5"));
+        let own = set_fields(&out, &[("connected_clients", "1".to_string())]);
+        assert_eq!(field(&own, "connected_clients"), Some("1"));
+        assert_eq!(
+            own.replace("connected_clients:1", "connected_clients:5"),
+            out
+        );
         assert_eq!(field(&out, "maxclients"), Some("10000"));
         assert_eq!(field(&out, "used_memory"), Some("3145728"));
         assert_eq!(field(&out, "used_memory_human"), Some("3.00M"));

@@ -19,21 +19,25 @@
 //! - [`local`]: commands the proxy answers itself;
 //! - [`scripts`]: script bodies by SHA1, to answer `NOSCRIPT` on nodes that lack one;
 //! - [`key_routing`]: each key's own prefix route; splitting across clusters;
+//! - [`functions`]: which functions declare `no-writes` (from `FUNCTION LOAD`);
 //! - [`info`]: one Redis-shaped `INFO` from every master's;
 //! - [`upstream`]: the module-owned event loops and connections to Redis nodes;
 //! - [`tls`]: TLS to the nodes;
+//! - [`clients`]: the registry of client connections and `CLIENT PAUSE`;
 //! - [`session`]: one client connection: parsing, local replies, reply ordering;
 //! - [`stats`]: statistics, through Envoy's stats;
 //! - [`logging`]: the `log!` macro (the `log` facade; Envoy's logger once loaded);
 //! - [`clock`]: the session's time source (a manual one for tests and fuzzing);
 //! - [`envoy`]: the only `unsafe` code, the FFI boundary with Envoy.
 
+pub mod clients;
 pub mod clock;
 pub mod codec;
 pub mod command;
 pub mod config;
 pub mod envoy;
 pub mod failure_streak;
+pub mod functions;
 pub mod info;
 pub mod key_routing;
 pub mod local;

@@ -187,7 +187,9 @@ pub fn hello(st: &mut ConnState, a: &Auth<'_>, args: &[&[u8]]) -> Vec<u8> {
     )
 }
 
-/// `CLIENT <subcommand>`: what makes sense for a proxied connection.
+/// `CLIENT <subcommand>`: what makes sense for a proxied connection
+/// (`LIST`, `INFO`, `KILL`, `PAUSE`, `UNPAUSE` and `REPLY` need the
+/// session or the proxy's registry: see `session/clients.rs`).
 pub fn client(st: &mut ConnState, args: &[&[u8]]) -> Vec<u8> {
     let sub = args.get(1).map(|a| upper(a)).unwrap_or_default();
     match (sub.as_str(), args.len()) {
@@ -203,18 +205,8 @@ pub fn client(st: &mut ConnState, args: &[&[u8]]) -> Vec<u8> {
             None => null(st),
         },
         ("ID", 2) => codec::integer(st.id as i64),
-        ("INFO", 2) | ("LIST", _) => {
-            let (ip, port) = addr(st);
-            let name = st.name.as_deref().map(String::from_utf8_lossy).unwrap_or_default();
-            let line = format!(
-                "id={} addr=? laddr={ip}:{port} name={name} db=0 resp={} lib-name=envoy-redis-cluster\n",
-                st.id,
-                if st.resp3 { 3 } else { 2 }
-            );
-            codec::bulk(line.as_bytes())
-        }
         ("SETINFO", 4) | ("NO-EVICT", 3) | ("NO-TOUCH", 3) => codec::simple("OK"),
-        ("HELP", 2) => array(&[codec::bulk(b"CLIENT SETNAME|GETNAME|ID|INFO|LIST|SETINFO|NO-EVICT|NO-TOUCH are answered by the proxy")]),
+        ("HELP", 2) => array(&[codec::bulk(b"CLIENT SETNAME|GETNAME|ID|INFO|LIST|KILL|PAUSE|UNPAUSE|REPLY|SETINFO|NO-EVICT|NO-TOUCH are answered by the proxy, about its own clients")]),
         _ => codec::error(&format!(
             "ERR CLIENT {sub} is not supported through the proxy (connections to the nodes are shared)"
         )),

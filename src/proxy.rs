@@ -2,6 +2,7 @@
 //! loops, and route lookup. One `Proxy` per filter config, shared by every
 //! connection of every worker.
 
+use crate::clients::Clients;
 use crate::config::{Config, MirrorPolicy, ReadPolicy, UpstreamIo};
 use crate::envoy::Level;
 use crate::log;
@@ -23,6 +24,10 @@ pub struct Proxy {
     pub test_hooks: bool,
     /// Script bodies seen, for `EVALSHA` on nodes without them.
     pub scripts: Arc<ScriptCache>,
+    /// Every client connection, and `CLIENT PAUSE`.
+    pub clients: Arc<Clients>,
+    /// Functions that declare `no-writes` (for `CLIENT PAUSE WRITE`).
+    pub functions: crate::functions::FunctionFlags,
     names: Vec<String>,
     clusters: Vec<Arc<ClusterTopology>>,
     loops: Vec<Arc<LoopShared>>,
@@ -57,6 +62,8 @@ impl Proxy {
             test_hooks: std::env::var_os("ENVOY_REDIS_CLUSTER_TEST_HOOKS")
                 .is_some_and(|v| v == "1"),
             scripts: Arc::default(),
+            clients: Arc::default(),
+            functions: Default::default(),
             names,
             clusters,
             loops: Vec::new(),
@@ -143,6 +150,17 @@ impl Proxy {
                 ),
             }
         }
+        let clients = proxy.clients.clone();
+        let spawned = std::thread::Builder::new()
+            .name("redis-pause".to_string())
+            .spawn(move || clients.run_timer());
+        match spawned {
+            Ok(h) => threads.push(h),
+            Err(e) => log!(
+                Level::Error,
+                "redis_cluster: cannot start the CLIENT PAUSE timer thread: {e}"
+            ),
+        }
         *proxy.threads.get_mut() = threads;
         Arc::new(proxy)
     }
@@ -155,6 +173,7 @@ impl Proxy {
         for c in &self.clusters {
             c.stop();
         }
+        self.clients.stop();
         for h in self.threads.lock().drain(..) {
             let _ = h.join();
         }

@@ -40,6 +40,9 @@ mod transaction;
 
 use ordering::{Lane, Waiting};
 use transaction::Txn;
+mod clients;
+mod monitor;
+mod pause;
 
 /// What a session needs from the downstream connection.
 pub trait Downstream {
@@ -174,6 +177,19 @@ pub struct Session {
     /// `None`: nothing sent yet).
     last_script: Vec<u8>,
     last_script_gen: Option<u64>,
+    /// This client in the proxy's registry (`CLIENT LIST`, `CLIENT KILL`).
+    entry: Arc<crate::clients::ClientEntry>,
+    /// `CLIENT PAUSE` holds the next command: parsing waits.
+    pause_held: bool,
+    /// The open transaction queued a command `CLIENT PAUSE WRITE` holds.
+    multi_writes: bool,
+    /// A `CLIENT PAUSE` queued in the open transaction: starts at `EXEC`.
+    queued_pause: Option<(crate::clients::PauseMode, std::time::Duration)>,
+    /// In `MONITOR` mode: the lines waiting for this client.
+    monitor: Option<Arc<crate::clients::MonitorFeed>>,
+    /// The nodes' own `MONITOR` streams (for the commands scripts run
+    /// inside them), and which node has confirmed yet.
+    node_monitors: Option<(Arc<ClientShared>, Vec<bool>)>,
 }
 
 impl Session {
@@ -197,11 +213,15 @@ impl Session {
         stats.inc(stats.downstream_cx_total);
         stats.gauge_add(stats.downstream_cx_active, 1);
         let now = clock.now();
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let client = ClientShared::new(notifier);
+        let entry = crate::clients::ClientEntry::new(id, client.clone(), now);
+        proxy.clients.register(entry.clone());
         Session {
             proxy,
             upstream,
             clock,
-            client: ClientShared::new(notifier),
+            client,
             inbuf: Vec::new(),
             need: 0,
             slots: VecDeque::new(),
@@ -221,7 +241,7 @@ impl Session {
             deferred: HashMap::new(),
             reuse_seq: None,
             state: ConnState {
-                id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+                id,
                 authenticated: open,
                 ..ConnState::default()
             },
@@ -237,6 +257,12 @@ impl Session {
             rng: seed(),
             last_script: Vec::new(),
             last_script_gen: None,
+            entry,
+            pause_held: false,
+            multi_writes: false,
+            queued_pause: None,
+            monitor: None,
+            node_monitors: None,
         }
     }
 
@@ -252,7 +278,8 @@ impl Session {
     }
 
     fn paused(&self) -> bool {
-        self.barrier.is_some()
+        self.pause_held
+            || self.barrier.is_some()
             || self.gated
             || self.write_blocked
             || self.slots.len()
@@ -268,7 +295,7 @@ impl Session {
     pub fn on_data(&mut self, data: &[u8], conn: &mut dyn Downstream) -> usize {
         let stats = &self.proxy.stats;
         stats.add(stats.downstream_cx_rx_bytes_total, data.len() as u64);
-        if self.closing || self.closed {
+        if self.close_if_killed(conn) || self.closing || self.closed {
             return data.len();
         }
         if self.inbuf.is_empty() && !self.paused() {
@@ -327,6 +354,7 @@ impl Session {
                     if frame.first() == Some(&b'*') {
                         let words: Vec<&[u8]> = args.iter().map(|r| &frame[r.clone()]).collect();
                         self.handle(frame, &words, now);
+                        self.handled(&words, now);
                     } else {
                         // Inline (telnet-style): quotes and escapes decoded.
                         let owned: Vec<Vec<u8>> = args
@@ -335,6 +363,12 @@ impl Session {
                             .collect();
                         let words: Vec<&[u8]> = owned.iter().map(Vec::as_slice).collect();
                         self.handle(frame, &words, now);
+                        self.handled(&words, now);
+                    }
+                    if self.pause_held {
+                        // Parsed again when the pause ends.
+                        self.args = args;
+                        break;
                     }
                     pos += n;
                     self.need = 0;
@@ -376,6 +410,15 @@ impl Session {
             self.args = args;
         }
         pos
+    }
+
+    /// After `handle`: unless a pause holds the command, show it in
+    /// `CLIENT LIST` and to the monitors.
+    fn handled(&mut self, words: &[&[u8]], now: Instant) {
+        if !self.pause_held {
+            self.sync_view(words, now);
+            self.feed_monitors(words);
+        }
     }
 
     /// The lane of the command named `name` (see [`ordering`]). Cheap when
@@ -432,6 +475,15 @@ impl Session {
             panic!("DEBUG-PANIC test hook");
         }
         let found = command::lookup(name);
+        if let Some(cmd) = found.filter(|c| {
+            command::arity_ok(c, args.len())
+                && (self.state.authenticated
+                    || matches!(c.name, "auth" | "hello" | "quit" | "reset"))
+        }) {
+            if self.pause_holds(cmd, args, now) {
+                return;
+            }
+        }
         self.current = (found.map(command::index_of), now);
         self.lane = ordering::lane(found.map(|c| c.name), self.txn.is_some(), self.in_multi());
         self.silent = match self.reply_mode {
@@ -458,6 +510,9 @@ impl Session {
         if cmd.name == "reset" {
             return self.reset(now);
         }
+        if let Some(e) = self.monitor_refusal(cmd) {
+            return self.reply_now(e);
+        }
         let in_multi = self.in_multi();
         if matches!(cmd.name, "multi" | "exec" | "discard" | "watch")
             || (cmd.name == "unwatch" && !in_multi)
@@ -469,6 +524,9 @@ impl Session {
             return;
         }
         if in_multi {
+            if self.queue_pause(cmd, args, now) {
+                return;
+            }
             if let Err(e) = self.queue_in_multi(cmd, frame, args, now) {
                 self.abort_multi();
                 self.reply_now(e);
@@ -483,6 +541,14 @@ impl Session {
             let reply = self.client_reply(args);
             return self.reply_now(reply);
         }
+        if cmd.name == "monitor" {
+            return self.start_monitor(now);
+        }
+        if cmd.name == "client" {
+            if let Some(reply) = self.client_admin(frame, args, now) {
+                return self.reply_now(reply);
+            }
+        }
         if let Some(reply) = self.local_reply(cmd, args) {
             // QUIT: answer, then close once earlier replies are out.
             self.closing |= cmd.name == "quit";
@@ -494,7 +560,8 @@ impl Session {
             }
             return;
         }
-        if cmd.has(command::PUBSUB) {
+        // PUBLISH is not a subscription: any node spreads it over the cluster.
+        if cmd.has(command::PUBSUB) && cmd.name != "publish" {
             let msg = format!(
                 "ERR '{}' is not supported through this proxy yet (pub/sub commands)",
                 cmd.name
@@ -564,6 +631,7 @@ impl Session {
                 }
             }
             "asking" | "readonly" | "readwrite" => codec::simple("OK"),
+            "acl" => self.acl(args),
             "hello" => local::hello(&mut self.state, &self.proxy.auth(), args),
             "auth" => local::auth(&mut self.state, &self.proxy.auth(), args),
             "client" => local::client(&mut self.state, args),
@@ -581,6 +649,7 @@ impl Session {
     /// unauthenticated again when downstream auth is configured.
     fn reset(&mut self, now: Instant) {
         self.end_txn(now);
+        self.stop_monitor();
         self.state.resp3 = false;
         self.state.name = None;
         self.state.authenticated = !self.proxy.auth().required();
@@ -1117,6 +1186,7 @@ impl Session {
                 break;
             }
         }
+        self.drain_monitor(conn);
         // After FIN, input held back while paused is still answered: close
         // only once everything the client sent has been parsed.
         if self.end_stream && !self.closing && !self.paused() {
@@ -1229,6 +1299,11 @@ impl Session {
 
     /// Replies arrived from the upstream loop.
     pub fn on_scheduled(&mut self, conn: &mut dyn Downstream) {
+        if self.close_if_killed(conn) {
+            return;
+        }
+        self.pause_recheck();
+        self.take_node_monitors();
         let mut delivered = std::mem::take(&mut self.delivered);
         self.client.take(&mut delivered);
         for d in delivered.drain(..) {
@@ -1284,12 +1359,30 @@ impl Session {
     /// The proxy's listener address as this client reached it (for the
     /// CLUSTER replies that name the proxy as the only node).
     pub fn set_local_address(&mut self, ip: String, port: u16) {
+        let laddr = clients::format_addr(&ip, port);
+        self.entry.update(|v| v.laddr = laddr);
         self.state.local_addr = Some((ip, port));
+    }
+
+    /// How other threads run this session (pause, `CLIENT KILL`, monitor
+    /// lines) when its mailbox's notifier works only on its own worker.
+    pub fn set_waker(&mut self, notifier: Box<dyn Notify>) {
+        self.entry
+            .set_waker(crate::clients::Waker::Own(Arc::from(notifier)));
+    }
+
+    /// The client's address (`CLIENT LIST` `addr`, `CLIENT KILL ADDR`).
+    pub fn set_peer_address(&mut self, ip: &str, port: u16) {
+        let addr = clients::format_addr(ip, port);
+        self.entry.update(|v| v.addr = addr);
     }
 
     pub fn on_close(&mut self) {
         self.closed = true;
         self.client.detach();
+        self.stop_monitor();
+        self.proxy.clients.unregister(self.state.id);
+        self.entry.detach();
         self.release_blocked();
     }
 
@@ -1307,6 +1400,9 @@ impl Session {
     pub fn on_destroy(&mut self) {
         self.closed = true;
         self.client.detach();
+        self.stop_monitor();
+        self.proxy.clients.unregister(self.state.id);
+        self.entry.detach();
         self.release_blocked();
         let stats = &self.proxy.stats;
         stats.gauge_sub(stats.downstream_cx_active, 1);
@@ -1567,6 +1663,45 @@ mod tests {
         );
         assert!(rec.take().is_empty());
         assert_eq!(s.oldest_unanswered(), None);
+    }
+
+    /// CLIENT PAUSE WRITE: a read goes at once, a write waits unparsed with
+    /// the client's later commands behind it (counted as blocked), then
+    /// runs when the pause ends; killed, the session closes when woken.
+    #[test]
+    fn pause_holds_a_write_and_what_follows_until_unpause() {
+        let (mut s, proxy, rec, clock) = recorded(ONE_CLUSTER);
+        proxy.publish_topology(0, three_masters());
+        let clients = proxy.clients.clone();
+        clients.pause(
+            crate::clients::PauseMode::Write,
+            clock.now() + Duration::from_secs(60),
+        );
+        let mut c = Client::default();
+        s.on_data(b"GET k\r\nSET k v\r\nPING\r\n", &mut c);
+        let get = rec.take();
+        let sent: Vec<Vec<String>> = get.iter().map(|r| words(&r.data)).collect();
+        assert_eq!(sent, vec![vec!["GET".to_string(), "k".to_string()]]);
+        reply(&get[0], b"$1\r\nv\r\n");
+        assert_eq!(clients.blocked(), 1);
+        // Woken while the pause lasts: held again.
+        s.on_scheduled(&mut c);
+        assert!(rec.take().is_empty());
+        assert_eq!(clients.blocked(), 1);
+        clients.unpause();
+        assert_eq!(clients.blocked(), 0);
+        s.on_scheduled(&mut c);
+        let set = rec.take();
+        assert_eq!(set.len(), 1);
+        assert_eq!(words(&set[0].data)[0], "SET");
+        reply(&set[0], b"+OK\r\n");
+        s.on_scheduled(&mut c);
+        assert_eq!(c.out, b"$1\r\nv\r\n+OK\r\n+PONG\r\n".to_vec());
+        // CLIENT KILL from another client: the session closes when woken.
+        let (n, _) = clients.kill(0, &crate::clients::KillFilter::default());
+        assert_eq!(n, 1);
+        s.on_scheduled(&mut c);
+        assert!(c.closed);
     }
 
     /// Masters appear while DBSIZE waits: it is sent to each of them with

@@ -54,7 +54,11 @@ pub enum Merge {
     Info { nodes: Vec<String>, header: String },
     /// `INFO` as one server ([`crate::info::aggregate`]); `proxy` is the
     /// proxy's own section, last, when all sections were asked for.
-    InfoSum { proxy: Option<String> },
+    InfoSum {
+        proxy: Option<String>,
+        /// Fields whose value is the proxy's own (`connected_clients`).
+        fields: Vec<(&'static str, String)>,
+    },
 }
 
 /// Replies gathered so far for one split command.
@@ -233,17 +237,17 @@ pub fn merge(how: &Merge, parts: &[&[u8]]) -> Vec<u8> {
             }
             codec::bulk(text.as_bytes())
         }
-        Merge::InfoSum { proxy } => info_sum(parts, proxy.as_deref()),
+        Merge::InfoSum { proxy, fields } => info_sum(parts, proxy.as_deref(), fields),
     }
 }
 
-fn info_sum(parts: &[&[u8]], proxy: Option<&str>) -> Vec<u8> {
+fn info_sum(parts: &[&[u8]], proxy: Option<&str>, fields: &[(&str, String)]) -> Vec<u8> {
     let bodies: Vec<String> = parts
         .iter()
         .map(|p| String::from_utf8_lossy(string_body(p).unwrap_or_default()).into_owned())
         .collect();
     let refs: Vec<&str> = bodies.iter().map(String::as_str).collect();
-    let text = crate::info::aggregate(&refs, proxy);
+    let text = crate::info::set_fields(&crate::info::aggregate(&refs, proxy), fields);
     // A RESP3 connection got verbatim strings: answer in kind.
     if parts.first().is_some_and(|p| p.first() == Some(&b'=')) {
         let mut out = format!("={}\r\ntxt:", text.len() + 4).into_bytes();
@@ -536,7 +540,10 @@ mod tests {
 
     #[test]
     fn info_sum_is_one_server_and_keeps_resp3_verbatim() {
-        let how = Merge::InfoSum { proxy: None };
+        let how = Merge::InfoSum {
+            proxy: None,
+            fields: Vec::new(),
+        };
         let a = b"$25\r\n# Stats\r\nexpired_keys:2\r\n\r\n";
         let b = b"$25\r\n# Stats\r\nexpired_keys:3\r\n\r\n";
         assert_eq!(

@@ -58,6 +58,22 @@ fn a_configured_username_must_match() {
     assert!(err_starts(&c.cmd(&["AUTH", "bob", "s3cret"]), "WRONGPASS"));
     assert_eq!(c.cmd(&["AUTH", "app", "s3cret"]), Resp::ok());
     assert_eq!(c.cmd(&["PING"]), Resp::Simple("PONG".into()));
+    // The client acts as the configured user: ACL WHOAMI, CLIENT LIST,
+    // CLIENT KILL USER; RESET makes it unauthenticated again.
+    assert_eq!(c.cmd(&["ACL", "WHOAMI"]), Resp::bulk("app"));
+    let list = c.cmd(&["CLIENT", "INFO"]).text().unwrap();
+    assert!(list.contains(" user=app "), "{list}");
+    assert!(err_starts(
+        &c.cmd(&["CLIENT", "KILL", "USER", "bob"]),
+        "ERR No such user 'bob'"
+    ));
+    assert_eq!(c.cmd(&["CLIENT", "KILL", "USER", "app"]), Resp::Int(0));
+    assert!(err_starts(
+        &c.cmd(&["ACL", "SETUSER", "bob"]),
+        "ERR ACL SETUSER is not supported through the proxy"
+    ));
+    assert_eq!(c.cmd(&["RESET"]), Resp::Simple("RESET".into()));
+    assert!(err_starts(&c.cmd(&["ACL", "WHOAMI"]), "NOAUTH"));
 }
 
 /// A password-protected Redis (standalone: treated as one node owning every

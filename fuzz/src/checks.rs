@@ -504,6 +504,7 @@ pub fn splitter_merge(data: &[u8]) {
         7 => Merge::Same,
         8 => Merge::InfoSum {
             proxy: (*param & 1 == 1).then(|| "# Proxy\r\nmasters:1\r\n".to_string()),
+            fields: vec![("connected_clients", "1".to_string())],
         },
         _ => Merge::Mget {
             order: tail

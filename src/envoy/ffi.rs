@@ -79,6 +79,11 @@ extern "C" {
         address_out: *mut EnvoyBuffer,
         port_out: *mut u32,
     ) -> bool;
+    pub fn envoy_dynamic_module_callback_network_filter_get_remote_address(
+        f: FilterEnvoyPtr,
+        address_out: *mut EnvoyBuffer,
+        port_out: *mut u32,
+    ) -> bool;
 
     pub fn envoy_dynamic_module_callback_network_filter_config_define_counter(
         c: ConfigEnvoyPtr,

@@ -225,7 +225,20 @@ pub extern "C" fn envoy_dynamic_module_on_network_filter_new(
             })) as *const c_void;
         };
         let key = NEXT_KEY.fetch_add(1, Ordering::Relaxed);
-        let session = Session::new(proxy, worker as usize, Box::new(DirectWake { key }));
+        let mut session = Session::new(proxy, worker as usize, Box::new(DirectWake { key }));
+        // DirectWake works on this worker only: other threads (a pause's
+        // end, CLIENT KILL, monitor lines) run the session through a
+        // scheduler of its own, whose event 0 is the session's.
+        // SAFETY: filter_new runs on the connection's worker thread with a live filter pointer.
+        let remote = unsafe {
+            ffi::envoy_dynamic_module_callback_network_filter_scheduler_new(filter_envoy_ptr)
+        };
+        if !remote.is_null() {
+            session.set_waker(Box::new(EnvoyScheduler {
+                ptr: remote,
+                event: 0,
+            }));
+        }
         let filter = Box::into_raw(Box::new(Filter {
             session: RefCell::new(session),
             stats,
@@ -319,11 +332,28 @@ pub extern "C" fn envoy_dynamic_module_on_network_filter_new_connection(
         )
     };
     let local = ok.then(|| String::from_utf8_lossy(&buffer_bytes(&addr)).into_owned());
+    let mut peer_addr = EnvoyBuffer {
+        ptr: std::ptr::null(),
+        length: 0,
+    };
+    let mut peer_port = 0u32;
+    // SAFETY: as for the local address above.
+    let peer_ok = unsafe {
+        ffi::envoy_dynamic_module_callback_network_filter_get_remote_address(
+            filter_envoy_ptr,
+            &mut peer_addr,
+            &mut peer_port,
+        )
+    };
+    let peer = peer_ok.then(|| String::from_utf8_lossy(&buffer_bytes(&peer_addr)).into_owned());
     // Always through with_session: it also delivers the connection's first
     // metric updates (downstream_cx_total/active, counted in filter_new).
     with_session(filter_envoy_ptr, filter_ptr, |session, _| {
         if let Some(ip) = local {
             session.set_local_address(ip, port as u16)
+        }
+        if let Some(ip) = peer {
+            session.set_peer_address(&ip, peer_port as u16)
         }
     });
     ffi::DATA_STATUS_CONTINUE

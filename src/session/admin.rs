@@ -93,11 +93,18 @@ impl Session {
             );
         }
         let proxy = wants_proxy_section(args);
+        // The application's clients are the proxy's, not the nodes' (whose
+        // clients are the proxies' shared connections).
+        let clients = self.proxy.clients.clone();
         self.broadcast(
             cluster,
             codec::command(args),
             |n| Merge::InfoSum {
                 proxy: proxy.then(|| crate::info::proxy_section(n.len())),
+                fields: vec![
+                    ("connected_clients", clients.connected().to_string()),
+                    ("blocked_clients", clients.blocked().to_string()),
+                ],
             },
             now,
         )

@@ -238,6 +238,12 @@ impl Session {
         self.txn.as_ref().is_some_and(|t| t.multi)
     }
 
+    /// Commands queued since `MULTI` (`CLIENT LIST` `multi=`); `None`
+    /// outside `MULTI`.
+    pub(super) fn multi_count(&self) -> Option<u32> {
+        self.txn.as_ref().filter(|t| t.multi).map(|t| t.count)
+    }
+
     /// A refusal inside MULTI: EXEC will answer EXECABORT.
     pub(super) fn abort_multi(&mut self) {
         if let Some(t) = self.txn.as_mut().filter(|t| t.multi) {
@@ -354,10 +360,21 @@ impl Session {
                 self.txn_mut().settle(cluster, slot);
                 data
             }
-            // Keyless commands whose answer is the same on any node.
+            // Keyless commands whose answer is the same on any node
+            // (scripts and functions without keys run on any master).
             None if matches!(
                 cmd.name,
-                "ping" | "echo" | "time" | "publish" | "lastsave" | "unwatch"
+                "ping"
+                    | "echo"
+                    | "time"
+                    | "publish"
+                    | "lastsave"
+                    | "unwatch"
+                    | "select"
+                    | "eval"
+                    | "eval_ro"
+                    | "fcall"
+                    | "fcall_ro"
             ) =>
             {
                 keys::encode(frame, args)

@@ -129,6 +129,16 @@ impl ClientShared {
         mb.replies.push(Delivery { seq, part, reply });
     }
 
+    /// Run the client's session soon with nothing delivered (a pause
+    /// ended, the client was killed).
+    pub fn wake(&self) {
+        let mut mb = self.mailbox.lock();
+        if let (Some(n), false) = (mb.notifier.as_ref(), mb.pending) {
+            n.notify();
+            mb.pending = true;
+        }
+    }
+
     /// Take every delivered reply (worker side).
     pub fn take(&self, out: &mut Vec<Delivery>) {
         let mut mb = self.mailbox.lock();
@@ -217,6 +227,9 @@ pub struct Request {
     /// An `EVALSHA` already sent again after loading its script on the node
     /// (a second `NOSCRIPT` goes to the client).
     script_reloaded: bool,
+    /// `MONITOR` on a pinned connection: every later frame the node sends
+    /// is delivered to the client too, until the connection closes.
+    stream: bool,
     /// A blocking command: sent on a blocking connection of its own.
     blocking: Option<Box<Blocking>>,
 }
@@ -254,6 +267,7 @@ impl Request {
             swallow: 0,
             pin_continues: false,
             script_reloaded: false,
+            stream: false,
             blocking: None,
         }
     }
@@ -296,6 +310,14 @@ impl Request {
     /// error once the connection is gone (never a fresh connection).
     pub fn continues_pin(mut self) -> Request {
         self.pin_continues = true;
+        self
+    }
+
+    /// A command after which the node streams (`MONITOR`), on a pinned
+    /// connection: the reply and every frame after it go to the client,
+    /// with no deadline, until the client goes away (which closes it).
+    pub fn streaming(mut self) -> Request {
+        self.stream = true;
         self
     }
 
@@ -1089,6 +1111,10 @@ impl UpstreamLoop {
                 let reply = &buf[..n];
                 conn.in_start += n;
                 let mut req = match next {
+                    Next::Stream(client, seq, part) => {
+                        client.deliver(seq, part, reply.to_vec());
+                        continue;
+                    }
                     Next::Request(req) => req,
                     Next::TimedOut => continue,
                     Next::Internal => {

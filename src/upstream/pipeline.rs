@@ -31,6 +31,9 @@ pub enum Next {
     /// A command whose client already got a timeout error.
     TimedOut,
     Request(Request),
+    /// A frame of a stream (`MONITOR`): for this client, command `seq`,
+    /// part `part`; the stream stays owed.
+    Stream(std::sync::Arc<super::ClientShared>, u64, super::Part),
 }
 
 /// A command owed a reply when its connection broke.
@@ -131,6 +134,11 @@ impl Pipeline {
     /// A whole reply arrived: what it belongs to, or `None` if nothing was
     /// owed (the node is out of step with us).
     pub fn next_reply(&mut self) -> Option<Next> {
+        if let Some(r) = self.owed.front().and_then(|o| o.req.as_ref()) {
+            if r.stream {
+                return Some(Next::Stream(r.client.clone(), r.seq, r.part));
+            }
+        }
         let o = self.owed.pop_front()?;
         Some(match o.req {
             None => Next::Internal,
@@ -148,7 +156,7 @@ impl Pipeline {
                 continue;
             }
             let Some(req) = o.req.as_ref() else { continue };
-            if req.deadline > now {
+            if req.deadline > now || req.stream {
                 break;
             }
             o.timed_out = true;
@@ -225,6 +233,25 @@ mod tests {
         assert_eq!(p.next_reply().and_then(data_of), Some(b"EXEC".to_vec()));
         assert!(p.next_reply().is_none());
         assert!(p.is_idle());
+    }
+
+    /// MONITOR: its reply and every frame after go to the client, the
+    /// entry stays owed, and its deadline never times it out.
+    #[test]
+    fn a_stream_owns_every_later_frame_and_never_times_out() {
+        let now = Instant::now();
+        let mut p = Pipeline::default();
+        p.push_request(
+            req(b"MONITOR", now - Duration::from_secs(1), 0).streaming(),
+            None,
+        );
+        let mut hit = 0;
+        p.expire(now, |_| hit += 1);
+        assert_eq!(hit, 0);
+        for _ in 0..3 {
+            assert!(matches!(p.next_reply(), Some(Next::Stream(_, 0, WHOLE))));
+        }
+        assert_eq!(p.owed(), 1);
     }
 
     #[test]
