@@ -24,12 +24,24 @@ pub enum PauseMode {
     All,
 }
 
+/// How `CLIENT UNBLOCK` ends a blocked command: as if its timeout passed
+/// (the default), or with Redis's `-UNBLOCKED` error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnblockMode {
+    Timeout,
+    Error,
+}
+
 /// One client connection as the registry sees it.
 pub struct ClientEntry {
     pub id: u64,
     created: Instant,
     /// Set by `CLIENT KILL`: the session closes when it next runs.
     killed: AtomicBool,
+    /// A blocking command of this client waits on its node.
+    blocked: AtomicBool,
+    /// Set by `CLIENT UNBLOCK`: the session unblocks it when it next runs.
+    unblock: Mutex<Option<UnblockMode>>,
     /// `None` once the session is gone.
     waker: Mutex<Option<Waker>>,
     view: Mutex<ClientView>,
@@ -99,6 +111,8 @@ impl ClientEntry {
             id,
             created: now,
             killed: AtomicBool::new(false),
+            blocked: AtomicBool::new(false),
+            unblock: Mutex::new(None),
             waker: Mutex::new(Some(Waker::Mailbox(waker))),
             view: Mutex::new(ClientView {
                 addr: "?:0".to_string(),
@@ -117,6 +131,26 @@ impl ClientEntry {
 
     pub fn killed(&self) -> bool {
         self.killed.load(Ordering::Acquire)
+    }
+
+    /// The session says whether a blocking command of its waits on a node.
+    pub fn set_blocked(&self, blocked: bool) {
+        self.blocked.store(blocked, Ordering::Release);
+    }
+
+    /// `CLIENT UNBLOCK` for this client: false when it is not blocked.
+    fn request_unblock(&self, mode: UnblockMode) -> bool {
+        if !self.blocked.load(Ordering::Acquire) {
+            return false;
+        }
+        *self.unblock.lock() = Some(mode);
+        self.wake();
+        true
+    }
+
+    /// An unblock asked for since the session last looked.
+    pub fn take_unblock(&self) -> Option<UnblockMode> {
+        self.unblock.lock().take()
     }
 
     /// Change the mutable fields.
@@ -275,6 +309,13 @@ impl Clients {
     /// `CLIENT KILL`: mark and forget every matching client, wake the
     /// others' sessions so they close; returns how many matched and
     /// whether `me` is among them (it closes after its reply).
+    /// `CLIENT UNBLOCK id`: whether client `id` was blocked (its session
+    /// then unblocks its command on the node).
+    pub fn unblock(&self, id: u64, mode: UnblockMode) -> bool {
+        let entry = self.entries.lock().get(&id).cloned();
+        entry.is_some_and(|e| e.request_unblock(mode))
+    }
+
     pub fn kill(&self, me: u64, filter: &KillFilter) -> (usize, bool) {
         let victims: Vec<Arc<ClientEntry>> = {
             let mut entries = self.entries.lock();

@@ -1222,6 +1222,8 @@ impl Session {
             );
             conn.read_disable(want_disabled);
         }
+        // `CLIENT UNBLOCK` from other clients asks the registry.
+        self.entry.set_blocked(self.blocked_upstream());
     }
 
     /// EXEC's reply is in: commands after it may go.
@@ -1304,6 +1306,7 @@ impl Session {
         }
         self.pause_recheck();
         self.take_node_monitors();
+        self.apply_unblock();
         let mut delivered = std::mem::take(&mut self.delivered);
         self.client.take(&mut delivered);
         for d in delivered.drain(..) {
@@ -1334,7 +1337,8 @@ impl Session {
             // race-free: an element it already popped still comes, the
             // timeout's nil otherwise), then the session closes as after
             // any FIN. Nothing after the blocking command can be owed.
-            self.client.cancel_blocking();
+            self.client
+                .cancel_blocking(crate::clients::UnblockMode::Timeout);
             if let Some(u) = &self.upstream {
                 u.wake();
             }

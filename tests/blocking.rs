@@ -542,3 +542,61 @@ fn a_blocking_command_followed_by_fin_pops_only_what_is_there() {
         );
     }
 }
+
+/// `CLIENT UNBLOCK` through the proxy, byte for byte as on one Redis: the
+/// proxy's client id names the client; a blocked one gets the timeout's nil
+/// (`TIMEOUT`, the default) or `-UNBLOCKED` (`ERROR`) and the asker `:1`; a
+/// client that is not blocked `:0`; bad arguments Redis's errors. The
+/// unblocked client blocks and is served normally afterwards.
+#[test]
+fn client_unblock_ends_a_blocked_command_as_on_redis() {
+    let cluster = Cluster::start(3, 0);
+    let envoy = Envoy::start(module_config(&cluster, json!({})));
+    let reference = StandaloneRedis::start();
+    let mut transcripts = Vec::new();
+    for (side, port) in [("proxy", envoy.port()), ("redis", reference.port())] {
+        let mut t: Vec<String> = Vec::new();
+        let mut blocked = RawClient::connect(port);
+        let mut other = RawClient::connect(port);
+        let id = match blocked.cmd(&["CLIENT", "ID"]) {
+            Resp::Int(n) => n.to_string(),
+            r => panic!("{side}: CLIENT ID: {r:?}"),
+        };
+        for how in [None, Some("TIMEOUT"), Some("ERROR")] {
+            blocked.send_cmd(&["BLPOP", "{u}q", "0"]);
+            thread::sleep(Duration::from_millis(300));
+            let mut cmd = vec!["CLIENT", "UNBLOCK", id.as_str()];
+            cmd.extend(how);
+            t.push(show_resp(&{
+                other.send_cmd(&cmd);
+                other.read_reply_bytes()
+            }));
+            t.push(show_resp(&blocked.read_reply_bytes()));
+        }
+        t.push(show_resp(&{
+            other.send_cmd(&["CLIENT", "UNBLOCK", &id]);
+            other.read_reply_bytes()
+        }));
+        t.push(show_resp(&{
+            other.send_cmd(&["CLIENT", "UNBLOCK", &id, "NOW"]);
+            other.read_reply_bytes()
+        }));
+        t.push(show_resp(&{
+            other.send_cmd(&["CLIENT", "UNBLOCK", "x"]);
+            other.read_reply_bytes()
+        }));
+        // Blocks and is served as usual afterwards.
+        blocked.send_cmd(&["BLPOP", "{u}q", "0"]);
+        thread::sleep(Duration::from_millis(300));
+        t.push(show_resp(&{
+            other.send_cmd(&["RPUSH", "{u}q", "v"]);
+            other.read_reply_bytes()
+        }));
+        t.push(show_resp(&blocked.read_reply_bytes()));
+        transcripts.push(t);
+    }
+    assert_eq!(
+        transcripts[0], transcripts[1],
+        "proxy (left) vs Redis (right)"
+    );
+}

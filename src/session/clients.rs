@@ -5,7 +5,7 @@
 //! never listed nor killed.
 
 use super::Session;
-use crate::clients::{self, Current, KillFilter, PauseMode};
+use crate::clients::{self, Current, KillFilter, PauseMode, UnblockMode};
 use crate::codec;
 use std::time::{Duration, Instant};
 
@@ -140,6 +140,9 @@ impl Session {
                 line.push('\n');
                 self.verbatim(&line)
             }
+            ("unblock", 3 | 4) => client_unblock(args)
+                .map(|(id, mode)| codec::integer(i64::from(self.proxy.clients.unblock(id, mode))))
+                .unwrap_or_else(|e| e),
             ("kill", 2) => codec::error("ERR wrong number of arguments for 'client|kill' command"),
             ("kill", _) => self.client_kill(args).unwrap_or_else(|e| e),
             ("unpause", 2) => {
@@ -279,6 +282,20 @@ impl Session {
         })
     }
 
+    /// `CLIENT UNBLOCK` chose this client: unblock its command on the
+    /// node (its reply, the timeout's or `-UNBLOCKED`, comes as usual).
+    pub(super) fn apply_unblock(&mut self) {
+        let Some(mode) = self.entry.take_unblock() else {
+            return;
+        };
+        if self.blocked_upstream() {
+            self.client.cancel_blocking(mode);
+            if let Some(u) = &self.upstream {
+                u.wake();
+            }
+        }
+    }
+
     /// `CLIENT KILL` chose this client: close now, answering nothing more.
     pub(super) fn close_if_killed(&mut self, conn: &mut dyn super::Downstream) -> bool {
         if !self.entry.killed() || self.closing {
@@ -291,6 +308,27 @@ impl Session {
         }
         true
     }
+}
+
+/// `CLIENT UNBLOCK client-id [TIMEOUT|ERROR]`: the id and how, with
+/// Redis's errors. An id no client has (negative included) is just not
+/// blocked: `:0`.
+fn client_unblock(args: &[&[u8]]) -> Result<(u64, UnblockMode), Vec<u8>> {
+    let id: i64 = std::str::from_utf8(args.get(2).copied().unwrap_or_default())
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| codec::error("ERR value is not an integer or out of range"))?;
+    let mode = match args.get(3) {
+        None => UnblockMode::Timeout,
+        Some(m) if m.eq_ignore_ascii_case(b"timeout") => UnblockMode::Timeout,
+        Some(m) if m.eq_ignore_ascii_case(b"error") => UnblockMode::Error,
+        Some(_) => {
+            return Err(codec::error(
+                "ERR CLIENT UNBLOCK reason should be TIMEOUT or ERROR",
+            ))
+        }
+    };
+    Ok((u64::try_from(id).unwrap_or(0), mode))
 }
 
 /// `CLIENT PAUSE timeout [WRITE|ALL]`: the mode and milliseconds.

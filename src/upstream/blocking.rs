@@ -17,6 +17,7 @@
 //! time it has left.
 
 use super::{ClientShared, Conn, Request, UpstreamLoop};
+use crate::clients::UnblockMode;
 use crate::codec::{self, Scan};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -313,22 +314,29 @@ impl UpstreamLoop {
             let Some(c) = self.conns.get_mut(i).and_then(|c| c.as_mut()) else {
                 continue;
             };
-            if c.unblock_sent || !c.owner.as_ref().is_some_and(|o| o.blocking_cancelled()) {
+            if c.unblock_sent || c.node_id == NodeId::Asked {
+                // Asked: its reply comes before the command's; next tick.
                 continue;
             }
+            let Some(mode) = c.owner.as_ref().and_then(|o| o.take_cancel()) else {
+                continue;
+            };
             match c.node_id {
-                NodeId::Asked => continue, // its reply comes before the command's
-                NodeId::Known(id) => unblock.push((c.cluster, c.addr.clone(), id)),
-                NodeId::NotAsked | NodeId::Refused => close.push(i),
+                NodeId::Known(id) => unblock.push((c.cluster, c.addr.clone(), id, mode)),
+                _ => close.push(i),
             }
             c.unblock_sent = true;
         }
         for i in close {
             self.close_pinned(i);
         }
-        for (cluster, addr, id) in unblock {
+        for (cluster, addr, id, mode) in unblock {
             let id = id.to_string();
-            let data = codec::command(&[b"CLIENT", b"UNBLOCK", id.as_bytes()]);
+            let how: &[u8] = match mode {
+                UnblockMode::Timeout => b"TIMEOUT",
+                UnblockMode::Error => b"ERROR",
+            };
+            let data = codec::command(&[b"CLIENT", b"UNBLOCK", id.as_bytes(), how]);
             let target = super::Target::Node {
                 addr,
                 slot: 0,

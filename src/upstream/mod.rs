@@ -25,6 +25,7 @@ mod worker;
 
 pub use worker::WorkerIo;
 
+use crate::clients::UnblockMode;
 use crate::codec;
 use crate::config::{ClusterConfig, ReadPolicy, Settings};
 use crate::envoy::Level;
@@ -90,9 +91,9 @@ pub enum Part {
 /// The part of a client connection that loop threads may touch.
 pub struct ClientShared {
     mailbox: Mutex<Mailbox>,
-    /// The client closed its sending side while a blocking command of its
-    /// waits on a node: unblock it there, deliver what it got, then close.
-    cancel_blocking: AtomicBool,
+    /// Unblock this client's blocking command on its node (it closed its
+    /// sending side, or `CLIENT UNBLOCK`): what it got is still delivered.
+    cancel_blocking: Mutex<Option<UnblockMode>>,
 }
 
 struct Mailbox {
@@ -111,7 +112,7 @@ impl ClientShared {
                 notifier: Some(notifier),
                 pending: false,
             }),
-            cancel_blocking: AtomicBool::new(false),
+            cancel_blocking: Mutex::new(None),
         })
     }
 
@@ -168,12 +169,13 @@ impl ClientShared {
     /// Ask the loop to unblock this client's blocking command on its node
     /// (see [`blocking`]); its reply, a pop or the timeout's nil, still
     /// comes.
-    pub fn cancel_blocking(&self) {
-        self.cancel_blocking.store(true, Ordering::Release);
+    pub fn cancel_blocking(&self, mode: UnblockMode) {
+        *self.cancel_blocking.lock() = Some(mode);
     }
 
-    fn blocking_cancelled(&self) -> bool {
-        self.cancel_blocking.load(Ordering::Acquire)
+    /// An unblock asked for and not yet sent (taken by the loop).
+    fn take_cancel(&self) -> Option<UnblockMode> {
+        self.cancel_blocking.lock().take()
     }
 }
 
