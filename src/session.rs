@@ -4,10 +4,15 @@
 //! answers the ones a proxy must answer itself (PING, ECHO, SELECT 0, QUIT,
 //! errors for what cannot work through a cluster), and hands the rest to its
 //! worker's upstream loop in one batch per read. Every command gets a
-//! sequence number and a reply slot in a FIFO; replies (from the loop, in any
-//! order across nodes) fill their slots, and the contiguous ready prefix is
-//! written to the client in one `write` — so a client always gets its replies
-//! in the order it sent the commands.
+//! sequence number and a reply slot in a FIFO (`replies`); replies (from
+//! the loop, in any order across nodes) fill their slots, and the contiguous
+//! ready prefix is written to the client in one `write` — so a client always
+//! gets its replies in the order it sent the commands.
+//!
+//! The session is the shell: it parses, applies backpressure and writes.
+//! What to do with a command is decided by `plan` (a pure function) and
+//! carried out by `dispatch`; `route` sends what leaves the proxy,
+//! `transaction` and `blocking` own their connection modes.
 //!
 //! Memory is bounded: past `max_pending_requests_per_connection` outstanding
 //! commands, or while Envoy's write buffer is above its high watermark, the
@@ -15,17 +20,14 @@
 
 use crate::clock::Clock;
 use crate::codec::{self, Scan};
-use crate::command::{self, Dispatch};
-use crate::config::{MirrorPolicy, ReadPolicy};
-use crate::key_routing::{self as keys, KeyRoutes, SingleError};
-use crate::local::{self, ConnState};
+use crate::command;
+use crate::key_routing as keys;
+use crate::local::ConnState;
 use crate::proxy::Proxy;
-use crate::splitter::{self, Gather, Merge};
-use crate::upstream::{ClientShared, Delivery, LoopShared, Part, Request, Target, WorkerIo, WHOLE};
+use crate::splitter::Gather;
+use crate::upstream::{ClientShared, Delivery, Part, Request, WHOLE};
 
-/// Part number marking the probe of a command deferred until a topology
-/// with masters (never a real part: splits have far fewer parts).
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -35,77 +37,22 @@ pub use crate::upstream::Notify;
 
 mod admin;
 mod blocking;
+mod clients;
+mod dispatch;
+mod monitor;
 mod ordering;
+mod pause;
+mod plan;
+mod ports;
+mod replies;
+mod route;
 mod transaction;
 
 use ordering::{Lane, Waiting};
+pub use ports::{Downstream, Upstream};
+use replies::Replies;
+use route::key_routes;
 use transaction::Txn;
-mod clients;
-mod monitor;
-mod pause;
-
-/// What a session needs from the downstream connection.
-pub trait Downstream {
-    fn write(&mut self, data: &[u8]);
-    /// Close, flushing pending writes first when `flush`.
-    fn close(&mut self, flush: bool);
-    fn read_disable(&mut self, disable: bool);
-    /// Record a histogram value (Envoy requires its worker thread).
-    fn record_histogram(&mut self, _id: usize, _value: u64) {}
-}
-
-/// Where a session's requests go: its worker's upstream loop in Envoy, a
-/// model of one in tests and fuzzing.
-///
-/// The contract a session relies on: every request that is not a mirrored
-/// copy gets exactly one reply, delivered to its client's mailbox, by its
-/// deadline (the loop answers a timeout error then).
-pub trait Upstream {
-    /// Take every request of `batch`, leaving it empty.
-    fn submit(&self, batch: &mut Vec<Request>);
-    /// A node's `-BUSY` reply while one is busy with a long script.
-    fn busy_reply(&self) -> Option<Vec<u8>> {
-        None
-    }
-    /// Look at the clients again now (one left while blocked).
-    fn wake(&self) {}
-}
-
-impl Upstream for LoopShared {
-    fn submit(&self, batch: &mut Vec<Request>) {
-        LoopShared::submit(self, batch)
-    }
-    fn busy_reply(&self) -> Option<Vec<u8>> {
-        LoopShared::busy_reply(self)
-    }
-    fn wake(&self) {
-        LoopShared::wake(self)
-    }
-}
-
-impl Upstream for WorkerIo {
-    fn submit(&self, batch: &mut Vec<Request>) {
-        WorkerIo::submit(self, batch)
-    }
-    fn busy_reply(&self) -> Option<Vec<u8>> {
-        WorkerIo::busy_reply(self)
-    }
-    fn wake(&self) {
-        WorkerIo::wake(self)
-    }
-}
-
-/// A reply slot: filled when the reply is known, written in order.
-struct Slot {
-    reply: Option<Vec<u8>>,
-    /// `CLIENT REPLY OFF|SKIP`: the command runs, its reply is not written.
-    silent: bool,
-    /// Command table index (`None`: not a known command).
-    cmd: Option<usize>,
-    start: Instant,
-    /// The kind of connection the command took ([`ordering`]).
-    lane: Lane,
-}
 
 /// `CLIENT REPLY` mode: whether replies are written to the client.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -129,14 +76,13 @@ pub struct Session {
     inbuf: Vec<u8>,
     /// Don't rescan `inbuf` until it holds this many bytes.
     need: usize,
-    /// Reply slots for commands `head_seq ..`, in order.
-    slots: VecDeque<Slot>,
+    /// Reply slots, in the order the client sent the commands.
+    replies: Replies,
     /// Command being handled (index in the command table) and when it
     /// arrived: every reply slot is stamped with them for statistics.
     current: (Option<usize>, Instant),
     /// Buffered bytes last reported to the gauge.
     reported_buffered: u64,
-    head_seq: u64,
     out: Vec<u8>,
     batch: Vec<Request>,
     delivered: Vec<Delivery>,
@@ -148,10 +94,8 @@ pub struct Session {
     barrier: Option<u64>,
     /// A blocking command waiting for earlier replies or blocked.
     block: Option<blocking::Held>,
-    /// Unanswered commands per kind of connection, and whether parsing
-    /// stopped at a command that must wait for the other kind
-    /// ([`ordering`]).
-    waiting: Waiting,
+    /// Parsing stopped at a command that must wait for the other kind of
+    /// connection ([`ordering`]).
     lane: Lane,
     gated: bool,
     /// Cluster-wide commands waiting for a topology with masters, by their
@@ -224,10 +168,9 @@ impl Session {
             client,
             inbuf: Vec::new(),
             need: 0,
-            slots: VecDeque::new(),
+            replies: Replies::default(),
             current: (None, now),
             reported_buffered: 0,
-            head_seq: 0,
             out: Vec::new(),
             batch: Vec::new(),
             delivered: Vec::new(),
@@ -235,7 +178,6 @@ impl Session {
             txn: None,
             barrier: None,
             block: None,
-            waiting: Waiting::default(),
             lane: Lane::Free,
             gated: false,
             deferred: HashMap::new(),
@@ -266,15 +208,11 @@ impl Session {
         }
     }
 
-    fn next_seq(&self) -> u64 {
-        self.head_seq + self.slots.len() as u64
-    }
-
     /// When the oldest command whose reply the client has not been sent yet
     /// arrived (its deadline is `op_timeout` later); `None` when every
     /// command so far is answered.
     pub fn oldest_unanswered(&self) -> Option<Instant> {
-        self.slots.front().map(|s| s.start)
+        self.replies.oldest_start()
     }
 
     fn paused(&self) -> bool {
@@ -282,7 +220,7 @@ impl Session {
             || self.barrier.is_some()
             || self.gated
             || self.write_blocked
-            || self.slots.len()
+            || self.replies.len()
                 >= self
                     .proxy
                     .config
@@ -334,7 +272,7 @@ impl Session {
             match scanned {
                 Ok(Scan::Complete(n)) => {
                     let frame = &buf[pos..pos + n];
-                    if self.waiting.shared > 0 || self.waiting.txn > 0 {
+                    if *self.replies.waiting() != Waiting::default() {
                         let name = args.first().map(|r| {
                             let raw = &frame[r.clone()];
                             if frame.first() == Some(&b'*') {
@@ -343,7 +281,11 @@ impl Session {
                                 std::borrow::Cow::Owned(codec::inline_word(raw))
                             }
                         });
-                        if self.waiting.must_wait(self.lane_of(name.as_deref())) {
+                        if self
+                            .replies
+                            .waiting()
+                            .must_wait(self.lane_of(name.as_deref()))
+                        {
                             // Handled once the other kind of connection
                             // has answered everything sent before it.
                             self.gated = true;
@@ -424,7 +366,7 @@ impl Session {
     /// The lane of the command named `name` (see [`ordering`]). Cheap when
     /// no transaction is open: only its first command can change lanes.
     fn lane_of(&self, name: Option<&[u8]>) -> Lane {
-        if self.txn.is_none() && self.waiting.txn == 0 {
+        if self.txn.is_none() && self.replies.waiting().txn == 0 {
             return match name {
                 Some(n) if ordering::opens_txn(n) => Lane::Txn,
                 _ => Lane::Shared,
@@ -438,29 +380,12 @@ impl Session {
         if let Some(seq) = self.reuse_seq.take() {
             return seq;
         }
-        let seq = self.next_seq();
         let (cmd, start) = self.current;
-        self.slots.push_back(Slot {
-            reply: None,
-            silent: self.silent,
-            cmd,
-            start,
-            lane: self.lane,
-        });
-        self.waiting.add(self.lane);
-        seq
+        self.replies.push(self.silent, cmd, start, self.lane)
     }
 
     fn fill(&mut self, seq: u64, reply: Vec<u8>) {
-        let Some(i) = seq.checked_sub(self.head_seq) else {
-            return;
-        };
-        if let Some(slot) = self.slots.get_mut(i as usize) {
-            if slot.reply.is_none() {
-                self.waiting.answered(slot.lane);
-            }
-            slot.reply = Some(reply);
-        }
+        self.replies.fill(seq, reply);
     }
 
     fn reply_now(&mut self, reply: Vec<u8>) {
@@ -475,673 +400,14 @@ impl Session {
             panic!("DEBUG-PANIC test hook");
         }
         let found = command::lookup(name);
-        if let Some(cmd) = found.filter(|c| {
-            command::arity_ok(c, args.len())
-                && (self.state.authenticated
-                    || matches!(c.name, "auth" | "hello" | "quit" | "reset"))
-        }) {
-            if self.pause_holds(cmd, args, now) {
-                return;
-            }
-        }
-        self.current = (found.map(command::index_of), now);
-        self.lane = ordering::lane(found.map(|c| c.name), self.txn.is_some(), self.in_multi());
-        self.silent = match self.reply_mode {
-            ReplyMode::On => false,
-            ReplyMode::Off => true,
-            ReplyMode::Skip => {
-                self.reply_mode = ReplyMode::On;
-                true
-            }
+        let ctx = plan::Ctx {
+            authenticated: self.state.authenticated,
+            in_multi: self.in_multi(),
         };
-        let Some(cmd) = found else {
-            self.abort_multi();
-            return self.reply_now(unknown_command(args));
-        };
-        if !command::arity_ok(cmd, args.len()) {
-            self.abort_multi();
-            let msg = format!("ERR wrong number of arguments for '{}' command", cmd.name);
-            return self.reply_now(codec::error(&msg));
-        }
-        if !self.state.authenticated && !matches!(cmd.name, "auth" | "hello" | "quit" | "reset") {
-            return self.reply_now(codec::error("NOAUTH Authentication required."));
-        }
-        // RESET always resets, inside MULTI too.
-        if cmd.name == "reset" {
-            return self.reset(now);
-        }
-        if let Some(e) = self.monitor_refusal(cmd) {
-            return self.reply_now(e);
-        }
-        let in_multi = self.in_multi();
-        if matches!(cmd.name, "multi" | "exec" | "discard" | "watch")
-            || (cmd.name == "unwatch" && !in_multi)
-        {
-            let reply = self.transaction(cmd, args, now);
-            if let Err(e) = reply {
-                self.reply_now(e);
-            }
-            return;
-        }
-        if in_multi {
-            if self.queue_pause(cmd, args, now) {
-                return;
-            }
-            if let Err(e) = self.queue_in_multi(cmd, frame, args, now) {
-                self.abort_multi();
-                self.reply_now(e);
-            }
-            return;
-        }
-        if cmd.name == "client"
-            && args
-                .get(1)
-                .is_some_and(|a| a.eq_ignore_ascii_case(b"reply"))
-        {
-            let reply = self.client_reply(args);
-            return self.reply_now(reply);
-        }
-        if cmd.name == "monitor" {
-            return self.start_monitor(now);
-        }
-        if cmd.name == "client" {
-            if let Some(reply) = self.client_admin(frame, args, now) {
-                return self.reply_now(reply);
-            }
-        }
-        if let Some(reply) = self.local_reply(cmd, args) {
-            // QUIT: answer, then close once earlier replies are out.
-            self.closing |= cmd.name == "quit";
-            return self.reply_now(reply);
-        }
-        if command::is_blocking(cmd, args) {
-            if let Err(e) = self.blocking(cmd, frame, args, now) {
-                self.reply_now(e);
-            }
-            return;
-        }
-        // PUBLISH is not a subscription: any node spreads it over the cluster.
-        if cmd.has(command::PUBSUB) && cmd.name != "publish" {
-            let msg = format!(
-                "ERR '{}' is not supported through this proxy yet (pub/sub commands)",
-                cmd.name
-            );
-            return self.reply_now(codec::error(&msg));
-        }
-        // Bodies the upstream loops may need to load where a node lacks them.
-        let body = match cmd.name {
-            "eval" | "eval_ro" => args.get(1),
-            "script" if args.get(1).is_some_and(|a| a.eq_ignore_ascii_case(b"load")) => args.get(2),
-            _ => None,
-        };
-        // Clients repeat the same script (rate limiters, locks): skip the
-        // SHA1 and the shared lock when it is the one this client sent last.
-        if let Some(body) = body {
-            let generation = self.proxy.scripts.generation();
-            if **body != self.last_script[..] || Some(generation) != self.last_script_gen {
-                self.proxy.scripts.remember(body);
-                self.last_script.clear();
-                self.last_script.extend_from_slice(body);
-                self.last_script_gen = Some(generation);
-            }
-        }
         let mut keys = std::mem::take(&mut self.keys);
-        keys.clear();
-        let outcome = command::key_indices(cmd, args, &mut keys);
-        let result = match outcome {
-            Err(msg) => Err(codec::error(&msg)),
-            Ok(()) if keys.is_empty() => self.keyless(cmd, frame, args, now),
-            Ok(()) => self.keyed(cmd, frame, args, &keys, now),
-        };
+        let plan = plan::plan(found, args, ctx, &mut keys);
+        self.execute(found, plan, frame, args, &keys, now);
         self.keys = keys;
-        if let Err(reply) = result {
-            self.reply_now(reply);
-        }
-    }
-
-    /// Commands the proxy answers itself, like the single Redis the client
-    /// believes it talks to.
-    fn local_reply(&mut self, cmd: &command::Command, args: &[&[u8]]) -> Option<Vec<u8>> {
-        Some(match cmd.name {
-            // Like a Redis busy with a script: the proxy stands for all
-            // the masters, and one of them is.
-            "ping"
-                if args.len() <= 2
-                    && self
-                        .upstream
-                        .as_ref()
-                        .is_some_and(|u| u.busy_reply().is_some()) =>
-            {
-                self.upstream.as_ref().and_then(|u| u.busy_reply())?
-            }
-            "ping" => match args {
-                [_] => codec::simple("PONG"),
-                [_, msg] => codec::bulk(msg),
-                _ => codec::error(&command::arity_error(cmd.name)),
-            },
-            "echo" => codec::bulk(args.get(1)?),
-            "quit" => codec::simple("OK"),
-            "select" => {
-                if args.get(1).is_some_and(|db| *db == b"0") {
-                    codec::simple("OK")
-                } else {
-                    codec::error(
-                        "ERR DB index is out of range: a Redis Cluster has only database 0",
-                    )
-                }
-            }
-            "asking" | "readonly" | "readwrite" => codec::simple("OK"),
-            "acl" => self.acl(args),
-            "hello" => local::hello(&mut self.state, &self.proxy.auth(), args),
-            "auth" => local::auth(&mut self.state, &self.proxy.auth(), args),
-            "client" => local::client(&mut self.state, args),
-            "cluster" => local::cluster(
-                &self.state,
-                args,
-                self.proxy.config.settings.enable_hashtagging,
-            ),
-            _ => return None,
-        })
-    }
-
-    /// `RESET`: back to a new connection's state — no transaction (its
-    /// WATCH connection released), RESP2, no name, replies on, and
-    /// unauthenticated again when downstream auth is configured.
-    fn reset(&mut self, now: Instant) {
-        self.end_txn(now);
-        self.stop_monitor();
-        self.state.resp3 = false;
-        self.state.name = None;
-        self.state.authenticated = !self.proxy.auth().required();
-        self.reply_mode = ReplyMode::On;
-        self.silent = false;
-        self.reply_now(codec::simple("RESET"));
-    }
-
-    /// `CLIENT REPLY ON|OFF|SKIP`, kept by the proxy: the commands still
-    /// run, only their replies are dropped before they reach the client.
-    fn client_reply(&mut self, args: &[&[u8]]) -> Vec<u8> {
-        if args.len() != 3 {
-            return codec::error("ERR wrong number of arguments for 'client|reply' command");
-        }
-        let mode = args[2];
-        if mode.eq_ignore_ascii_case(b"on") {
-            self.reply_mode = ReplyMode::On;
-            self.silent = false;
-        } else if mode.eq_ignore_ascii_case(b"off") {
-            self.reply_mode = ReplyMode::Off;
-            self.silent = true;
-        } else if mode.eq_ignore_ascii_case(b"skip") {
-            // As in Redis, SKIP does nothing while replies are off.
-            if self.reply_mode != ReplyMode::Off {
-                self.reply_mode = ReplyMode::Skip;
-            }
-            self.silent = true;
-        } else {
-            return codec::error("ERR syntax error");
-        }
-        codec::simple("OK")
-    }
-
-    fn keyless(
-        &mut self,
-        cmd: &command::Command,
-        frame: &[u8],
-        args: &[&[u8]],
-        now: Instant,
-    ) -> Result<(), Vec<u8>> {
-        let cluster = self.proxy.default_cluster().ok_or_else(no_route)?;
-        let data = keys::encode(frame, args);
-        let needs_masters = matches!(
-            cmd.name,
-            "dbsize"
-                | "keys"
-                | "flushall"
-                | "flushdb"
-                | "script"
-                | "function"
-                | "wait"
-                | "randomkey"
-                | "info"
-                | "scan"
-                | "config"
-                | "save"
-                | "bgsave"
-                | "bgrewriteaof"
-        );
-        if needs_masters && !self.has_masters(cluster) {
-            if self.reuse_seq.is_some() {
-                // Handling a deferred command again: its wait is over.
-                return Err(self.no_masters(cluster));
-            }
-            // Like keyed commands, wait (within op_timeout) for a topology
-            // with masters (the first one, or one where slots are assigned
-            // at last): a PING to any master, parked in the loop until one
-            // exists, tells us.
-            let seq = self.push_slot();
-            self.deferred.insert(seq, data);
-            let ping = codec::command(&[b"PING"]);
-            self.send_keyless(seq, Part::Probe, cluster, Target::AnyMaster, ping, now);
-            // Later commands wait for it: sent now, they would reach the
-            // nodes first (`FUNCTION LOAD` then `FCALL` must run in order).
-            self.barrier = Some(seq);
-            return Ok(());
-        }
-        match cmd.name {
-            // Same answer from any node.
-            "command" | "time" | "publish" | "lolwut" | "lastsave" | "eval" | "evalsha"
-            | "eval_ro" | "evalsha_ro" | "fcall" | "fcall_ro" | "xgroup" | "xinfo" | "object"
-            | "pfselftest" => {
-                let seq = self.push_slot();
-                let target = Target::AnyMaster;
-                self.send_keyless(seq, WHOLE, cluster, target, data, now);
-                Ok(())
-            }
-            "dbsize" => self.broadcast(cluster, data, |_| Merge::Sum, now),
-            "keys" => self.broadcast(cluster, data, |_| Merge::Concat, now),
-            "flushall" | "flushdb" => self.broadcast(cluster, data, |_| Merge::AllOk, now),
-            "script" | "function"
-                if args.get(1).is_some_and(|a| a.eq_ignore_ascii_case(b"kill")) =>
-            {
-                self.broadcast_dedicated(cluster, data, Merge::Kill, now)
-            }
-            "function"
-                if args
-                    .get(1)
-                    .is_some_and(|a| a.eq_ignore_ascii_case(b"stats")) =>
-            {
-                self.broadcast_dedicated(cluster, data, Merge::FunctionStats, now)
-            }
-            "script"
-                if args
-                    .get(1)
-                    .is_some_and(|a| a.eq_ignore_ascii_case(b"flush")) =>
-            {
-                self.proxy.scripts.flush();
-                self.broadcast(cluster, data, |_| Merge::Same, now)
-            }
-            "script" | "function" => self.broadcast(cluster, data, |_| Merge::Same, now),
-            "wait" => {
-                let data = self.wait_timeout(args).unwrap_or(data);
-                self.broadcast(cluster, data, |_| Merge::Min, now)
-            }
-            "randomkey" => {
-                let start = self.next_random();
-                self.broadcast(
-                    cluster,
-                    data,
-                    |n| Merge::FirstNonNil {
-                        start: start % n.len().max(1) as u32,
-                    },
-                    now,
-                )
-            }
-            "info" => self.info(cluster, args, now),
-            "config" => self.config(cluster, args, data, now),
-            "save" | "bgsave" | "bgrewriteaof" => self.persist(cluster, cmd.name, data, now),
-            "scan" => self.scan(cluster, args, now),
-            _ => Err(codec::error(&format!(
-                "ERR '{}' is not supported through this proxy (keyless command)",
-                cmd.name
-            ))),
-        }
-    }
-
-    /// A master serves slots (a cluster whose slots are not assigned yet
-    /// publishes an empty map).
-    fn has_masters(&self, cluster: usize) -> bool {
-        self.proxy
-            .topology(cluster)
-            .is_some_and(|m| !m.shards.is_empty())
-    }
-
-    fn no_masters(&self, cluster: usize) -> Vec<u8> {
-        codec::error(&format!(
-            "CLUSTERDOWN Hash slot not served: cluster '{}' has no master serving slots",
-            self.proxy.cluster_name(cluster)
-        ))
-    }
-
-    /// The wait for masters is over (the probe got a reply, or timed out):
-    /// handle the deferred command now, into the reply slot it already has,
-    /// within the deadline it had from its arrival.
-    fn resume_deferred(&mut self, seq: u64, probe_reply: Vec<u8>) {
-        let Some(data) = self.deferred.remove(&seq) else {
-            return;
-        };
-        let cluster = self.proxy.default_cluster().unwrap_or(0);
-        if codec::error_text(&probe_reply).is_some() {
-            // Timed out: say why when the map is there but has no master.
-            let reply = match self.proxy.topology(cluster) {
-                Some(m) if m.shards.is_empty() => self.no_masters(cluster),
-                _ => probe_reply,
-            };
-            return self.fill(seq, reply);
-        }
-        let mut ranges = Vec::new();
-        let parsed = matches!(
-            codec::scan_request(&data, &mut ranges),
-            Ok(Scan::Complete(_))
-        );
-        let args: Vec<&[u8]> = ranges.iter().map(|r| &data[r.clone()]).collect();
-        let Some(cmd) = args
-            .first()
-            .and_then(|n| command::lookup(n))
-            .filter(|_| parsed)
-        else {
-            return self.fill(seq, codec::error("ERR internal: deferred command lost"));
-        };
-        let arrived = self.slot_start(seq).unwrap_or_else(|| self.clock.now());
-        self.reuse_seq = Some(seq);
-        let result = self.keyless(cmd, &data, &args, arrived);
-        if let Err(reply) = result {
-            let seq = self.push_slot();
-            self.fill(seq, reply);
-        }
-        self.reuse_seq = None;
-    }
-
-    /// When the command of reply slot `seq` arrived.
-    fn slot_start(&self, seq: u64) -> Option<Instant> {
-        let i = seq.checked_sub(self.head_seq)?;
-        self.slots.get(usize::try_from(i).ok()?).map(|s| s.start)
-    }
-
-    /// Masters of a cluster, ordered by the first slot they own (stable
-    /// across failovers, which matters for SCAN cursors); an error when
-    /// there is none.
-    fn masters(&self, cluster: usize) -> Result<Vec<String>, Vec<u8>> {
-        let map = self
-            .proxy
-            .topology(cluster)
-            .filter(|m| !m.shards.is_empty())
-            .ok_or_else(|| self.no_masters(cluster))?;
-        let mut first: Vec<Option<u16>> = vec![None; map.shards.len()];
-        for slot in 0..crate::slot::SLOT_COUNT {
-            if let Some(i) = map.shard_index(slot) {
-                if let Some(f) = first.get_mut(i) {
-                    f.get_or_insert(slot);
-                }
-            }
-        }
-        let mut order: Vec<(u16, String)> = map
-            .shards
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| Some((first.get(i).copied().flatten()?, s.master.clone())))
-            .collect();
-        order.sort();
-        if order.is_empty() {
-            // A gather of zero parts would never complete.
-            return Err(self.no_masters(cluster));
-        }
-        Ok(order.into_iter().map(|(_, m)| m).collect())
-    }
-
-    /// Send `data` to every master and merge the replies.
-    fn broadcast(
-        &mut self,
-        cluster: usize,
-        data: Vec<u8>,
-        merge: impl FnOnce(&[String]) -> Merge,
-        now: Instant,
-    ) -> Result<(), Vec<u8>> {
-        let masters = self.masters(cluster)?;
-        let merge = merge(&masters);
-        self.fan_out(cluster, masters, data, merge, false, now);
-        Ok(())
-    }
-
-    /// `SCRIPT KILL`, `FUNCTION KILL`, `FUNCTION STATS`: the shared
-    /// connection to a node running a long script waits behind it, so each
-    /// master is asked on a connection of its own, closed once it has
-    /// answered (Redis serves these commands while a script is busy).
-    fn broadcast_dedicated(
-        &mut self,
-        cluster: usize,
-        data: Vec<u8>,
-        merge: Merge,
-        now: Instant,
-    ) -> Result<(), Vec<u8>> {
-        let masters = self.masters(cluster)?;
-        self.fan_out(cluster, masters, data, merge, true, now);
-        Ok(())
-    }
-
-    /// Send `data` to each of `nodes` as one part of a command whose
-    /// replies `merge` combines; with `dedicated`, each on a connection of
-    /// its own that closes once it has answered.
-    fn fan_out(
-        &mut self,
-        cluster: usize,
-        nodes: Vec<String>,
-        data: Vec<u8>,
-        merge: Merge,
-        dedicated: bool,
-        now: Instant,
-    ) {
-        if nodes.is_empty() {
-            // A gather of nothing would never be filled.
-            return self.reply_now(self.no_masters(cluster));
-        }
-        let seq = self.push_slot();
-        self.gathers.insert(seq, Gather::new(merge, nodes.len()));
-        for (i, addr) in nodes.into_iter().enumerate() {
-            let target = Target::Node {
-                addr,
-                slot: 0,
-                asking: false,
-            };
-            let part = Part::Split(i as u32);
-            if dedicated {
-                let deadline = now + self.proxy.config.settings.op_timeout;
-                let pin = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-                let req = Request::new(
-                    self.client.clone(),
-                    seq,
-                    part,
-                    cluster,
-                    target,
-                    data.clone(),
-                    deadline,
-                )
-                .resp3(self.state.resp3)
-                .pinned(pin, true, 0);
-                self.batch.push(req);
-            } else {
-                let d = data.clone();
-                self.send_keyless(seq, part, cluster, target, d, now);
-            }
-        }
-    }
-
-    /// `SCAN cursor [MATCH p] [COUNT n] [TYPE t]` across all masters.
-    fn scan(&mut self, cluster: usize, args: &[&[u8]], now: Instant) -> Result<(), Vec<u8>> {
-        let cursor: u64 = std::str::from_utf8(args.get(1).copied().unwrap_or_default())
-            .ok()
-            .and_then(|c| c.parse().ok())
-            .ok_or_else(|| codec::error("ERR invalid cursor"))?;
-        let masters = self.masters(cluster)?;
-        let (shard, upstream) = splitter::decode_scan_cursor(cursor);
-        let addr = masters
-            .get(shard as usize)
-            .cloned()
-            .ok_or_else(|| codec::error("ERR invalid cursor"))?;
-        let upstream = upstream.to_string();
-        let mut sub: Vec<&[u8]> = vec![b"SCAN", upstream.as_bytes()];
-        sub.extend_from_slice(args.get(2..).unwrap_or_default());
-        let seq = self.push_slot();
-        let merge = Merge::Scan {
-            shard,
-            shards: masters.len() as u32,
-        };
-        self.gathers.insert(seq, Gather::new(merge, 1));
-        let target = Target::Node {
-            addr,
-            slot: 0,
-            asking: false,
-        };
-        let data = codec::command(&sub);
-        self.send_keyless(seq, Part::Split(0), cluster, target, data, now);
-        Ok(())
-    }
-
-    fn keyed(
-        &mut self,
-        cmd: &command::Command,
-        frame: &[u8],
-        args: &[&[u8]],
-        keys: &[usize],
-        now: Instant,
-    ) -> Result<(), Vec<u8>> {
-        let proxy = self.proxy.clone();
-        let routes = key_routes(&proxy, args, keys)?;
-        let hashtags = proxy.config.settings.enable_hashtagging;
-        let slots = keys::key_slots(args, keys, &routes, hashtags);
-        let read = command::effective_flags(cmd, args) & command::READONLY != 0;
-        let one_place =
-            matches!(routes, KeyRoutes::One(_)) && slots.windows(2).all(|w| w[0] == w[1]);
-        if let (Dispatch::Fanout(kind), false) = (cmd.dispatch, one_place) {
-            let (parts, merge) = keys::split(kind, args, keys, &routes, &slots);
-            let seq = self.push_slot();
-            self.gathers.insert(seq, Gather::new(merge, parts.len()));
-            for (i, p) in parts.into_iter().enumerate() {
-                let target = Target::Slot { slot: p.slot, read };
-                self.send(
-                    seq,
-                    Part::Split(i as u32),
-                    p.cluster,
-                    p.mirrors,
-                    target,
-                    p.read_policy,
-                    p.data,
-                    now,
-                );
-            }
-            return Ok(());
-        }
-        let one = keys::single(&routes, &slots).map_err(|e| self.single_error(cmd.name, e))?;
-        let data = keys::encode_keyed(frame, args, keys, &routes);
-        let seq = self.push_slot();
-        let target = Target::Slot {
-            slot: one.slot,
-            read,
-        };
-        self.send(
-            seq,
-            WHOLE,
-            one.cluster,
-            &one.mirrors,
-            target,
-            one.read_policy,
-            data,
-            now,
-        );
-        Ok(())
-    }
-
-    /// The reply to a command that cannot go to one node as it is.
-    fn single_error(&self, command: &str, e: SingleError) -> Vec<u8> {
-        match e {
-            SingleError::CrossSlot => {
-                codec::error("CROSSSLOT Keys in request don't hash to the same slot")
-            }
-            SingleError::CrossCluster { first, other } => self.cross_cluster(command, first, other),
-        }
-    }
-
-    fn cross_cluster(&self, command: &str, first: usize, other: usize) -> Vec<u8> {
-        codec::error(&format!(
-            "CROSSSLOT Keys in request map to different clusters: '{command}' has keys in clusters '{}' and '{}' (prefix routes) and cannot be split",
-            self.proxy.cluster_name(first),
-            self.proxy.cluster_name(other)
-        ))
-    }
-
-    /// Queue a command that belongs to no route (no mirrors; a node's
-    /// master connection).
-    fn send_keyless(
-        &mut self,
-        seq: u64,
-        part: Part,
-        cluster: usize,
-        target: Target,
-        data: Vec<u8>,
-        now: Instant,
-    ) {
-        self.send(
-            seq,
-            part,
-            cluster,
-            &[],
-            target,
-            ReadPolicy::Master,
-            data,
-            now,
-        );
-    }
-
-    /// Queue a command (and its mirrored copies) for the upstream loop.
-    #[allow(clippy::too_many_arguments)]
-    fn send(
-        &mut self,
-        seq: u64,
-        part: Part,
-        cluster: usize,
-        mirrors: &[MirrorPolicy],
-        target: Target,
-        policy: ReadPolicy,
-        data: Vec<u8>,
-        now: Instant,
-    ) {
-        let deadline = now + self.proxy.config.settings.op_timeout;
-        let read = matches!(target, Target::Slot { read: true, .. });
-        for m in mirrors {
-            if m.exclude_read_commands && read {
-                continue;
-            }
-            if let Some(f) = &m.runtime_fraction {
-                if !f.sampled(self.next_random()) {
-                    continue;
-                }
-            }
-            let Some(mirror_cluster) = self.proxy.cluster_index(&m.cluster) else {
-                continue;
-            };
-            // Fire and forget: the loop drops the reply.
-            let copy = Request::new(
-                self.client.clone(),
-                seq,
-                part,
-                mirror_cluster,
-                target.clone(),
-                data.clone(),
-                deadline,
-            );
-            self.batch.push(copy.resp3(self.state.resp3).mirrored());
-        }
-        let req = Request::new(
-            self.client.clone(),
-            seq,
-            part,
-            cluster,
-            target,
-            data,
-            deadline,
-        )
-        .read_policy(policy)
-        .resp3(self.state.resp3);
-        self.batch.push(req);
-    }
-
-    /// xorshift64*: cheap, good enough to sample mirrored commands.
-    fn next_random(&mut self) -> u32 {
-        let mut x = self.rng;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.rng = x;
-        (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 32) as u32
     }
 
     /// After handling input or replies: submit, write, apply backpressure.
@@ -1229,11 +495,7 @@ impl Session {
     /// EXEC's reply is in: commands after it may go.
     fn release_barrier(&mut self) {
         if let Some(b) = self.barrier {
-            let done = b < self.head_seq
-                || self
-                    .slots
-                    .get((b - self.head_seq) as usize)
-                    .is_some_and(|s| s.reply.is_some());
+            let done = self.replies.answered(b);
             if done {
                 self.barrier = None;
             }
@@ -1245,11 +507,8 @@ impl Session {
         let command_stats = self.proxy.config.settings.enable_command_stats;
         let now = self.clock.now();
         let mut n = 0;
-        while self.slots.front().is_some_and(|s| s.reply.is_some()) {
-            let Some(slot) = self.slots.pop_front() else {
-                break;
-            };
-            let reply = slot.reply.unwrap_or_default();
+        while let Some(slot) = self.replies.pop_ready() {
+            let reply = slot.reply;
             if command_stats {
                 let cs = slot.cmd.map(|i| stats.command(i)).unwrap_or_default();
                 stats.inc(cs.total);
@@ -1265,7 +524,6 @@ impl Session {
             if !slot.silent {
                 self.out.extend_from_slice(&reply);
             }
-            self.head_seq += 1;
             n += 1;
         }
         stats.add(stats.downstream_rq_total, n);
@@ -1274,7 +532,7 @@ impl Session {
             conn.write(&self.out);
         }
         self.out.clear();
-        if self.closing && self.slots.is_empty() && !self.closed {
+        if self.closing && self.replies.is_empty() && !self.closed {
             self.closed = true;
             self.client.detach();
             conn.close(true);
@@ -1420,37 +678,6 @@ fn seed() -> u64 {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u64(0x9E37_79B9_7F4A_7C15);
     h.finish() | 1
-}
-
-/// Each key's route; an error when one has none.
-fn key_routes<'p>(
-    proxy: &'p Proxy,
-    args: &[&[u8]],
-    keys: &[usize],
-) -> Result<KeyRoutes<'p>, Vec<u8>> {
-    let routes = if proxy.has_prefix_routes() {
-        keys::key_routes(args, keys, |k| proxy.route(k))
-    } else {
-        // Every key follows the catch-all: no per-key lookup.
-        proxy.route(b"").map(KeyRoutes::One)
-    };
-    routes.ok_or_else(no_route)
-}
-
-fn no_route() -> Vec<u8> {
-    codec::error(
-        "ERR no route for this key: no prefix route matches and there is no catch_all_route",
-    )
-}
-
-/// Redis's wording for an unknown command.
-fn unknown_command(args: &[&[u8]]) -> Vec<u8> {
-    let name = String::from_utf8_lossy(args.first().copied().unwrap_or_default());
-    let mut msg = format!("ERR unknown command '{name}', with args beginning with: ");
-    for a in args.iter().skip(1).take(8) {
-        msg.push_str(&format!("'{}' ", String::from_utf8_lossy(a)));
-    }
-    codec::error(&msg)
 }
 
 #[cfg(test)]

@@ -124,11 +124,11 @@ impl Session {
         let Some(held) = self.block.as_mut() else {
             return false;
         };
-        if held.seq < self.head_seq {
+        if held.seq < self.replies.head_seq() {
             self.block = None;
             return false;
         }
-        if held.seq != self.head_seq {
+        if held.seq != self.replies.head_seq() {
             return false;
         }
         let Some(mut req) = held.req.take() else {

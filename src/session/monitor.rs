@@ -236,7 +236,7 @@ impl Session {
         };
         // Above Envoy's write watermark the lines wait in the feed, which
         // closes the client past its limit instead of growing Envoy's buffer.
-        if !self.slots.is_empty() || self.closed || self.write_blocked {
+        if !self.replies.is_empty() || self.closed || self.write_blocked {
             return;
         }
         match feed.take() {
