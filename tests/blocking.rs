@@ -258,7 +258,11 @@ fn blocked_clients_delay_no_one() {
 #[test]
 fn blocking_connections_are_pooled_and_reused() {
     let cluster = Cluster::start(3, 0);
-    let envoy = Envoy::start(module_config(&cluster, json!({})));
+    let mut cfg = module_config(&cluster, json!({}));
+    // Each periodic CLUSTER SLOTS refresh is a connection to every node:
+    // none during the count.
+    cfg["clusters"]["main"]["cluster_refresh_rate"] = json!("120s");
+    let envoy = Envoy::start(cfg);
     let node = cluster.node_for_key(b"{pool}");
     let mut c = envoy.raw_client();
     // Warm up: the shared connection (LPUSH) and one blocking connection.
