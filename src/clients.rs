@@ -409,9 +409,18 @@ impl Clients {
         self.pause.lock().held.retain(|&h| h != id);
     }
 
-    /// Clients waiting for the pause (INFO `blocked_clients`).
+    /// INFO `blocked_clients`: clients waiting for the pause, and clients
+    /// whose blocking command (`BLPOP` …) waits on its node, as Redis
+    /// counts both.
     pub fn blocked(&self) -> usize {
-        self.pause.lock().held.len()
+        let held = self.pause.lock().held.clone();
+        let on_nodes = self
+            .entries
+            .lock()
+            .values()
+            .filter(|e| e.blocked.load(Ordering::Acquire) && !held.contains(&e.id))
+            .count();
+        held.len() + on_nodes
     }
 
     /// The timer thread: ends each pause at its deadline, waking the held
