@@ -21,7 +21,7 @@ use crate::key_routing::{self as keys, KeyRoutes, SingleError};
 use crate::local::{self, ConnState};
 use crate::proxy::Proxy;
 use crate::splitter::{self, Gather, Merge};
-use crate::upstream::{ClientShared, Delivery, LoopShared, Part, Request, Target, WorkerIo, WHOLE};
+use crate::upstream::{ClientShared, Delivery, Part, Request, Target, WorkerIo, WHOLE};
 
 /// Part number marking the probe of a command deferred until a topology
 /// with masters (never a real part: splits have far fewer parts).
@@ -66,18 +66,6 @@ pub trait Upstream {
     }
     /// Look at the clients again now (one left while blocked).
     fn wake(&self) {}
-}
-
-impl Upstream for LoopShared {
-    fn submit(&self, batch: &mut Vec<Request>) {
-        LoopShared::submit(self, batch)
-    }
-    fn busy_reply(&self) -> Option<Vec<u8>> {
-        LoopShared::busy_reply(self)
-    }
-    fn wake(&self) {
-        LoopShared::wake(self)
-    }
 }
 
 impl Upstream for WorkerIo {

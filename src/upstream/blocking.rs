@@ -16,7 +16,7 @@
 //! command is sent again, to the owner a fresh topology names, with the
 //! time it has left.
 
-use super::{Conn, Request, UpstreamLoop};
+use super::{Conn, Request, UpstreamIo};
 use crate::codec::{self, Scan};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -147,7 +147,7 @@ impl Conn {
     }
 }
 
-impl UpstreamLoop {
+impl UpstreamIo {
     /// Send blocking request `req` to `addr` on a blocking connection.
     pub(super) fn send_blocking(
         &mut self,

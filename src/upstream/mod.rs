@@ -1,18 +1,14 @@
-//! Module-owned upstream I/O: one [`UpstreamLoop`] per Envoy worker.
+//! Module-owned upstream I/O: one [`UpstreamIo`] per Envoy worker, run
+//! on the worker itself ([`WorkerIo`]).
 //!
 //! The network-filter ABI gives a module no upstream client and no timers, so
-//! each loop owns non-blocking, pipelined TCP connections to the Redis nodes
-//! of every configured cluster. It routes each command by its slot, writes
-//! it to the node, matches replies to commands in order (Redis answers a
-//! connection's commands in order), follows `MOVED`/`ASK`, enforces
-//! `op_timeout`, and delivers each reply to the client's [`ClientShared`]
-//! mailbox. Where it runs is `settings.upstream_io`:
-//!
-//! - `loop`: on a thread of its own (mio); a worker's sessions hand it their
-//!   commands in batches ([`LoopShared::submit`]) and each client's mailbox
-//!   wakes the client's worker through Envoy's scheduler once per burst;
-//! - `worker`: on the Envoy worker itself ([`WorkerIo`]), woken by a helper
-//!   thread that only waits for readiness and deadlines (`worker`, `wake`).
+//! each worker owns non-blocking, pipelined TCP connections to the Redis
+//! nodes of every configured cluster. It routes each command by its slot,
+//! writes it to the node, matches replies to commands in order (Redis
+//! answers a connection's commands in order), follows `MOVED`/`ASK`,
+//! enforces `op_timeout`, and delivers each reply to the client's
+//! [`ClientShared`] mailbox. A helper thread per worker only waits for
+//! readiness and deadlines and wakes the worker (`worker`, `wake`).
 //!
 //! Nothing here touches Envoy: the only link is the [`Notify`] trait.
 
@@ -23,7 +19,7 @@ mod policy;
 mod wake;
 mod worker;
 
-pub use worker::WorkerIo;
+pub use worker::{HelperHandle, WorkerIo};
 
 use crate::codec;
 use crate::config::{ClusterConfig, ReadPolicy, Settings};
@@ -38,14 +34,13 @@ pub use blocking::{Blocking, TimeoutUnit};
 use busy::BusyNodes;
 pub use busy::SharedBusy;
 use mio::net::TcpStream;
-use mio::{Events, Interest, Poll, Registry, Token, Waker};
+use mio::{Interest, Registry, Token};
 use parking_lot::Mutex;
 use pipeline::{Next, Pipeline, Unanswered};
 use policy::Outcome;
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::ToSocketAddrs;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -299,52 +294,6 @@ impl Request {
     }
 }
 
-/// The submission side of a loop, shared with the sessions of one worker.
-pub struct LoopShared {
-    inbox: Mutex<Vec<Request>>,
-    waker: Waker,
-    wake_pending: AtomicBool,
-    stop: AtomicBool,
-    /// Nodes busy with a script, as every loop of the proxy sees them.
-    busy: Arc<SharedBusy>,
-}
-
-impl LoopShared {
-    /// A busy node's `-BUSY` reply, while one is busy with a long script.
-    pub fn busy_reply(&self) -> Option<Vec<u8>> {
-        self.busy.any()
-    }
-
-    /// Queue a batch of requests (emptying `batch`) and wake the loop.
-    pub fn submit(&self, batch: &mut Vec<Request>) {
-        if batch.is_empty() {
-            return;
-        }
-        {
-            let mut inbox = self.inbox.lock();
-            if inbox.is_empty() {
-                std::mem::swap(&mut *inbox, batch);
-            } else {
-                inbox.append(batch);
-            }
-        }
-        self.wake();
-    }
-
-    /// Wake the loop (coalesced: one eventfd write per sleep).
-    pub fn wake(&self) {
-        if !self.wake_pending.swap(true, Ordering::AcqRel) {
-            let _ = self.waker.wake();
-        }
-    }
-
-    pub fn stop(&self) {
-        self.stop.store(true, Ordering::Release);
-        let _ = self.waker.wake();
-    }
-}
-
-const WAKER: Token = Token(0);
 const ASKING: &[u8] = b"*1\r\n$6\r\nASKING\r\n";
 const READONLY: &[u8] = b"*1\r\n$8\r\nREADONLY\r\n";
 const READ_CHUNK: usize = 64 * 1024;
@@ -417,13 +366,12 @@ struct ClusterView {
     cfg: ClusterConfig,
 }
 
-/// A loop's thread state.
-pub struct UpstreamLoop {
-    /// Taken by whoever waits on it: [`UpstreamLoop::run`], or the helper
-    /// thread of `upstream_io: worker`.
-    poll: Option<Poll>,
+/// One Envoy worker's upstream state: its connections to the nodes and the
+/// requests on them. Only the worker touches it ([`WorkerIo`]).
+pub struct UpstreamIo {
+    /// Where the connections' sockets are registered (the helper thread
+    /// waits on the poll).
     registry: Registry,
-    shared: Arc<LoopShared>,
     settings: Settings,
     clusters: Vec<ClusterView>,
     conns: Vec<Option<Conn>>,
@@ -449,25 +397,16 @@ pub struct UpstreamLoop {
     blocking: blocking::BlockingPool,
 }
 
-impl UpstreamLoop {
-    /// Create a loop (no thread yet) and its shared submission handle.
-    pub fn new(
+impl UpstreamIo {
+    /// A worker's upstream state, its sockets registered with `registry`.
+    fn new(
+        registry: Registry,
         settings: Settings,
         clusters: &[Arc<ClusterTopology>],
         stats: Arc<Stats>,
         scripts: Arc<ScriptCache>,
         busy: Arc<SharedBusy>,
-    ) -> io::Result<(UpstreamLoop, Arc<LoopShared>)> {
-        let poll = Poll::new()?;
-        let waker = Waker::new(poll.registry(), WAKER)?;
-        let registry = poll.registry().try_clone()?;
-        let shared = Arc::new(LoopShared {
-            inbox: Mutex::new(Vec::new()),
-            waker,
-            wake_pending: AtomicBool::new(false),
-            stop: AtomicBool::new(false),
-            busy: busy.clone(),
-        });
+    ) -> UpstreamIo {
         let clusters = clusters
             .iter()
             .map(|t| ClusterView {
@@ -477,10 +416,8 @@ impl UpstreamLoop {
                 cfg: t.config().clone(),
             })
             .collect();
-        let lp = UpstreamLoop {
-            poll: Some(poll),
+        UpstreamIo {
             registry,
-            shared: shared.clone(),
             settings,
             clusters,
             conns: Vec::new(),
@@ -499,59 +436,6 @@ impl UpstreamLoop {
             busy: BusyNodes::new(busy),
             next_pin: 1 << 63,
             blocking: blocking::BlockingPool::new(),
-        };
-        Ok((lp, shared))
-    }
-
-    /// The thread body: runs until [`LoopShared::stop`].
-    pub fn run(mut self) {
-        let Some(mut poll) = self.poll.take() else {
-            return;
-        };
-        let mut events = Events::with_capacity(256);
-        let mut batch = Vec::new();
-        while !self.shared.stop.load(Ordering::Acquire) {
-            let timeout = if self.needs_ticks() {
-                Some(Duration::from_millis(5))
-            } else {
-                Some(Duration::from_millis(250))
-            };
-            if let Err(e) = poll.poll(&mut events, timeout) {
-                if e.kind() != io::ErrorKind::Interrupted {
-                    log!(Level::Error, "redis_cluster: upstream poll failed: {e}");
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                continue;
-            }
-            for ev in events.iter() {
-                let tok = ev.token();
-                if tok == WAKER {
-                    continue;
-                }
-                self.on_ready(
-                    tok.0 - 1,
-                    ev.is_readable() || ev.is_read_closed() || ev.is_error(),
-                    ev.is_writable(),
-                );
-            }
-            // New requests from the sessions.
-            self.shared.wake_pending.store(false, Ordering::Release);
-            std::mem::swap(&mut batch, &mut *self.shared.inbox.lock());
-            let now = Instant::now();
-            self.refresh_views();
-            for req in batch.drain(..) {
-                self.dispatch(req, now);
-            }
-            self.tick(now);
-        }
-        // Shutdown: fail what is left so no reply slot stays empty.
-        for c in self.conns.iter_mut().flatten() {
-            for u in c.pipe.unanswered() {
-                u.req.respond(codec::error("ERR proxy is shutting down"));
-            }
-        }
-        for r in self.parked.drain(..) {
-            r.respond(codec::error("ERR proxy is shutting down"));
         }
     }
 
