@@ -75,7 +75,7 @@ pub struct WorkerIo {
     lp: Mutex<UpstreamIo>,
     busy: Arc<SharedBusy>,
     wakes: Arc<Mutex<Wakes<Box<dyn Notify>>>>,
-    /// The loop has work with a deadline: the helper ticks.
+    /// The upstream state has work with a deadline: the helper ticks.
     ticking: Arc<AtomicBool>,
 }
 
@@ -181,7 +181,7 @@ impl WorkerIo {
     /// Look at the clients again now (one left while blocked: its blocking
     /// connection must close at once, before the node pops for it). A wake
     /// on the anchor when there is one; with no other connection left to
-    /// carry it, the work is done here, unless the loop state is in use
+    /// carry it, the work is done here, unless the upstream state is in use
     /// (a hook fired inside the worker's own wake, which ticks anyway).
     pub fn wake(&self) {
         let mut w = self.wakes.lock();
