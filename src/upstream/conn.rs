@@ -1,7 +1,7 @@
 //! A node connection: opening it (with its setup commands), and its socket
 //! and TLS I/O.
 
-use super::{pipeline::Pipeline, Conn, PoolKey, Role, UpstreamIo, READONLY};
+use super::{pipeline::Pipeline, pool::Purpose, Conn, Role, UpstreamIo, READONLY};
 use crate::codec;
 use crate::config::ClusterConfig;
 use crate::envoy::Level;
@@ -68,13 +68,12 @@ impl UpstreamIo {
         }
         self.conns[idx] = Some(conn);
         if pin.is_none() {
-            let pool = PoolKey {
+            let purpose = Purpose {
                 cluster,
-                addr: addr.to_string(),
                 resp3,
                 role,
             };
-            self.by_addr.insert(pool, idx);
+            self.shared.insert(addr, purpose, idx);
         }
         Ok(idx)
     }

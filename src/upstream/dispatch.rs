@@ -2,7 +2,7 @@
 //! nodes that are down.
 
 use super::{
-    Down, PoolKey, Request, Role, Target, UpstreamIo, ASKING, BACKOFF_MAX, BACKOFF_MIN,
+    pool::Purpose, Down, Request, Role, Target, UpstreamIo, ASKING, BACKOFF_MAX, BACKOFF_MIN,
     MIRROR_LOG_EVERY, MIRROR_QUEUE_MAX,
 };
 use crate::codec;
@@ -10,6 +10,7 @@ use crate::config::ReadPolicy;
 use crate::envoy::Level;
 use crate::log;
 use crate::routing;
+use std::borrow::Cow;
 use std::time::Instant;
 
 impl Down {
@@ -68,10 +69,11 @@ impl UpstreamIo {
             // No topology yet (start-up): wait for the first refresh.
             return self.park(req, "no topology yet");
         };
-        let (addr, asking, role) = match &req.target {
-            Target::Node { addr, asking, .. } => (addr.clone(), *asking, Role::Master),
+        // Borrowed from the map (an Arc of our own), not copied per command.
+        let (addr, asking, role): (Cow<'_, str>, bool, Role) = match &req.target {
+            Target::Node { addr, asking, .. } => (Cow::Owned(addr.clone()), *asking, Role::Master),
             Target::AnyMaster => match map.shards.first() {
-                Some(s) => (s.master.clone(), false, Role::Master),
+                Some(s) => (Cow::Borrowed(&s.master), false, Role::Master),
                 None => return self.park(req, "empty topology"),
             },
             Target::Slot { slot, read } => {
@@ -89,44 +91,51 @@ impl UpstreamIo {
                 // so a recovered node is found even when a policy would
                 // otherwise route around it forever.
                 let healthy = |a: &str| {
-                    down.get(&(cluster, a.to_string()))
-                        .is_none_or(|d| now >= d.next_attempt)
+                    down.is_empty()
+                        || down
+                            .get(&(cluster, a.to_string()))
+                            .is_none_or(|d| now >= d.next_attempt)
                 };
                 self.rr = self.rr.wrapping_add(1);
                 match routing::pick_node(shard, policy, healthy, self.rr) {
-                    Ok(a) if a == shard.master => (a.to_string(), false, Role::Master),
-                    Ok(a) => (a.to_string(), false, Role::ReplicaRead),
+                    Ok(a) if a == shard.master => (Cow::Borrowed(a), false, Role::Master),
+                    Ok(a) => (Cow::Borrowed(a), false, Role::ReplicaRead),
                     Err(msg) => {
                         return req.respond(codec::error(&msg));
                     }
                 }
             }
         };
-        self.send_to(req, addr, asking, role, now);
+        self.send_to(req, &addr, asking, role, now);
     }
 
     pub(super) fn send_to(
         &mut self,
         req: Request,
-        addr: String,
+        addr: &str,
         asking: bool,
         role: Role,
         now: Instant,
     ) {
-        let key = (req.cluster, addr);
-        if let Some(d) = self.down.get(&key) {
+        let cluster = req.cluster;
+        // No node down is the usual case: no lookup (nor key) then.
+        let down = match self.down.is_empty() {
+            true => None,
+            false => self.down.get(&(cluster, addr.to_string())),
+        };
+        if let Some(d) = down {
             if now < d.next_attempt {
                 // Down for longer than op_timeout with no failover: fail fast
                 // rather than make every command wait its full timeout.
                 if now.duration_since(d.since) > self.settings.op_timeout {
-                    let msg = format!("ERR node {} is unreachable", key.1);
+                    let msg = format!("ERR node {addr} is unreachable");
                     return req.respond(codec::error(&msg));
                 }
                 return self.park(req, "node down");
             }
         }
         if req.pin.is_none() {
-            if let Some(reply) = self.busy.reply_for(key.0, &key.1) {
+            if let Some(reply) = self.busy.reply_for(cluster, addr) {
                 if req.mirror {
                     return self.drop_mirror(req.cluster);
                 }
@@ -134,7 +143,7 @@ impl UpstreamIo {
             }
         }
         if req.blocking.is_some() {
-            return self.send_blocking(req, key.1, asking, now);
+            return self.send_blocking(req, addr.to_string(), asking, now);
         }
         let resp3 = req.resp3;
         if req.pin.is_some()
@@ -147,30 +156,29 @@ impl UpstreamIo {
         let existing = match req.pin {
             Some(_) => None,
             None => {
-                let pool = PoolKey {
-                    cluster: key.0,
-                    addr: key.1.clone(),
+                let purpose = Purpose {
+                    cluster,
                     resp3,
                     role,
                 };
-                self.by_addr.get(&pool).copied()
+                self.shared.get(addr, purpose)
             }
         };
         let idx = match existing {
             Some(i) => i,
-            None => match self.connect(key.0, &key.1, resp3, role, req.pin, now) {
+            None => match self.connect(cluster, addr, resp3, role, req.pin, now) {
                 Ok(i) => i,
                 Err(e) => {
-                    self.mark_down(key.0, &key.1, now);
+                    self.mark_down(cluster, addr, now);
                     self.stats
-                        .inc(self.stats.cluster(key.0).upstream_cx_connect_fail);
+                        .inc(self.stats.cluster(cluster).upstream_cx_connect_fail);
                     log!(
                         Level::Debug,
                         "redis_cluster: connect to {} failed: {e}",
-                        key.1
+                        addr
                     );
                     if req.pin.is_some() {
-                        let msg = format!("ERR cannot connect to {} for the transaction", key.1);
+                        let msg = format!("ERR cannot connect to {addr} for the transaction");
                         return req.respond(codec::error(&msg));
                     }
                     return self.park(req, "connect failed");

@@ -20,6 +20,7 @@ mod dispatch;
 mod mailbox;
 mod pipeline;
 mod policy;
+mod pool;
 mod replies;
 mod wake;
 mod worker;
@@ -39,6 +40,7 @@ pub use busy::SharedBusy;
 use mio::net::TcpStream;
 use mio::Registry;
 use pipeline::Pipeline;
+use pool::SharedConns;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -214,16 +216,6 @@ enum Role {
     ReplicaRead,
 }
 
-/// A shared connection's identity: RESP3 clients and replica reads get
-/// connections of their own.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-struct PoolKey {
-    cluster: usize,
-    addr: String,
-    resp3: bool,
-    role: Role,
-}
-
 struct Conn {
     cluster: usize,
     addr: String,
@@ -272,8 +264,8 @@ pub struct UpstreamIo {
     clusters: Vec<ClusterView>,
     conns: Vec<Option<Conn>>,
     free: Vec<usize>,
-    /// Shared connections by what they are for.
-    by_addr: HashMap<PoolKey, usize>,
+    /// Shared connections by node and what they are for.
+    shared: SharedConns,
     /// Pinned (transaction) connections by pin id.
     pinned: HashMap<u64, usize>,
     down: HashMap<(usize, String), Down>,
@@ -318,7 +310,7 @@ impl UpstreamIo {
             clusters,
             conns: Vec::new(),
             free: Vec::new(),
-            by_addr: HashMap::new(),
+            shared: SharedConns::default(),
             pinned: HashMap::new(),
             down: HashMap::new(),
             parked: Vec::new(),

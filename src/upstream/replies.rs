@@ -2,8 +2,8 @@
 //! (deliver, redirect, retry, reload a script); connections closed or lost.
 
 use super::{
-    pipeline::Next, pipeline::Unanswered, policy, policy::Outcome, PoolKey, Request, UpstreamIo,
-    READ_CHUNK,
+    pipeline::Next, pipeline::Unanswered, policy, policy::Outcome, pool::Purpose, Request,
+    UpstreamIo, READ_CHUNK,
 };
 use crate::codec;
 use crate::envoy::Level;
@@ -197,12 +197,12 @@ impl UpstreamIo {
                 self.pinned.remove(&pin);
             }
             None => {
-                self.by_addr.remove(&PoolKey {
+                let purpose = Purpose {
                     cluster: conn.cluster,
-                    addr: conn.addr.clone(),
                     resp3: conn.resp3,
                     role: conn.role,
-                });
+                };
+                self.shared.remove(&conn.addr, purpose);
             }
         }
         self.blocking_closed(&conn, idx);
