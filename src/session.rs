@@ -419,8 +419,9 @@ impl Session {
         if self.proxy.test_hooks && name.eq_ignore_ascii_case(b"DEBUG-PANIC") {
             panic!("DEBUG-PANIC test hook");
         }
-        let found = command::lookup(name);
-        self.current = (found.map(command::index_of), now);
+        let indexed = command::lookup_indexed(name);
+        let found = indexed.map(|(_, c)| c);
+        self.current = (indexed.map(|(i, _)| i), now);
         self.lane = ordering::lane(found.map(|c| c.name), self.txn.is_some(), self.in_multi());
         self.silent = match self.reply_mode {
             ReplyMode::On => false,
