@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # Benchmark: Redis Cluster direct vs Envoy's built-in redis_proxy vs our module.
 #
-#   scripts/bench.sh                 full run (5 rounds, about 11-13 minutes on 2 cores)
+#   scripts/bench.sh                 full run (5 rounds, about 12-14 minutes on 2 cores)
 #   scripts/bench.sh --quick         smoke run (1 round, 1/4 of the requests, about 1 minute)
 #   scripts/bench.sh --rounds N      number of interleaved rounds (default 5; 1 with --quick)
 #   scripts/bench.sh --port P        first port used (default 7301, or $BENCH_PORT)
-#   --targets A,B,C,W   which targets run (default A,B,C; W below)
+#   --targets A,B,C,D   which targets run (default A,B,C; D below)
 #   --commands GET,SET  which commands (default GET,SET,MSET,MGET,MSET1,MGET1)
 #   --pipelines 1,16    --concurrency 1,2    --clients 50    restrict the matrix
+#   --latency GET,SET   the one-client latency cells (-c 1 -P 1; default
+#                       GET,SET; "none" skips them)
+#   --module-d DIR      target D: the libenvoy_redis_cluster.so in DIR (another
+#                       build of the module, to compare a change with C)
 #
 # One loopback Redis Cluster (3 masters, 3 replicas, ports P..P+5, cluster bus
 # P+50..P+55) and, in front of it, four Envoys started from the same binary
@@ -17,10 +21,8 @@
 #   B  built-in  envoy.filters.network.redis_proxy + envoy.clusters.redis
 #                (--concurrency 1 on P+10, --concurrency 2 on P+11)
 #   C  module    envoy.filters.network.dynamic_modules + target/release/libenvoy_redis_cluster.so
-#                with settings.upstream_io: loop (a module thread per worker)
 #                (--concurrency 1 on P+12, --concurrency 2 on P+13)
-#   W  module with settings.upstream_io: worker, the default (issue #14: the
-#                Envoy worker does the upstream I/O), only with --targets ...W
+#   D  module    as C, but the .so in --module-d DIR, only with --targets ...D
 #                (--concurrency 1 on P+14, --concurrency 2 on P+15)
 #
 # Both proxies use the same settings: op_timeout 5s, enable_redirection,
@@ -31,7 +33,9 @@
 # also single-slot) x pipeline (-P) 1 and 16, with 50 clients (-c 50) and
 # 64-byte values. Each round runs every cell once, targets interleaved (A,
 # B c1, C c1, B c2, C c2 for each command/pipeline), so slow drift of the
-# machine hits every target alike. The table gives the median and the min-max
+# machine hits every target alike. Each round ends with the latency cells:
+# GET and SET with one client (-c 1 -P 1), p50 and p99 as redis-benchmark
+# reports them. The table gives the median and the min-max
 # spread over the rounds. A proxy that answers a probe MSET/MGET with an error
 # (our module: CROSSSLOT for cross-slot ones until issue #4) gets "n/a" there.
 #
@@ -73,6 +77,8 @@ COMMANDS_ARG="GET,SET,MSET,MGET,MSET1,MGET1"
 PIPELINES_ARG="1,16"
 CONCURRENCY_ARG="1,2"
 CLIENTS=50
+LATENCY_ARG="GET,SET"
+MODULE_D_DIR=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --rounds) ROUNDS="$2"; shift 2 ;;
@@ -83,6 +89,8 @@ while [ $# -gt 0 ]; do
         --pipelines) PIPELINES_ARG="$2"; shift 2 ;;
         --concurrency) CONCURRENCY_ARG="$2"; shift 2 ;;
         --clients) CLIENTS="$2"; shift 2 ;;
+        --latency) LATENCY_ARG="$2"; shift 2 ;;
+        --module-d) MODULE_D_DIR="$2"; shift 2 ;;
         -h | --help) sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -111,13 +119,18 @@ IFS=', ' read -r -a TARGETS <<<"$TARGETS_ARG"
 IFS=', ' read -r -a COMMANDS <<<"$COMMANDS_ARG"
 IFS=', ' read -r -a PIPELINES <<<"$PIPELINES_ARG"
 IFS=', ' read -r -a CONCURRENCIES <<<"$CONCURRENCY_ARG"
+LATENCY_CMDS=()
+if [ "$LATENCY_ARG" != none ]; then IFS=', ' read -r -a LATENCY_CMDS <<<"$LATENCY_ARG"; fi
+for x in "${LATENCY_CMDS[@]}"; do
+    case "$x" in GET | SET) ;; *) echo "latency cells are GET and/or SET, not $x" >&2; exit 2 ;; esac
+done
 PROXIES=()
 RUN_A=0
 for t in "${TARGETS[@]}"; do
     case "$t" in
         A) RUN_A=1 ;;
-        B | C | W) PROXIES+=("$t") ;;
-        *) echo "unknown target $t (A, B, C or W)" >&2; exit 2 ;;
+        B | C | D) PROXIES+=("$t") ;;
+        *) echo "unknown target $t (A, B, C or D)" >&2; exit 2 ;;
     esac
 done
 for x in "${COMMANDS[@]}"; do
@@ -154,7 +167,7 @@ port_of() { # TARGET CONCURRENCY -> listener port
     case "$1:$2" in
         B:1) echo $((BASE_PORT + 10)) ;; B:2) echo $((BASE_PORT + 11)) ;;
         C:1) echo $((BASE_PORT + 12)) ;; C:2) echo $((BASE_PORT + 13)) ;;
-        W:1) echo $((BASE_PORT + 14)) ;; W:2) echo $((BASE_PORT + 15)) ;;
+        D:1) echo $((BASE_PORT + 14)) ;; D:2) echo $((BASE_PORT + 15)) ;;
     esac
 }
 admin_of() { echo $(($(port_of "$1" "$2") + 10)); }
@@ -215,6 +228,12 @@ log "building the module (cargo build --release)"
 (cd "$repo" && cargo build --release --quiet)
 MODULE_DIR="$repo/target/release"
 [ -f "$MODULE_DIR/libenvoy_redis_cluster.so" ] || die "no $MODULE_DIR/libenvoy_redis_cluster.so after the build"
+if [[ " ${PROXIES[*]} " == *" D "* ]]; then
+    [ -n "$MODULE_D_DIR" ] || die "target D needs --module-d DIR"
+    MODULE_D_DIR="$(cd "$MODULE_D_DIR" && pwd)"
+    [ -f "$MODULE_D_DIR/libenvoy_redis_cluster.so" ] || die "no libenvoy_redis_cluster.so in $MODULE_D_DIR"
+    [ "$MODULE_D_DIR" != "$MODULE_DIR" ] || die "--module-d is C's own build ($MODULE_DIR)"
+fi
 ENVOY_BIN="$(bash "$here/envoy-bin.sh" "$ENVOY_VERSION")"
 [ -x "$ENVOY_BIN" ] || die "envoy binary not executable: $ENVOY_BIN"
 # "version: <sha>/1.40.0/Clean/RELEASE/BoringSSL" -> "1.40.0 (<sha:10>, RELEASE)"
@@ -338,9 +357,8 @@ static_resources:
 YAML
 }
 
-# The module's own bootstrap with other ports and seeds; C sets
-# upstream_io: loop, W upstream_io: worker.
-module_config() { # PORT ADMIN [TARGET]
+# The module's own bootstrap with other ports and seeds.
+module_config() { # PORT ADMIN
     local src="$repo/envoy-config/standalone/envoy.yaml" seeds
     seeds="$(printf '"%s", ' "${SEEDS[@]}")"
     seeds="[${seeds%, }]"
@@ -348,20 +366,18 @@ module_config() { # PORT ADMIN [TARGET]
         die "$src no longer has the admin 9901 / listener 7000 / seeds lines this script rewrites"
     sed -e "s/port_value: 9901 }/port_value: $2 }/" \
         -e "s/port_value: 7000 }/port_value: $1 }/" \
-        -e "s/^\( *seeds: \)\[.*\]/\1$seeds/" \
-        -e "s/^\( *\)op_timeout: 5s$/&\n\1upstream_io: $([ "${3:-C}" = W ] && echo worker || echo loop)/" "$src"
+        -e "s/^\( *seeds: \)\[.*\]/\1$seeds/" "$src"
 }
 
 start_envoy() { # TARGET CONCURRENCY
-    local t="$1" c="$2" port admin cfg logf pid n v
+    local t="$1" c="$2" port admin cfg logf pid n v dir="$MODULE_DIR"
     port="$(port_of "$t" "$c")"
     admin="$(admin_of "$t" "$c")"
     cfg="$RUN/envoy-$t-c$c.yaml"
     logf="$RUN/envoy-$t-c$c.log"
-    if [ "$t" = B ]; then builtin_config "$port" "$admin" >"$cfg"; else module_config "$port" "$admin" "$t" >"$cfg"; fi
-    if [ "$t" = W ]; then grep -q 'upstream_io: worker' "$cfg" || die "W's config has no upstream_io: worker ($cfg)"; fi
-    if [ "$t" = C ]; then grep -q 'upstream_io: loop' "$cfg" || die "C's config has no upstream_io: loop ($cfg)"; fi
-    ENVOY_DYNAMIC_MODULES_SEARCH_PATH="$MODULE_DIR" \
+    if [ "$t" = B ]; then builtin_config "$port" "$admin" >"$cfg"; else module_config "$port" "$admin" >"$cfg"; fi
+    if [ "$t" = D ]; then dir="$MODULE_D_DIR"; fi
+    ENVOY_DYNAMIC_MODULES_SEARCH_PATH="$dir" \
         "$ENVOY_BIN" -c "$cfg" --disable-hot-restart --concurrency "$c" -l warning \
         >"$logf" 2>&1 </dev/null &
     pid=$!
@@ -437,21 +453,23 @@ probe_multi() { # PORT CMD
     printf '%s\n' "$reply" | head -1
 }
 
-printf 'round\ttarget\tconc\tcmd\tpipeline\trequests\tstatus\tops\tp50_ms\twall_s\tcpu_us_per_cmd\trss_kb\thits\tmisses\tother_cpu_pct\tsteal_pct\tdetail\n' >"$RAW"
+printf 'round\tkind\tclients\ttarget\tconc\tcmd\tpipeline\trequests\tstatus\tops\tp50_ms\tp99_ms\twall_s\tcpu_us_per_cmd\trss_kb\thits\tmisses\tother_cpu_pct\tsteal_pct\tdetail\n' >"$RAW"
 
 declare -A SKIP=()
-run_cell() { # ROUND TARGET CONC CMD PIPELINE
-    local r="$1" t="$2" c="$3" cmd="$4" P="$5" n port pid out args=() cl=() t0 t1 rc=0
-    local status=ok ops="" p50="" wall="" cpu="" rss="" h0 x0 h1 x1 cpu0 cpu1 detail=""
+run_cell() { # ROUND TARGET CONC CMD PIPELINE [latency]
+    local r="$1" t="$2" c="$3" cmd="$4" P="$5" kind="${6:-main}" n port pid out args=() cl=() t0 t1 rc=0
+    local status=ok ops="" p50="" p99="" wall="" clients="$CLIENTS" cpu="" rss="" h0 x0 h1 x1 cpu0 cpu1 detail=""
     local busy0 steal0 own0 busy1 steal1 own1 other="" steal=""
     n="$(requests_for "$cmd" "$P")"
+    # One client, one command at a time: latency, not throughput.
+    if [ "$kind" = latency ]; then clients=1; n=$((QUICK ? 2000 : 8000)); fi
     mapfile -t args < <(cmd_args "$t" "$cmd")
     if [ "$t" = A ]; then
         port="$CLUSTER_PORT"; pid=""; cl=(--cluster)
     else
         port="$(port_of "$t" "$c")"; pid="${ENVOY_PID[$t$c]}"
     fi
-    out="$RUN/bench-$t-c$c-$cmd-P$P-r$r.out"
+    out="$RUN/bench-$kind-$t-c$c-$cmd-P$P-r$r.out"
     if [ -n "${SKIP[$t$c$cmd]:-}" ]; then
         status=skipped; detail="${SKIP[$t$c$cmd]}"
     elif [ -n "$pid" ] && ! alive "$pid"; then
@@ -462,7 +480,7 @@ run_cell() { # ROUND TARGET CONC CMD PIPELINE
         read -r busy0 steal0 own0 < <(cpu_snapshot)
         t0="$(date +%s.%N)"
         run_child timeout "$CELL_TIMEOUT" redis-benchmark "${cl[@]}" -h 127.0.0.1 -p "$port" \
-            -n "$n" -c "$CLIENTS" -P "$P" -d "$DATA_SIZE" -r "$KEYSPACE" --csv "${args[@]}" \
+            -n "$n" -c "$clients" -P "$P" -d "$DATA_SIZE" -r "$KEYSPACE" --csv "${args[@]}" \
             >"$out" 2>&1 </dev/null || rc=$?
         t1="$(date +%s.%N)"
         read -r busy1 steal1 own1 < <(cpu_snapshot)
@@ -488,6 +506,7 @@ run_cell() { # ROUND TARGET CONC CMD PIPELINE
         if [ "$rc" -eq 0 ] && [ -n "$row" ]; then
             ops="$(printf '%s\n' "$row" | awk -F'"' '{print $4}')"
             p50="$(printf '%s\n' "$row" | awk -F'"' '{print $10}')"
+            p99="$(printf '%s\n' "$row" | awk -F'"' '{print $14}')"
         elif [ "$rc" -eq 124 ]; then
             status=error; detail+="no result within ${CELL_TIMEOUT}s (hang?)"
             SKIP[$t$c$cmd]="hung in an earlier round"
@@ -497,14 +516,14 @@ run_cell() { # ROUND TARGET CONC CMD PIPELINE
             if [ -z "$detail" ]; then detail="redis-benchmark exit $rc"; fi
         fi
     fi
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
-        "$r" "$t" "$c" "$cmd" "$P" "$n" "$status" "$ops" "$p50" "$wall" "$cpu" "$rss" \
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+        "$r" "$kind" "$clients" "$t" "$c" "$cmd" "$P" "$n" "$status" "$ops" "$p50" "$p99" "$wall" "$cpu" "$rss" \
         "$((${h1:-0} - ${h0:-0}))" "$((${x1:-0} - ${x0:-0}))" "$other" "$steal" \
         "$(printf '%s' "$detail" | tr '\t\n' '  ')" >>"$RAW"
     if [ "$status" = ok ]; then
-        log "r$r $t${pid:+ c$c} $cmd -P $P: $ops ops/s${cpu:+, $cpu us/cmd}${rss:+, RSS $((rss / 1024)) MiB} (${wall}s, other processes ${other}% CPU)"
+        log "r$r $t${pid:+ c$c} $cmd -c $clients -P $P: $ops ops/s${p99:+, p50 $p50 p99 $p99 ms}${cpu:+, $cpu us/cmd}${rss:+, RSS $((rss / 1024)) MiB} (${wall}s, other processes ${other}% CPU)"
     else
-        log "r$r $t${pid:+ c$c} $cmd -P $P: $status: $detail"
+        log "r$r $t${pid:+ c$c} $cmd -c $clients -P $P: $status: $detail"
     fi
 }
 
@@ -560,6 +579,12 @@ for ((r = 1; r <= ROUNDS; r++)); do
             done
         done
     done
+    for cmd in "${LATENCY_CMDS[@]}"; do
+        if [ "$RUN_A" -eq 1 ]; then run_cell "$r" A 0 "$cmd" 1 latency; fi
+        for c in "${CONCURRENCIES[@]}"; do
+            for t in "${PROXIES[@]}"; do run_cell "$r" "$t" "$c" "$cmd" 1 latency; done
+        done
+    done
 done
 TEND=$(date +%s)
 
@@ -609,7 +634,9 @@ export MACHINE_LINE="$(date -u '+%Y-%m-%d %H:%M UTC'); $(nproc) CPUs ($CPU_MODEL
 python3 - <<'PY' >"$RESULTS"
 import csv, os, statistics
 
-rows = list(csv.DictReader(open(os.environ["RAW"]), delimiter="\t"))
+all_rows = list(csv.DictReader(open(os.environ["RAW"]), delimiter="\t"))
+rows = [r for r in all_rows if r["kind"] == "main"]
+lat_rows = [r for r in all_rows if r["kind"] == "latency"]
 multi = os.environ["MULTI_KEYS"]
 
 
@@ -715,35 +742,59 @@ for cmd in ["GET", "SET", "MSET", "MGET", "MSET1", "MGET1"]:
             )
 out.append("")
 
-if any(r["target"] == "W" for r in rows):
-    out.append("W = the module with `upstream_io: worker` (the Envoy worker sends and reads the upstream sockets itself; "
-               "a helper thread only wakes it), interleaved with B and C in the same rounds.")
+if any(r["target"] == "D" for r in rows):
+    out.append("D = another build of the module (`--module-d`), interleaved with B and C in the same rounds.")
     out.append("")
-    out.append("| command | -P | c | B ops/s | C ops/s | W ops/s | W/B | W/C | B CPU µs/cmd | C CPU µs/cmd "
-               "| W CPU µs/cmd | CPU W/B | CPU W/C | W RSS MiB |")
-    out.append("| --- | --: | --: | --: | --: | --: | --: | --: | --: | --: | --: | --: | --: | --: |")
+    out.append("| command | -P | c | B ops/s | C ops/s | D ops/s | D/B | D/C | B CPU µs/cmd | C CPU µs/cmd "
+               "| D CPU µs/cmd | CPU D/B | CPU D/C | C RSS MiB | D RSS MiB |")
+    out.append("| --- | --: | --: | --: | --: | --: | --: | --: | --: | --: | --: | --: | --: | --: | --: |")
     for cmd in ["GET", "SET", "MSET", "MGET", "MSET1", "MGET1"]:
         for P in sorted({int(r["pipeline"]) for r in rows}):
             for c in [1, 2]:
-                if not cell("W", c, cmd, P):
+                if not cell("D", c, cmd, P):
                     continue
                 b_med, b_s = ops_cell(cell("B", c, cmd, P))
                 c_med, c_s = ops_cell(cell("C", c, cmd, P))
-                w_med, w_s = ops_cell(cell("W", c, cmd, P))
+                d_med, d_s = ops_cell(cell("D", c, cmd, P))
                 bc, bcs = summary(cell("B", c, cmd, P), "cpu_us_per_cmd", fmt_cpu)
                 cc, ccs = summary(cell("C", c, cmd, P), "cpu_us_per_cmd", fmt_cpu)
-                wc, wcs = summary(cell("W", c, cmd, P), "cpu_us_per_cmd", fmt_cpu)
-                wr = ok_vals(cell("W", c, cmd, P), "rss_kb")
+                dc, dcs = summary(cell("D", c, cmd, P), "cpu_us_per_cmd", fmt_cpu)
+
+                def rss_med(rs):
+                    vals = ok_vals(rs, "rss_kb")
+                    return f"{statistics.median(vals) / 1024:.0f}" if vals else "–"
+
                 out.append(
-                    f"| {LABELS[cmd]} | {P} | {c} | {b_s} | {c_s} | {w_s} | {ratio(w_med, b_med)} | {ratio(w_med, c_med)} "
-                    f"| {bcs or '–'} | {ccs or '–'} | {wcs or '–'} | {ratio(wc, bc)} | {ratio(wc, cc)} "
-                    f"| {f'{statistics.median(wr) / 1024:.0f}' if wr else '–'} |"
+                    f"| {LABELS[cmd]} | {P} | {c} | {b_s} | {c_s} | {d_s} | {ratio(d_med, b_med)} | {ratio(d_med, c_med)} "
+                    f"| {bcs or '–'} | {ccs or '–'} | {dcs or '–'} | {ratio(dc, bc)} | {ratio(dc, cc)} "
+                    f"| {rss_med(cell('C', c, cmd, P))} | {rss_med(cell('D', c, cmd, P))} |"
                 )
+    out.append("")
+
+if lat_rows:
+    out.append("Latency with one client, one command at a time (`-c 1 -P 1`), ms as redis-benchmark reports them: "
+               "p50 / p99, median over the rounds (min–max of the p99s).")
+    out.append("")
+    targets = [t for t in ("A", "B", "C", "D") if any(r["target"] == t for r in lat_rows)]
+    out.append("| command | Envoy --concurrency | " + " | ".join(f"{t} p50 / p99 ms" for t in targets) + " |")
+    out.append("| --- | --: | " + " | ".join("--:" for _ in targets) + " |")
+    for cmd in ("GET", "SET"):
+        for c in (1, 2):
+            if not any(r["cmd"] == cmd and r["conc"] == str(c) for r in lat_rows):
+                continue
+            cells = []
+            for t in targets:
+                rs = [r for r in lat_rows if r["target"] == t and r["cmd"] == cmd and (t == "A" or r["conc"] == str(c))]
+                p50, _ = summary(rs, "p50_ms", lambda v: f"{v:.3f}")
+                p99, p99_s = summary(rs, "p99_ms", lambda v: f"{v:.3f}")
+                note = status_note(rs)
+                cells.append("–" if p50 is None else f"{p50:.3f} / {p99_s}" + (f" {note}" if note else ""))
+            out.append(f"| {cmd} | {c} | " + " | ".join(cells) + " |")
     out.append("")
 
 # Hit rates of the GET/MGET cells, from the masters' keyspace_hits/misses.
 hit_lines = []
-for t, name in [("A", "direct"), ("B", "built-in"), ("C", "module"), ("W", "module, worker I/O")]:
+for t, name in [("A", "direct"), ("B", "built-in"), ("C", "module"), ("D", "module --module-d")]:
     h = m = 0
     for r in rows:
         if r["target"] == t and r["cmd"].startswith(("GET", "MGET")) and r["status"] == "ok":
@@ -767,16 +818,16 @@ out.append(
 out.append("- The proxies' settings: op_timeout 5s, enable_redirection, enable_hashtagging, read_policy MASTER, "
            "cluster refresh 5s/3s; the built-in cluster is `envoy.clusters.redis` with `CLUSTER_PROVIDED`, "
            "other redis_proxy settings at their defaults (no request batching).")
-others = [(float(r["other_cpu_pct"]), r) for r in rows if r["status"] == "ok" and r["other_cpu_pct"] != ""]
+others = [(float(r["other_cpu_pct"]), r) for r in all_rows if r["status"] == "ok" and r["other_cpu_pct"] != ""]
 if others:
     vals = sorted(v for v, _ in others)
     steals = [float(r["steal_pct"]) for _, r in others if r["steal_pct"] != ""]
     per_target = []
-    for t in ("A", "B", "C", "W"):
+    for t in ("A", "B", "C", "D"):
         tv = [v for v, r in others if r["target"] == t]
         if tv:
             per_target.append(f"{t} {statistics.median(tv):.0f}%")
-    busy = [f"r{r['round']} {r['target']}{'' if r['target'] == 'A' else ' c' + r['conc']} {r['cmd']} -P {r['pipeline']} ({v:.0f}%)"
+    busy = [f"r{r['round']} {r['target']}{'' if r['target'] == 'A' else ' c' + r['conc']} {r['cmd']} -c {r['clients']} -P {r['pipeline']} ({v:.0f}%)"
             for v, r in others if v > 10]
     line = (f"- CPU used by processes this run did not start (other sessions' builds and tests, the system) during "
             f"the cells, in % of all CPUs: median {statistics.median(vals):.1f}% (by target: {', '.join(per_target)}), "
@@ -791,7 +842,7 @@ if others:
                  "especially the CPU µs/cmd columns are the numbers to compare; per cell in raw.tsv (other_cpu_pct).")
     out.append(line)
 # Envoy's RSS over the run: after its first and its last cell.
-for t, name in (("B", "built-in"), ("C", "module"), ("W", "module, worker I/O")):
+for t, name in (("B", "built-in"), ("C", "module"), ("D", "module --module-d")):
     parts = []
     for c in ("1", "2"):
         rs = [r for r in rows if r["target"] == t and r["conc"] == c and r["status"] == "ok" and r["rss_kb"]]
@@ -804,9 +855,9 @@ out.append(f"- Keys in the cluster after the run: {os.environ['final_keys']} "
            f"(expected {os.environ['EXPECTED_KEYS']}: the writes only overwrite preloaded keys).")
 for line in os.environ["envoy_log_summary"].strip().splitlines():
     out.append(f"- Envoy {line.rstrip(';')}.")
-for r in rows:
+for r in all_rows:
     if r["status"] == "error":
-        out.append(f"- Error: round {r['round']} {r['target']} c{r['conc']} {r['cmd']} -P {r['pipeline']}: {r['detail']}")
+        out.append(f"- Error: round {r['round']} {r['target']} c{r['conc']} {r['cmd']} -c {r['clients']} -P {r['pipeline']}: {r['detail']}")
 out.append("- On 2 cores every cell saturates the machine (redis-benchmark + Envoy + 3 busy masters): "
            "compare within one run; Envoy's CPU µs/cmd is steadier than ops/s.")
 print("\n".join(out))

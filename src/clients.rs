@@ -74,7 +74,7 @@ pub enum Waker {
     /// Its reply mailbox, whose notifier works from any thread.
     Mailbox(Arc<ClientShared>),
     /// A notifier of its own, when the mailbox's works only on the
-    /// session's worker thread (`upstream_io: worker`).
+    /// session's worker thread (the worker owns the upstream I/O).
     Own(Arc<dyn Notify>),
 }
 

@@ -573,6 +573,12 @@ const MAX_NAME: usize = 32;
 /// Case-insensitive lookup of a command name, without allocating: the name is
 /// lowercased into a stack buffer and binary-searched in the sorted table.
 pub fn lookup(name: &[u8]) -> Option<&'static Command> {
+    lookup_indexed(name).map(|(_, cmd)| cmd)
+}
+
+/// [`lookup`], with the command's table index ([`index_of`]) from the same
+/// search (a session needs both for every command).
+pub fn lookup_indexed(name: &[u8]) -> Option<(usize, &'static Command)> {
     if name.is_empty() || name.len() > MAX_NAME {
         return None;
     }
@@ -582,10 +588,10 @@ pub fn lookup(name: &[u8]) -> Option<&'static Command> {
         *dst = src.to_ascii_lowercase();
     }
     let lower: &[u8] = lower;
-    COMMANDS
+    let i = COMMANDS
         .binary_search_by(|cmd| cmd.name.as_bytes().cmp(lower))
-        .ok()
-        .and_then(|i| COMMANDS.get(i))
+        .ok()?;
+    Some((i, COMMANDS.get(i)?))
 }
 
 /// Arity check as Redis does it; `argc` counts the command name.
@@ -1016,6 +1022,11 @@ mod tests {
     #[test]
     fn lookup_is_case_insensitive() {
         assert_eq!(lookup(b"GET").unwrap().name, "get");
+        for (i, c) in COMMANDS.iter().enumerate() {
+            let (j, found) = lookup_indexed(c.name.to_ascii_uppercase().as_bytes()).unwrap();
+            assert_eq!((j, found.name), (i, c.name));
+            assert_eq!(index_of(found), i);
+        }
         assert_eq!(lookup(b"gEt").unwrap().name, "get");
         assert_eq!(lookup(b"ZRangeByScore").unwrap().name, "zrangebyscore");
         assert_eq!(lookup(b"RESTORE-ASKING").unwrap().name, "restore-asking");

@@ -114,22 +114,6 @@ pub struct Settings {
     /// for every client of the cluster, so the proxy refuses them unless an
     /// operator opts in. `CONFIG GET` is always answered.
     pub allow_admin_commands: bool,
-    /// Which thread does the upstream socket I/O. Default `worker`.
-    pub upstream_io: UpstreamIo,
-}
-
-/// Which thread does the upstream socket I/O (issue #14).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum UpstreamIo {
-    /// One module thread per Envoy worker sends, receives and matches;
-    /// replies hop back to the worker through each client's scheduler.
-    Loop,
-    /// The Envoy worker sends, receives and matches itself; a helper thread
-    /// per worker only waits for readiness and wakes it once per burst.
-    /// Measured cheaper per command than `Loop` (README, *Performance*).
-    #[default]
-    Worker,
 }
 
 impl Default for Settings {
@@ -147,7 +131,6 @@ impl Default for Settings {
             max_blocking_connections: 1000,
             enable_command_stats: false,
             allow_admin_commands: false,
-            upstream_io: UpstreamIo::Worker,
         }
     }
 }
@@ -864,25 +847,6 @@ mod tests {
         assert_eq!(s.max_redirects, 5);
         assert_eq!(s.max_pending_requests_per_connection, 10_000);
         assert_eq!(s.max_buffered_bytes_per_connection, 64 * 1024 * 1024);
-        assert_eq!(s.upstream_io, UpstreamIo::Worker);
-    }
-
-    #[test]
-    fn upstream_io_is_loop_or_worker() {
-        let cfg = |v: &str| {
-            parse(&with(&format!(
-                r#""settings":{{"upstream_io":{v}}},"prefix_routes":{{"catch_all_route":{{"cluster":"main"}}}}"#
-            )))
-        };
-        assert_eq!(
-            cfg(r#""loop""#).unwrap().settings.upstream_io,
-            UpstreamIo::Loop
-        );
-        assert_eq!(
-            cfg(r#""worker""#).unwrap().settings.upstream_io,
-            UpstreamIo::Worker
-        );
-        assert!(cfg(r#""thread""#).is_err());
     }
 
     #[test]

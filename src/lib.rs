@@ -9,7 +9,7 @@
 //! - [`config`]: the filter's JSON configuration, including prefix-route
 //!   matching ([`config::PrefixRoutes::route_for`]);
 //! - [`proxy`]: one filter config's runtime: its clusters, refreshers,
-//!   upstream loops and route lookup (prefix route → cluster, read policy);
+//!   each worker's upstream I/O and route lookup (prefix route → cluster, read policy);
 //! - [`topology`]: `CLUSTER SLOTS` parsing and the slot map;
 //! - [`topology_refresh`]: the refresher threads that keep slot maps fresh;
 //! - [`failure_streak`]: which repeats of a failure to log;

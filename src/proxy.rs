@@ -1,16 +1,16 @@
-//! The filter config's runtime: clusters, their refreshers, the upstream
-//! loops, and route lookup. One `Proxy` per filter config, shared by every
+//! The filter config's runtime: clusters, their refreshers, each worker's
+//! upstream I/O, and route lookup. One `Proxy` per filter config, shared by every
 //! connection of every worker.
 
 use crate::clients::Clients;
-use crate::config::{Config, MirrorPolicy, ReadPolicy, UpstreamIo};
+use crate::config::{Config, MirrorPolicy, ReadPolicy};
 use crate::envoy::Level;
 use crate::log;
 use crate::scripts::ScriptCache;
 use crate::session::Upstream;
 use crate::stats::Stats;
 use crate::topology_refresh::ClusterTopology;
-use crate::upstream::{LoopShared, SharedBusy, UpstreamLoop, WorkerIo};
+use crate::upstream::{HelperHandle, SharedBusy, WorkerIo};
 use parking_lot::Mutex;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -30,8 +30,8 @@ pub struct Proxy {
     pub functions: crate::functions::FunctionFlags,
     names: Vec<String>,
     clusters: Vec<Arc<ClusterTopology>>,
-    loops: Vec<Arc<LoopShared>>,
-    /// `upstream_io: worker`: each worker's own upstream state.
+    helpers: Vec<Arc<HelperHandle>>,
+    /// Each worker's own upstream state.
     worker_io: Vec<Arc<WorkerIo>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -66,7 +66,7 @@ impl Proxy {
             functions: Default::default(),
             names,
             clusters,
-            loops: Vec::new(),
+            helpers: Vec::new(),
             worker_io: Vec::new(),
             threads: Mutex::new(Vec::new()),
         }
@@ -77,63 +77,32 @@ impl Proxy {
         Arc::new(Proxy::build(config, stats))
     }
 
-    /// Start one upstream loop per Envoy worker and one refresher per cluster.
+    /// Start each Envoy worker's upstream state (and its helper thread) and
+    /// one refresher per cluster.
     pub fn start(config: Config, stats: Arc<Stats>, workers: usize) -> Arc<Proxy> {
         let mut proxy = Proxy::build(config, stats);
         let mut threads = Vec::new();
         let busy = Arc::new(SharedBusy::default());
         for i in 0..workers {
-            let settings = proxy.config.settings.clone();
-            if settings.upstream_io == UpstreamIo::Worker {
-                match WorkerIo::start(
-                    i,
-                    settings,
-                    &proxy.clusters,
-                    proxy.stats.clone(),
-                    proxy.scripts.clone(),
-                    busy.clone(),
-                ) {
-                    Ok((io, shared, helper)) => {
-                        for c in &proxy.clusters {
-                            c.add_listener(shared.clone());
-                        }
-                        proxy.loops.push(shared);
-                        proxy.worker_io.push(io);
-                        threads.push(helper);
-                    }
-                    Err(e) => log!(
-                        Level::Error,
-                        "redis_cluster: cannot start upstream helper thread: {e}"
-                    ),
-                }
-                continue;
-            }
-            match UpstreamLoop::new(
-                settings,
+            match WorkerIo::start(
+                i,
+                proxy.config.settings.clone(),
                 &proxy.clusters,
                 proxy.stats.clone(),
                 proxy.scripts.clone(),
                 busy.clone(),
             ) {
-                Ok((lp, shared)) => {
+                Ok((io, helper, thread)) => {
                     for c in &proxy.clusters {
-                        c.add_listener(shared.clone());
+                        c.add_listener(helper.clone());
                     }
-                    proxy.loops.push(shared);
-                    let spawned = std::thread::Builder::new()
-                        .name(format!("redis-up-{i}"))
-                        .spawn(move || lp.run());
-                    match spawned {
-                        Ok(h) => threads.push(h),
-                        Err(e) => log!(
-                            Level::Error,
-                            "redis_cluster: cannot start upstream thread: {e}"
-                        ),
-                    }
+                    proxy.helpers.push(helper);
+                    proxy.worker_io.push(io);
+                    threads.push(thread);
                 }
                 Err(e) => log!(
                     Level::Error,
-                    "redis_cluster: cannot create upstream loop: {e}"
+                    "redis_cluster: cannot start upstream helper thread: {e}"
                 ),
             }
         }
@@ -167,8 +136,8 @@ impl Proxy {
 
     /// Stop and join every module thread (config destroy, Envoy shutdown).
     pub fn shutdown(&self) {
-        for l in &self.loops {
-            l.stop();
+        for h in &self.helpers {
+            h.stop();
         }
         for c in &self.clusters {
             c.stop();
@@ -182,17 +151,11 @@ impl Proxy {
     /// Where worker `worker`'s sessions send their requests (`None` in
     /// validation mode).
     pub fn upstream_for(&self, worker: usize) -> Option<Arc<dyn Upstream>> {
-        if let Some(io) = self.worker_io(worker) {
-            return Some(io.clone() as Arc<dyn Upstream>);
-        }
-        if self.loops.is_empty() {
-            return None;
-        }
-        let l = self.loops.get(worker % self.loops.len())?;
-        Some(l.clone() as Arc<dyn Upstream>)
+        let io = self.worker_io(worker)?;
+        Some(io.clone() as Arc<dyn Upstream>)
     }
 
-    /// Worker `worker`'s own upstream state under `upstream_io: worker`.
+    /// Worker `worker`'s own upstream state (`None` in validation mode).
     pub fn worker_io(&self, worker: usize) -> Option<&Arc<WorkerIo>> {
         if self.worker_io.is_empty() {
             return None;

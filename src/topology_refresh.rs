@@ -19,7 +19,7 @@ use crate::log;
 use crate::stats::Stats;
 use crate::tls::TlsSettings;
 use crate::topology::{self, SlotMap, TopologyError};
-use crate::upstream::LoopShared;
+use crate::upstream::HelperHandle;
 use parking_lot::{Condvar, Mutex, RwLock};
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -44,7 +44,7 @@ pub struct ClusterTopology {
     requested: Mutex<bool>,
     cv: Condvar,
     stop: AtomicBool,
-    listeners: Mutex<Vec<Arc<LoopShared>>>,
+    listeners: Mutex<Vec<Arc<HelperHandle>>>,
     stats: Arc<Stats>,
     index: usize,
     /// TLS to the nodes, if configured. An error here (e.g. the CA file
@@ -98,8 +98,8 @@ impl ClusterTopology {
         self.map.read().clone()
     }
 
-    /// Loops to wake when a new generation is published.
-    pub fn add_listener(&self, l: Arc<LoopShared>) {
+    /// Helper threads to wake when a new generation is published.
+    pub fn add_listener(&self, l: Arc<HelperHandle>) {
         self.listeners.lock().push(l);
     }
 

@@ -1,10 +1,10 @@
-//! `settings.upstream_io: worker` under connection churn. A worker's wakes
+//! Upstream I/O on the Envoy worker under connection churn. A worker's wakes
 //! are committed on one of its client connections (the oldest open one,
 //! the anchor); an event committed on a connection that then closes is
 //! never delivered, so the module must commit it again elsewhere, or every
 //! other client of that worker waits for its replies forever.
 //!
-//! MODULE-DEPENDENT (the setting is the module's).
+//! MODULE-DEPENDENT (the wake anchors are the module's design).
 
 mod common;
 
@@ -15,7 +15,7 @@ use std::collections::VecDeque;
 #[test]
 fn worker_io_answers_everyone_while_the_anchor_connection_keeps_closing() {
     let cluster = Cluster::start(3, 0);
-    let mut envoy = Envoy::start(module_config(&cluster, json!({ "upstream_io": "worker" })));
+    let mut envoy = Envoy::start(module_config(&cluster, json!({})));
     let port = envoy.port();
     let mut conns: VecDeque<RawClient> = (0..6).map(|_| RawClient::connect(port)).collect();
     let mut checked = 0u64;

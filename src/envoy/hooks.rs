@@ -108,12 +108,11 @@ pub extern "C" fn envoy_dynamic_module_on_network_filter_config_destroy(config_p
     }));
 }
 
-/// The scheduler event that wakes a worker's upstream I/O
-/// (`upstream_io: worker`), committed on the worker's anchor connection; 0
-/// is a client's own replies (`upstream_io: loop`).
+/// The scheduler event that wakes a worker's upstream I/O, committed on the
+/// worker's anchor connection.
 const WAKE_EVENT: u64 = 1;
 
-/// Keys of client connections (`upstream_io: worker`), unique per process.
+/// Keys of client connections, unique per process.
 static NEXT_KEY: AtomicU64 = AtomicU64::new(1);
 
 thread_local! {
@@ -127,7 +126,7 @@ thread_local! {
     static DRAINING: Cell<bool> = const { Cell::new(false) };
 }
 
-/// A client's notifier under `upstream_io: worker`: replies are matched on
+/// A client's notifier: replies are matched on
 /// the client's own worker thread, so a delivery just marks the client for
 /// [`drain_dirty`] on the same thread.
 struct DirectWake {
@@ -175,16 +174,19 @@ struct Filter {
     /// A watermark event Envoy raised re-entrantly (inside our own `write`,
     /// while the session was busy): applied when the outer hook returns.
     pending_watermark: Cell<Option<bool>>,
-    /// `upstream_io: worker`: the worker's upstream state and this
-    /// connection's key in it (as a possible wake anchor) and in `LIVE`.
-    io: Option<(Arc<WorkerIo>, u64)>,
+    /// This connection's key in `LIVE` and, as a possible wake anchor, in
+    /// the worker's upstream state.
+    key: u64,
+    /// The worker's upstream state; `None` without upstream I/O (its
+    /// helper thread could not start).
+    io: Option<Arc<WorkerIo>>,
 }
 
 impl Filter {
     /// The connection is closing: it can no longer anchor wakes.
     fn leave_anchors(&self) {
-        if let Some((io, key)) = &self.io {
-            io.remove_anchor(*key);
+        if let Some(io) = &self.io {
+            io.remove_anchor(self.key);
         }
     }
 }
@@ -210,20 +212,7 @@ pub extern "C" fn envoy_dynamic_module_on_network_filter_new(
             return std::ptr::null();
         }
         let stats = proxy.stats.clone();
-        let Some(io) = proxy.worker_io(worker as usize).cloned() else {
-            let notifier = Box::new(EnvoyScheduler {
-                ptr: sched,
-                event: 0,
-            });
-            let session = Session::new(proxy, worker as usize, notifier);
-            return Box::into_raw(Box::new(Filter {
-                session: RefCell::new(session),
-                stats,
-                poisoned: Cell::new(false),
-                pending_watermark: Cell::new(None),
-                io: None,
-            })) as *const c_void;
-        };
+        let io = proxy.worker_io(worker as usize).cloned();
         let key = NEXT_KEY.fetch_add(1, Ordering::Relaxed);
         let mut session = Session::new(proxy, worker as usize, Box::new(DirectWake { key }));
         // DirectWake works on this worker only: other threads (a pause's
@@ -244,16 +233,18 @@ pub extern "C" fn envoy_dynamic_module_on_network_filter_new(
             stats,
             poisoned: Cell::new(false),
             pending_watermark: Cell::new(None),
-            io: Some((io.clone(), key)),
+            key,
+            io: io.clone(),
         })) as *const c_void;
         LIVE.with(|l| l.borrow_mut().insert(key, (filter_envoy_ptr, filter)));
-        io.add_anchor(
-            key,
-            Box::new(EnvoyScheduler {
-                ptr: sched,
-                event: WAKE_EVENT,
-            }),
-        );
+        let sched = Box::new(EnvoyScheduler {
+            ptr: sched,
+            event: WAKE_EVENT,
+        });
+        match io {
+            Some(io) => io.add_anchor(key, sched),
+            None => drop(sched),
+        }
         filter
     }));
     // NULL makes Envoy close the connection.
@@ -301,8 +292,8 @@ fn with_session(
         );
         conn.close(false);
     }
-    // Replies this hook made ready for clients of this worker
-    // (`upstream_io: worker`), this one included.
+    // Replies this hook made ready for clients of this worker, this one
+    // included.
     drain_dirty();
 }
 
@@ -476,7 +467,7 @@ pub extern "C" fn envoy_dynamic_module_on_network_filter_scheduled(
     if event_id == WAKE_EVENT && !filter_ptr.is_null() {
         // SAFETY: as in with_session: live until filter_destroy, same thread.
         let filter = unsafe { &*(filter_ptr as *const Filter) };
-        if let Some((io, _)) = &filter.io {
+        if let Some(io) = &filter.io {
             // The worker's wake, anchored on this connection: not about its
             // session. Replies go out to every client in drain_dirty.
             if catch_unwind(AssertUnwindSafe(|| io.on_wake())).is_err() {
@@ -537,9 +528,7 @@ pub extern "C" fn envoy_dynamic_module_on_network_filter_destroy(filter_ptr: *co
         // SAFETY: created by Box::into_raw in filter_new; Envoy calls destroy
         // exactly once, after the last hook for this connection.
         let filter = unsafe { Box::from_raw(filter_ptr as *mut Filter) };
-        if let Some((_, key)) = &filter.io {
-            LIVE.with(|l| l.borrow_mut().remove(key));
-        }
+        LIVE.with(|l| l.borrow_mut().remove(&filter.key));
         filter.leave_anchors();
         let mut session = filter.session.into_inner();
         session.on_destroy();

@@ -1,7 +1,7 @@
 //! The session's two sides: the client's connection (Envoy's, or a test's)
 //! and where its requests go (the worker's upstream loop, or a model).
 
-use crate::upstream::{LoopShared, Request, WorkerIo};
+use crate::upstream::{Request, WorkerIo};
 
 /// What a session needs from the downstream connection.
 pub trait Downstream {
@@ -28,18 +28,6 @@ pub trait Upstream {
     }
     /// Look at the clients again now (one left while blocked).
     fn wake(&self) {}
-}
-
-impl Upstream for LoopShared {
-    fn submit(&self, batch: &mut Vec<Request>) {
-        LoopShared::submit(self, batch)
-    }
-    fn busy_reply(&self) -> Option<Vec<u8>> {
-        LoopShared::busy_reply(self)
-    }
-    fn wake(&self) {
-        LoopShared::wake(self)
-    }
 }
 
 impl Upstream for WorkerIo {

@@ -2,10 +2,10 @@
 //! connections of their own.
 //!
 //! A blocked command holds its connection until the node answers, so it can
-//! never share one: it takes an idle connection from this loop's pool of
+//! never share one: it takes an idle connection from this worker's pool of
 //! blocking connections to the node (opening one when none is idle), and the
 //! connection goes back to the pool once the reply is in whole. At most
-//! `max_blocking_connections` exist per loop (idle ones to other nodes are
+//! `max_blocking_connections` exist per worker (idle ones to other nodes are
 //! closed to make room); beyond that the command gets an error.
 //!
 //! The node enforces the command's own timeout; `op_timeout` only bounds
@@ -16,7 +16,7 @@
 //! command is sent again, to the owner a fresh topology names, with the
 //! time it has left.
 
-use super::{ClientShared, Conn, Request, UpstreamLoop};
+use super::{ClientShared, Conn, Request, UpstreamIo};
 use crate::clients::UnblockMode;
 use crate::codec::{self, Scan};
 use std::collections::HashMap;
@@ -31,7 +31,7 @@ pub enum TimeoutUnit {
     Millis,
 }
 
-/// What the loop must know about a blocking command.
+/// What the upstream I/O must know about a blocking command.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Blocking {
     /// Index (in the command's arguments, 0 = its name) of the timeout.
@@ -84,13 +84,13 @@ pub(super) enum NodeId {
 
 /// The shortest timeout sent again: 0 would mean "forever".
 const MIN_LEFT: Duration = Duration::from_millis(1);
-/// The loop's deadline for a request blocked forever (timeout 0).
+/// The upstream deadline of a request blocked forever (timeout 0).
 const FOREVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// A pool key: connections are per node and per protocol.
 type NodeKey = (usize, String, bool);
 
-/// This loop's blocking connections.
+/// A worker's blocking connections.
 #[derive(Default)]
 pub(super) struct BlockingPool {
     /// Idle connections by node, most recently used last.
@@ -106,7 +106,7 @@ impl BlockingPool {
     pub(super) fn new() -> BlockingPool {
         BlockingPool {
             // Apart from the sessions' transaction pins (counting up from
-            // 1) and the loop's busy probes (from 1 << 63).
+            // 1) and the busy probes (from 1 << 63).
             next_id: 1 << 62,
             ..BlockingPool::default()
         }
@@ -172,7 +172,7 @@ impl Conn {
     }
 }
 
-impl UpstreamLoop {
+impl UpstreamIo {
     /// Send blocking request `req` to `addr` on a blocking connection.
     pub(super) fn send_blocking(
         &mut self,
@@ -234,7 +234,7 @@ impl UpstreamLoop {
                 b.sent = true;
                 b.ends = b.timeout.map(|t| now + t);
             }
-            // From here the node's timeout governs; the loop only gives up
+            // From here the node's timeout governs; the worker only gives up
             // on a connection that stays silent op_timeout past it.
             let grace = self.settings.op_timeout;
             req.deadline = match b.ends {

@@ -5,7 +5,7 @@
 //! killed. Through the proxy, the other clients' commands for that node
 //! would instead queue behind the script on the shared connection and wait
 //! for `op_timeout`. So when the oldest command on a shared connection is a
-//! script that has been running a while, the loop asks the node on a
+//! script that has been running a while, the worker asks the node on a
 //! connection of its own (a `PING`, sent like `SCRIPT KILL`); if the node
 //! answers `-BUSY`, new commands for it get that same reply at once, as
 //! direct clients do, until the node answers anything else.
@@ -39,15 +39,15 @@ impl Notify for NoWake {
     fn notify(&self) {}
 }
 
-/// What every upstream loop of a proxy knows of busy nodes. Envoy runs one
-/// loop per worker; a script started through one keeps its node busy for
-/// the clients of all, whose commands would otherwise wait `op_timeout`
-/// on their own loop's connections.
+/// What every worker of a proxy knows of busy nodes. Each Envoy worker has
+/// its own connections; a script started through one keeps its node busy
+/// for the clients of all, whose commands would otherwise wait `op_timeout`
+/// on their own worker's connections.
 #[derive(Default)]
 pub struct SharedBusy {
     /// Some node is busy (fast check for every command).
     any_busy: AtomicBool,
-    /// Some node is busy or some loop has a probe in flight: replies on
+    /// Some node is busy or some worker has a probe in flight: replies on
     /// shared connections matter then.
     watching: AtomicBool,
     inner: Mutex<SharedInner>,
@@ -85,7 +85,7 @@ impl SharedBusy {
     }
 }
 
-/// One loop's probes of nodes that may be busy, and its view of
+/// One worker's probes of nodes that may be busy, and its view of
 /// [`SharedBusy`].
 pub struct BusyNodes {
     shared: Arc<SharedBusy>,
@@ -93,7 +93,7 @@ pub struct BusyNodes {
     probes: HashMap<u64, (Node, Instant)>,
     last_probe: HashMap<Node, Instant>,
     next_seq: u64,
-    /// Probe replies land here (the loop reads them; nobody is woken).
+    /// Probe replies land here (the worker reads them; nobody is woken).
     mailbox: Arc<ClientShared>,
     delivered: Vec<Delivery>,
 }
@@ -137,7 +137,7 @@ impl BusyNodes {
         }
     }
 
-    /// Whether any node is busy (then the loop keeps ticking, to probe it).
+    /// Whether any node is busy (then the worker keeps ticking, to probe it).
     pub fn any_busy(&self) -> bool {
         self.shared.any_busy.load(Ordering::Acquire)
     }
@@ -195,7 +195,7 @@ impl BusyNodes {
                 .is_none_or(|t| now.duration_since(*t) >= PROBE_EVERY)
     }
 
-    /// Busy nodes due for another probe from this loop (to see them free
+    /// Busy nodes due for another probe from this worker (to see them free
     /// again).
     pub fn due(&self, now: Instant) -> Vec<Node> {
         if !self.shared.any_busy.load(Ordering::Acquire) {
@@ -313,7 +313,7 @@ mod tests {
     }
 
     #[test]
-    fn every_loop_sees_what_one_found() {
+    fn every_worker_sees_what_one_found() {
         let shared = Arc::new(SharedBusy::default());
         let (mut a, mut b) = (
             BusyNodes::new(shared.clone()),
@@ -323,7 +323,7 @@ mod tests {
         let p = a.probe(0, "n:1", 1, false, now);
         p.client.deliver(p.seq, WHOLE, b"-BUSY busy\r\n".to_vec());
         a.collect();
-        assert!(b.reply_for(0, "n:1").is_some(), "the other loop");
+        assert!(b.reply_for(0, "n:1").is_some(), "the other worker");
         assert_eq!(shared.any().as_deref(), Some(&b"-BUSY busy\r\n"[..]));
         assert_eq!(b.due(now), vec![(0, "n:1".to_string())], "b probes too");
         b.saw_reply(0, "n:1", b"+OK\r\n", now);

@@ -6,7 +6,7 @@
 //! the proxy's own — `ASKING`, `READONLY`, `AUTH`, `HELLO`, the `MULTI` and
 //! `+QUEUED` replies a transaction swallows) pushes one entry, every whole
 //! reply pops one. Each entry remembers where its bytes end in the stream,
-//! so when the connection breaks the loop can tell a command that never
+//! so when the connection breaks the worker can tell a command that never
 //! reached the node whole (safe to send elsewhere) from one that may have
 //! run.
 

@@ -1,7 +1,7 @@
 //! What a node's reply, or a lost connection, means for the command that
 //! was in flight: deliver it, follow a redirection, retry later, load a
 //! missing script first, or send it again elsewhere. Pure decisions; the
-//! loop acts on them.
+//! worker acts on them.
 
 use super::{Request, Target};
 use crate::codec;

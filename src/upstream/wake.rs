@@ -1,4 +1,4 @@
-//! When and where `upstream_io: worker` wakes an Envoy worker (pure logic).
+//! When and where an Envoy worker is woken for its upstream I/O (pure logic).
 //!
 //! Envoy's scheduler is per connection, so a worker is woken through one of
 //! its client connections, the *anchor* (here the oldest live one). The

@@ -883,7 +883,6 @@ fn admin(port: u16) -> Json {
 
 /// The listener filter entry that loads our module with `filter_config`.
 pub fn module_filter(filter_config: Json) -> Json {
-    let filter_config = with_upstream_io(filter_config);
     json!({
         "name": "envoy.filters.network.dynamic_modules",
         "typed_config": {
@@ -897,26 +896,6 @@ pub fn module_filter(filter_config: Json) -> Json {
             },
         },
     })
-}
-
-/// `UPSTREAM_IO=loop|worker` runs the module tests with that
-/// `settings.upstream_io` (unless a test sets it itself); unset, the
-/// module's default.
-fn with_upstream_io(mut filter_config: Json) -> Json {
-    let Ok(mode) = std::env::var("UPSTREAM_IO") else {
-        return filter_config;
-    };
-    assert!(
-        mode == "loop" || mode == "worker",
-        "UPSTREAM_IO must be loop or worker, not {mode:?}"
-    );
-    if let Some(cfg) = filter_config.as_object_mut() {
-        let settings = cfg.entry("settings").or_insert_with(|| json!({}));
-        if let Some(s) = settings.as_object_mut() {
-            s.entry("upstream_io").or_insert(json!(mode));
-        }
-    }
-    filter_config
 }
 
 /// A whole bootstrap: admin on `admin_port`, one listener on `port` whose

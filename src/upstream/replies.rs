@@ -1,0 +1,245 @@
+//! A node's replies matched to their requests, and what each means
+//! (deliver, redirect, retry, reload a script); connections closed or lost.
+
+use super::{
+    pipeline::Next, pipeline::Unanswered, policy, policy::Outcome, pool::Purpose, Request,
+    UpstreamIo, READ_CHUNK,
+};
+use crate::codec;
+use crate::envoy::Level;
+use crate::log;
+use crate::topology::Redirect;
+use std::sync::Arc;
+use std::time::Instant;
+
+impl UpstreamIo {
+    pub(super) fn on_readable(&mut self, idx: usize) {
+        let mut redo: Vec<Request> = Vec::new();
+        let mut reload: Vec<(Request, Arc<[u8]>)> = Vec::new();
+        let mut failure: Option<String> = None;
+        let mut release = false;
+        let mut tls_flush = false;
+        {
+            let Some(conn) = self.conns.get_mut(idx).and_then(|c| c.as_mut()) else {
+                return;
+            };
+            match conn.read_available(&mut self.scratch) {
+                Ok(flush) => tls_flush = flush,
+                Err(e) => failure = Some(e),
+            }
+            // Match complete replies to commands, in order.
+            loop {
+                let buf = &conn.inbuf[conn.in_start..];
+                let n = match conn.framer.frame(buf) {
+                    Ok(Some(n)) => n,
+                    Ok(None) => break,
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
+                };
+                let Some(next) = conn.pipe.next_reply() else {
+                    failure = Some("reply without a request".into());
+                    break;
+                };
+                let reply = &buf[..n];
+                conn.in_start += n;
+                let mut req = match next {
+                    Next::Stream(client, seq, part) => {
+                        client.deliver(seq, part, reply.to_vec());
+                        continue;
+                    }
+                    Next::Request(req) => req,
+                    Next::TimedOut => continue,
+                    Next::Internal => {
+                        if conn.node_id == super::blocking::NodeId::Asked {
+                            conn.node_id = match codec::integer_value(reply) {
+                                Some(id) => super::blocking::NodeId::Known(id),
+                                None => super::blocking::NodeId::Refused,
+                            };
+                        }
+                        if let Some(err) = codec::error_text(reply) {
+                            // READONLY on a standalone node errors; that is fine.
+                            // On a pinned connection these are a transaction's
+                            // queued commands: EXEC's reply tells the client.
+                            if conn.pin.is_none()
+                                && !err
+                                    .starts_with(b"ERR This instance has cluster support disabled")
+                            {
+                                log!(
+                                    Level::Warn,
+                                    "redis_cluster: node {} refused setup command: {}",
+                                    conn.addr,
+                                    String::from_utf8_lossy(err)
+                                );
+                            }
+                        }
+                        continue;
+                    }
+                };
+                if req.release_pin {
+                    release = true;
+                }
+                if req.blocking.is_some() {
+                    // Sent again from here (redirected, retried), getting
+                    // it to a node is bounded by op_timeout again.
+                    req.deadline = Instant::now() + self.settings.op_timeout;
+                }
+                if conn.pin.is_none() {
+                    self.busy
+                        .saw_reply(conn.cluster, &conn.addr, reply, Instant::now());
+                }
+                let outcome = if req.pin.is_some() {
+                    // A transaction is never redirected piecemeal (the node
+                    // has flagged it); the map is stale, so the client's
+                    // next attempt must find the new owner.
+                    if codec::error_text(reply)
+                        .is_some_and(|e| e.starts_with(b"MOVED ") || e.starts_with(b"ASK "))
+                    {
+                        self.clusters[req.cluster]
+                            .topo
+                            .request_refresh("redirection inside a transaction");
+                    }
+                    Outcome::Deliver
+                } else {
+                    policy::classify(reply, &conn.addr, &self.settings, &req, &self.scripts)
+                };
+                match outcome {
+                    Outcome::Reload(body) => reload.push((req, body)),
+                    Outcome::Deliver => {
+                        if codec::error_text(reply).is_some() {
+                            self.stats
+                                .inc(self.stats.cluster(req.cluster).upstream_rq_error);
+                        }
+                        req.respond(reply.to_vec())
+                    }
+                    Outcome::Redirect(r) => {
+                        let cs = self.stats.cluster(req.cluster);
+                        self.stats.inc(match r {
+                            Redirect::Moved { .. } => cs.redirections_moved,
+                            Redirect::Ask { .. } => cs.redirections_ask,
+                        });
+                        redo.push(policy::redirected(req, r))
+                    }
+                    Outcome::Retry { refresh, delay } => {
+                        let mut req = req;
+                        if refresh {
+                            self.clusters[req.cluster]
+                                .topo
+                                .request_refresh("cluster error reply");
+                            req.wait_gen = Some(self.clusters[req.cluster].gen);
+                        }
+                        // Bounded by the request's deadline (op_timeout).
+                        req.retry_at = Some(Instant::now() + delay);
+                        self.parked.push(req);
+                    }
+                }
+            }
+            if conn.in_start == conn.inbuf.len() {
+                conn.inbuf.clear();
+                conn.in_start = 0;
+            } else if conn.in_start > READ_CHUNK {
+                conn.inbuf.drain(..conn.in_start);
+                conn.in_start = 0;
+            }
+        }
+        if let Some(why) = failure {
+            self.fail_conn(idx, &why);
+        } else if release {
+            self.close_pinned(idx);
+        } else if tls_flush {
+            // Handshake messages or alerts rustls wants to send.
+            self.flush(idx);
+        }
+        self.blocking_answered(idx);
+        for (mut req, body) in reload {
+            // Load the script where it is missing, then run it there again.
+            req.script_reloaded = true;
+            if let Some(conn) = self.conns.get_mut(idx).and_then(|c| c.as_mut()) {
+                conn.pipe
+                    .push_internal(&codec::command(&[b"SCRIPT", b"LOAD", &body]));
+                self.enqueue(idx, req, false);
+                self.flush(idx);
+            } else {
+                redo.push(req);
+            }
+        }
+        let now = Instant::now();
+        for req in redo {
+            // MOVED means our map is stale; a run of ASKs means a slot is
+            // migrating. Either way a (coalesced) refresh is due.
+            self.clusters[req.cluster]
+                .topo
+                .request_refresh("redirection");
+            self.dispatch(req, now);
+        }
+    }
+
+    /// Close a transaction's dedicated connection (its WATCHes die with it).
+    pub(super) fn close_pinned(&mut self, idx: usize) {
+        let Some(mut conn) = self.conns.get_mut(idx).and_then(|c| c.take()) else {
+            return;
+        };
+        let _ = self.registry.deregister(&mut conn.stream);
+        if let Some(pin) = conn.pin {
+            self.pinned.remove(&pin);
+        }
+        self.blocking_closed(&conn, idx);
+        self.free.push(idx);
+        for u in conn.pipe.unanswered() {
+            u.req
+                .respond(codec::error("ERR transaction connection released"));
+        }
+    }
+
+    /// Drop a broken connection. Commands that never reached the node whole,
+    /// and reads, are safe to send again: they wait for a fresh topology.
+    /// Writes that reached the node may have run: they are resent only when
+    /// `retry_unanswered_writes` is on (at-least-once), else their clients
+    /// get an error. Transactions are never resent.
+    pub(super) fn fail_conn(&mut self, idx: usize, why: &str) {
+        let Some(mut conn) = self.conns.get_mut(idx).and_then(|c| c.take()) else {
+            return;
+        };
+        let _ = self.registry.deregister(&mut conn.stream);
+        match conn.pin {
+            Some(pin) => {
+                self.pinned.remove(&pin);
+            }
+            None => {
+                let purpose = Purpose {
+                    cluster: conn.cluster,
+                    resp3: conn.resp3,
+                    role: conn.role,
+                };
+                self.shared.remove(&conn.addr, purpose);
+            }
+        }
+        self.blocking_closed(&conn, idx);
+        self.free.push(idx);
+        let now = Instant::now();
+        self.mark_down(conn.cluster, &conn.addr, now);
+        self.stats
+            .inc(self.stats.cluster(conn.cluster).upstream_cx_lost);
+        log!(
+            Level::Info,
+            "redis_cluster: connection to {} lost: {why}",
+            conn.addr
+        );
+        for Unanswered {
+            mut req,
+            reached_node,
+        } in conn.pipe.unanswered()
+        {
+            if req.blocking.is_some() {
+                req.deadline = now + self.settings.op_timeout;
+            }
+            if policy::resend_after_loss(&req, reached_node, &self.settings) {
+                self.park(req, "connection lost");
+            } else {
+                let msg = format!("ERR connection to {} lost: {why}", conn.addr);
+                req.respond(codec::error(&msg));
+            }
+        }
+    }
+}
