@@ -348,6 +348,9 @@ pub struct LoopShared {
     inbox: Mutex<Vec<Request>>,
     waker: Waker,
     wake_pending: AtomicBool,
+    /// A client left or cancelled while blocked: the loop looks at its
+    /// blocking connections on its next tick, not only every [`SCAN_EVERY`].
+    clients_changed: AtomicBool,
     stop: AtomicBool,
     /// Nodes busy with a script, as every loop of the proxy sees them.
     busy: Arc<SharedBusy>,
@@ -372,11 +375,18 @@ impl LoopShared {
                 inbox.append(batch);
             }
         }
-        self.wake();
+        self.notify();
+    }
+
+    /// A client left or cancelled while blocked: wake the loop to look at
+    /// its blocking connections now.
+    pub fn wake(&self) {
+        self.clients_changed.store(true, Ordering::Release);
+        self.notify();
     }
 
     /// Wake the loop (coalesced: one eventfd write per sleep).
-    pub fn wake(&self) {
+    fn notify(&self) {
         if !self.wake_pending.swap(true, Ordering::AcqRel) {
             let _ = self.waker.wake();
         }
@@ -392,6 +402,10 @@ const WAKER: Token = Token(0);
 const ASKING: &[u8] = b"*1\r\n$6\r\nASKING\r\n";
 const READONLY: &[u8] = b"*1\r\n$8\r\nREADONLY\r\n";
 const READ_CHUNK: usize = 64 * 1024;
+/// How often the clock's walks over every connection (deadlines, busy
+/// nodes) run. Not on every wake: each would cost O(connections) on the
+/// worker, and 1,000 blocked clients hold 1,000 of them.
+const SCAN_EVERY: Duration = Duration::from_millis(5);
 /// Most commands in flight on one connection before mirrored copies to it
 /// are dropped (a slow mirror must never grow memory without bound).
 const MIRROR_QUEUE_MAX: usize = 10_000;
@@ -495,6 +509,8 @@ pub struct UpstreamLoop {
     /// from the sessions' ids, which count up from 1.
     next_pin: u64,
     blocking: blocking::BlockingPool,
+    /// When the clock's walks over every connection are next due.
+    next_scan: Instant,
 }
 
 impl UpstreamLoop {
@@ -513,6 +529,7 @@ impl UpstreamLoop {
             inbox: Mutex::new(Vec::new()),
             waker,
             wake_pending: AtomicBool::new(false),
+            clients_changed: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             busy: busy.clone(),
         });
@@ -547,6 +564,7 @@ impl UpstreamLoop {
             busy: BusyNodes::new(busy),
             next_pin: 1 << 63,
             blocking: blocking::BlockingPool::new(),
+            next_scan: Instant::now(),
         };
         Ok((lp, shared))
     }
@@ -642,8 +660,17 @@ impl UpstreamLoop {
     fn tick(&mut self, now: Instant) {
         self.refresh_views();
         self.retry_parked(now);
-        self.check_timeouts(now);
-        self.check_busy(now);
+        let scan = now >= self.next_scan;
+        // A client that left while blocked: its connection closes at once.
+        if self.shared.clients_changed.swap(false, Ordering::AcqRel) || scan {
+            self.close_orphaned_blocking();
+            self.unblock_cancelled(now);
+        }
+        if scan {
+            self.next_scan = now + SCAN_EVERY;
+            self.check_timeouts(now);
+            self.check_busy(now);
+        }
         self.flush_dirty();
     }
 
@@ -1348,8 +1375,6 @@ impl UpstreamLoop {
     }
 
     fn check_timeouts(&mut self, now: Instant) {
-        self.close_orphaned_blocking();
-        self.unblock_cancelled(now);
         let orphans: Vec<usize> = self
             .pinned
             .values()
