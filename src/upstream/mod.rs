@@ -1152,8 +1152,6 @@ impl UpstreamLoop {
                                 Some(id) => blocking::NodeId::Known(id),
                                 None => blocking::NodeId::Refused,
                             };
-                            // An unblock asked for meanwhile waited for this.
-                            self.shared.clients_changed.store(true, Ordering::Release);
                         }
                         if let Some(err) = codec::error_text(reply) {
                             // READONLY on a standalone node errors; that is fine.
