@@ -348,9 +348,6 @@ pub struct LoopShared {
     inbox: Mutex<Vec<Request>>,
     waker: Waker,
     wake_pending: AtomicBool,
-    /// A client left or cancelled while blocked: the loop looks at its
-    /// blocking connections on its next tick, not only every [`SCAN_EVERY`].
-    clients_changed: AtomicBool,
     stop: AtomicBool,
     /// Nodes busy with a script, as every loop of the proxy sees them.
     busy: Arc<SharedBusy>,
@@ -375,18 +372,11 @@ impl LoopShared {
                 inbox.append(batch);
             }
         }
-        self.notify();
-    }
-
-    /// A client left or cancelled while blocked: wake the loop to look at
-    /// its blocking connections now.
-    pub fn wake(&self) {
-        self.clients_changed.store(true, Ordering::Release);
-        self.notify();
+        self.wake();
     }
 
     /// Wake the loop (coalesced: one eventfd write per sleep).
-    fn notify(&self) {
+    pub fn wake(&self) {
         if !self.wake_pending.swap(true, Ordering::AcqRel) {
             let _ = self.waker.wake();
         }
@@ -402,10 +392,6 @@ const WAKER: Token = Token(0);
 const ASKING: &[u8] = b"*1\r\n$6\r\nASKING\r\n";
 const READONLY: &[u8] = b"*1\r\n$8\r\nREADONLY\r\n";
 const READ_CHUNK: usize = 64 * 1024;
-/// How often the clock's walks over every connection (deadlines, busy
-/// nodes) run. Not on every wake: each would cost O(connections) on the
-/// worker, and 1,000 blocked clients hold 1,000 of them.
-const SCAN_EVERY: Duration = Duration::from_millis(5);
 /// Most commands in flight on one connection before mirrored copies to it
 /// are dropped (a slow mirror must never grow memory without bound).
 const MIRROR_QUEUE_MAX: usize = 10_000;
@@ -509,8 +495,6 @@ pub struct UpstreamLoop {
     /// from the sessions' ids, which count up from 1.
     next_pin: u64,
     blocking: blocking::BlockingPool,
-    /// When the clock's walks over every connection are next due.
-    next_scan: Instant,
 }
 
 impl UpstreamLoop {
@@ -529,7 +513,6 @@ impl UpstreamLoop {
             inbox: Mutex::new(Vec::new()),
             waker,
             wake_pending: AtomicBool::new(false),
-            clients_changed: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             busy: busy.clone(),
         });
@@ -564,7 +547,6 @@ impl UpstreamLoop {
             busy: BusyNodes::new(busy),
             next_pin: 1 << 63,
             blocking: blocking::BlockingPool::new(),
-            next_scan: Instant::now(),
         };
         Ok((lp, shared))
     }
@@ -660,17 +642,8 @@ impl UpstreamLoop {
     fn tick(&mut self, now: Instant) {
         self.refresh_views();
         self.retry_parked(now);
-        let scan = now >= self.next_scan;
-        // A client that left while blocked: its connection closes at once.
-        if self.shared.clients_changed.swap(false, Ordering::AcqRel) || scan {
-            self.close_orphaned_blocking();
-            self.unblock_cancelled(now);
-        }
-        if scan {
-            self.next_scan = now + SCAN_EVERY;
-            self.check_timeouts(now);
-            self.check_busy(now);
-        }
+        self.check_timeouts(now);
+        self.check_busy(now);
         self.flush_dirty();
     }
 
@@ -1375,6 +1348,8 @@ impl UpstreamLoop {
     }
 
     fn check_timeouts(&mut self, now: Instant) {
+        self.close_orphaned_blocking();
+        self.unblock_cancelled(now);
         let orphans: Vec<usize> = self
             .pinned
             .values()

@@ -147,7 +147,6 @@ impl WorkerIo {
     /// carry it, the work is done here, unless the loop state is in use
     /// (a hook fired inside the worker's own wake, which ticks anyway).
     pub fn wake(&self) {
-        self.shared.clients_changed.store(true, Ordering::Release);
         let mut w = self.wakes.lock();
         if let Some(a) = w.want(std::iter::empty()) {
             a.notify();
