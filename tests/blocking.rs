@@ -3,7 +3,8 @@
 //! included), CROSSSLOT, pipelined order, a blocked client delaying no one,
 //! the per-node pool of blocking connections, nothing popped for a client
 //! that left, `max_blocking_connections`, the command's own timeout over
-//! `op_timeout`, and a blocked command surviving a failover.
+//! `op_timeout`, and a blocked command surviving a failover and a live
+//! reshard of its slot.
 //!
 //! MODULE-DEPENDENT: needs target/debug/libenvoy_redis_cluster.so (cargo build).
 
@@ -615,4 +616,223 @@ fn client_unblock_ends_a_blocked_command_as_on_redis() {
         transcripts[0], transcripts[1],
         "proxy (left) vs Redis (right)"
     );
+}
+
+/// Move `slot` from master `from` to master `to` as `redis-cli --cluster
+/// reshard` does: IMPORTING/MIGRATING, MIGRATE of its keys, then SETSLOT
+/// NODE on both and on every other master.
+fn move_slot(cluster: &Cluster, slot: u16, from: u16, to: u16) {
+    let (from_id, to_id) = (cluster.node_id(from), cluster.node_id(to));
+    let slot = slot.to_string();
+    let mut src = RawClient::connect(from);
+    let mut dst = RawClient::connect(to);
+    assert_eq!(
+        dst.cmd(&["CLUSTER", "SETSLOT", &slot, "IMPORTING", &from_id]),
+        Resp::ok()
+    );
+    assert_eq!(
+        src.cmd(&["CLUSTER", "SETSLOT", &slot, "MIGRATING", &to_id]),
+        Resp::ok()
+    );
+    loop {
+        let Resp::Array(keys) = src.cmd(&["CLUSTER", "GETKEYSINSLOT", &slot, "100"]) else {
+            panic!("GETKEYSINSLOT")
+        };
+        if keys.is_empty() {
+            break;
+        }
+        let mut cmd: Vec<String> = ["MIGRATE", "127.0.0.1", &to.to_string(), "", "0", "5000"]
+            .map(String::from)
+            .to_vec();
+        cmd.push("KEYS".into());
+        cmd.extend(keys.iter().filter_map(Resp::text));
+        assert_eq!(src.cmd(&cmd), Resp::ok(), "MIGRATE");
+    }
+    assert_eq!(
+        dst.cmd(&["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]),
+        Resp::ok()
+    );
+    assert_eq!(
+        src.cmd(&["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]),
+        Resp::ok()
+    );
+    for p in cluster.master_ports() {
+        if p != from && p != to {
+            let r = RawClient::connect(p).cmd(&["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]);
+            assert_eq!(r, Resp::ok(), "SETSLOT NODE on {p}");
+        }
+    }
+}
+
+/// A blocking command on its own thread: (reply, time to it).
+fn blocked_in_thread(
+    port: u16,
+    cmd: &'static [&'static str],
+) -> thread::JoinHandle<(Resp, Duration)> {
+    thread::spawn(move || {
+        let mut c = RawClient::connect(port);
+        c.set_timeout(Duration::from_secs(20));
+        let t = Instant::now();
+        c.send_cmd(cmd);
+        let r = c.read_reply();
+        (r, t.elapsed())
+    })
+}
+
+/// The slot of clients blocked in BLPOP, BZPOPMIN and XREAD BLOCK (forever
+/// and with a timeout) moves to another master live: the node unblocks them
+/// with `-MOVED`, the proxy sends each again to the new owner with the time
+/// it has left, and elements pushed there reach each client exactly once.
+/// The finite timeouts end at their original deadline, not restarted at the
+/// move; the pool's gauges settle (nothing blocked, connections idle).
+#[test]
+fn a_blocked_command_survives_a_reshard_of_its_slot() {
+    let cluster = Cluster::start(3, 0);
+    let envoy = Envoy::start(module_config(&cluster, json!({})));
+    let slot = key_slot(b"{rs}");
+    let from = cluster.node_for_slot(slot);
+    let to = *cluster
+        .master_ports()
+        .iter()
+        .find(|&&p| p != from)
+        .expect("another master");
+    let mut direct = RawClient::connect(from);
+    // A key that has data, so the move migrates something.
+    assert_eq!(direct.cmd(&["SET", "{rs}data", "d"]), Resp::ok());
+
+    // Forever: two clients on one list, one on another, a sorted set, a stream.
+    let forever: [&[&str]; 5] = [
+        &["BLPOP", "{rs}l1", "0"],
+        &["BLPOP", "{rs}l1", "0"],
+        &["BRPOP", "{rs}l2", "{rs}l9", "0"],
+        &["BZPOPMIN", "{rs}z", "0"],
+        &["XREAD", "BLOCK", "0", "STREAMS", "{rs}s", "$"],
+    ];
+    let mut clients = Vec::new();
+    for cmd in forever {
+        let mut c = envoy.raw_client();
+        c.set_timeout(Duration::from_secs(10));
+        c.send_cmd(cmd);
+        clients.push(c);
+    }
+    // Finite: 4 s in seconds and in milliseconds.
+    let finite = [
+        blocked_in_thread(envoy.port(), &["BLPOP", "{rs}t", "4"]),
+        blocked_in_thread(
+            envoy.port(),
+            &["XREAD", "BLOCK", "4000", "STREAMS", "{rs}u", "$"],
+        ),
+    ];
+    let blocked_at = Instant::now();
+    let n = (forever.len() + finite.len()) as i64;
+    assert!(
+        wait_until(Duration::from_secs(5), || blocked_clients(from) == n),
+        "{n} clients blocked on {from} (saw {})",
+        blocked_clients(from)
+    );
+    assert_eq!(
+        envoy.stat(&format!("{STAT}blocked_rq_active")),
+        Some(n as u64)
+    );
+    // Blocked a while first: a timeout restarted at the move would end at
+    // least a second late.
+    thread::sleep(Duration::from_millis(1000));
+    move_slot(&cluster, slot, from, to);
+    assert!(
+        wait_until(Duration::from_secs(3), || blocked_clients(to) == n
+            && blocked_clients(from) == 0),
+        "all {n} blocked again on the new owner {to} within 3 s (saw {} there, {} on {from})",
+        blocked_clients(to),
+        blocked_clients(from)
+    );
+    assert!(
+        blocked_at.elapsed() < Duration::from_millis(3500),
+        "the move took too long to test the finite timeouts ({:?})",
+        blocked_at.elapsed()
+    );
+    assert_eq!(
+        RawClient::connect(to).cmd(&["GET", "{rs}data"]),
+        Resp::bulk("d"),
+        "the slot's data moved"
+    );
+
+    // Push on the new owner, directly.
+    let mut owner = RawClient::connect(to);
+    assert_eq!(owner.cmd(&["RPUSH", "{rs}l1", "a", "b"]), Resp::Int(2));
+    assert_eq!(owner.cmd(&["RPUSH", "{rs}l2", "c"]), Resp::Int(1));
+    assert_eq!(owner.cmd(&["ZADD", "{rs}z", "1", "m"]), Resp::Int(1));
+    assert_eq!(
+        owner.cmd(&["XADD", "{rs}s", "7-1", "f", "v"]),
+        Resp::bulk("7-1")
+    );
+    let mut got_l1 = Vec::new();
+    for c in &mut clients[..2] {
+        match c.read_reply() {
+            Resp::Array(v) if v.len() == 2 && v[0] == Resp::bulk("{rs}l1") => {
+                got_l1.push(v[1].text().unwrap_or_default())
+            }
+            other => panic!("BLPOP {{rs}}l1: {other:?}"),
+        }
+    }
+    got_l1.sort();
+    assert_eq!(got_l1, ["a", "b"], "each element to exactly one client");
+    assert_eq!(
+        clients[2].read_reply(),
+        Resp::Array(vec![Resp::bulk("{rs}l2"), Resp::bulk("c")])
+    );
+    assert_eq!(
+        clients[3].read_reply(),
+        Resp::Array(vec![Resp::bulk("{rs}z"), Resp::bulk("m"), Resp::bulk("1")])
+    );
+    let Resp::Array(streams) = clients[4].read_reply() else {
+        panic!("XREAD reply")
+    };
+    assert_eq!(
+        streams,
+        vec![Resp::Array(vec![
+            Resp::bulk("{rs}s"),
+            Resp::Array(vec![Resp::Array(vec![
+                Resp::bulk("7-1"),
+                Resp::Array(vec![Resp::bulk("f"), Resp::bulk("v")]),
+            ])]),
+        ])]
+    );
+    // Nothing more for anyone, nothing left behind or duplicated.
+    for c in &mut clients {
+        c.set_timeout(Duration::from_millis(200));
+        assert!(matches!(c.read_outcome(), Outcome::TimedOut));
+    }
+    assert_eq!(owner.cmd(&["LLEN", "{rs}l1"]), Resp::Int(0));
+    assert_eq!(owner.cmd(&["LLEN", "{rs}l2"]), Resp::Int(0));
+    assert_eq!(owner.cmd(&["ZCARD", "{rs}z"]), Resp::Int(0));
+
+    for h in finite {
+        let (r, took) = h.join().expect("finite client");
+        assert_eq!(r, Resp::NilArray);
+        assert!(
+            took >= Duration::from_millis(3900) && took < Duration::from_millis(4800),
+            "a 4 s timeout across the move ended after {took:?}"
+        );
+    }
+    assert!(
+        wait_until(Duration::from_secs(2), || envoy
+            .stat(&format!("{STAT}blocked_rq_active"))
+            == Some(0)),
+        "blocked_rq_active back to 0 (is {:?})",
+        envoy.stat(&format!("{STAT}blocked_rq_active"))
+    );
+    assert!(
+        envoy
+            .stat(&format!("{STAT}blocking_cx_idle"))
+            .is_some_and(|i| i >= 1),
+        "the blocking connections went back to the pool"
+    );
+    // The pool still serves the moved slot.
+    let mut c = envoy.raw_client();
+    assert_eq!(c.cmd(&["RPUSH", "{rs}l1", "again"]), Resp::Int(1));
+    assert_eq!(
+        c.cmd(&["BLPOP", "{rs}l1", "0"]),
+        Resp::Array(vec![Resp::bulk("{rs}l1"), Resp::bulk("again")])
+    );
+    assert_eq!(c.cmd(&["BLPOP", "{rs}l1", "0.1"]), Resp::NilArray);
 }
