@@ -92,6 +92,10 @@ pub struct Session {
     txn: Option<Txn>,
     /// Parsing waits for this command's reply (EXEC, blocking commands).
     barrier: Option<u64>,
+    /// Commands held behind a command waiting for masters are due no later
+    /// than it: each would otherwise wait `op_timeout` of its own, one
+    /// after the other, when no master ever comes.
+    held_until: Option<Instant>,
     /// A blocking command waiting for earlier replies or blocked.
     block: Option<blocking::Held>,
     /// Parsing stopped at a command that must wait for the other kind of
@@ -177,6 +181,7 @@ impl Session {
             gathers: HashMap::new(),
             txn: None,
             barrier: None,
+            held_until: None,
             block: None,
             lane: Lane::Free,
             gated: false,
@@ -351,7 +356,18 @@ impl Session {
             }
             self.args = args;
         }
+        if self.barrier.is_none() {
+            // What was held behind a wait for masters is parsed now.
+            self.held_until = None;
+        }
         pos
+    }
+
+    /// A request's deadline: `op_timeout` after `now`, but no later than
+    /// the wait for masters that held its command back (`held_until`).
+    fn deadline_from(&self, now: Instant) -> Instant {
+        let d = now + self.proxy.config.settings.op_timeout;
+        self.held_until.map_or(d, |h| d.min(h.max(now)))
     }
 
     /// After `handle`: unless a pause holds the command, show it in

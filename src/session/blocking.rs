@@ -96,7 +96,7 @@ impl Session {
         };
         let seq = self.push_slot();
         let target = Target::Slot { slot, read: false };
-        let deadline = now + self.proxy.config.settings.op_timeout;
+        let deadline = self.deadline_from(now);
         let req = Request::new(
             self.client.clone(),
             seq,
@@ -136,7 +136,7 @@ impl Session {
         };
         let now = self.clock.now();
         // Getting it to a node is bounded from now, not from its arrival.
-        req.deadline = now + self.proxy.config.settings.op_timeout;
+        req.deadline = self.deadline_from(now);
         if self.end_stream {
             // The client closed after sending it: serve what is there now
             // and close, never block for nobody.

@@ -154,7 +154,7 @@ impl Session {
         let seq = self.push_slot();
         self.gathers
             .insert(seq, Gather::new(Merge::AllOk, masters.len()));
-        let deadline = now + self.proxy.config.settings.op_timeout;
+        let deadline = self.deadline_from(now);
         for (i, addr) in masters.iter().enumerate() {
             let pin = NEXT_ID.fetch_add(1, Ordering::Relaxed);
             let target = Target::Node {

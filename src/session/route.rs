@@ -45,6 +45,7 @@ impl Session {
             // Later commands wait for it: sent now, they would reach the
             // nodes first (`FUNCTION LOAD` then `FCALL` must run in order).
             self.barrier = Some(seq);
+            self.held_until = Some(self.deadline_from(now));
             return Ok(());
         }
         match how {
@@ -231,7 +232,7 @@ impl Session {
             };
             let part = Part::Split(i as u32);
             if dedicated {
-                let deadline = now + self.proxy.config.settings.op_timeout;
+                let deadline = self.deadline_from(now);
                 let pin = NEXT_ID.fetch_add(1, Ordering::Relaxed);
                 let req = Request::new(
                     self.client.clone(),
@@ -399,7 +400,7 @@ impl Session {
         data: Vec<u8>,
         now: Instant,
     ) {
-        let deadline = now + self.proxy.config.settings.op_timeout;
+        let deadline = self.deadline_from(now);
         let read = matches!(target, Target::Slot { read: true, .. });
         for m in mirrors {
             if m.exclude_read_commands && read {

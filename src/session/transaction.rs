@@ -446,7 +446,7 @@ impl Session {
             Some(slot) => Target::Slot { slot, read: false },
             None => Target::AnyMaster,
         };
-        let deadline = now + self.proxy.config.settings.op_timeout;
+        let deadline = self.deadline_from(now);
         let mut req = Request::new(
             self.client.clone(),
             seq,
