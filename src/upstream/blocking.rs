@@ -359,22 +359,8 @@ impl UpstreamIo {
     /// Close the blocking connections whose client has gone away, so their
     /// nodes unblock them and pop nothing for nobody.
     pub(super) fn close_orphaned_blocking(&mut self) {
-        let orphans: Vec<usize> = self
-            .blocking
-            .in_use
-            .iter()
-            .copied()
-            .filter(|&i| {
-                self.conns
-                    .get(i)
-                    .and_then(|c| c.as_ref())
-                    .and_then(|c| c.owner.as_ref())
-                    .is_some_and(|o| o.is_detached())
-            })
-            .collect();
-        for i in orphans {
-            self.close_pinned(i);
-        }
+        let in_use = self.blocking.in_use.clone();
+        self.close_orphans(in_use);
     }
 }
 

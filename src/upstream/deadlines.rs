@@ -105,24 +105,27 @@ impl UpstreamIo {
         }
     }
 
+    /// Close the dedicated connections among `candidates` whose client has
+    /// gone away.
+    pub(super) fn close_orphans(&mut self, candidates: Vec<usize>) {
+        for i in candidates {
+            let gone = self
+                .conns
+                .get(i)
+                .and_then(|c| c.as_ref())
+                .and_then(|c| c.owner.as_ref())
+                .is_some_and(|o| o.is_detached());
+            if gone {
+                self.close_pinned(i);
+            }
+        }
+    }
+
     pub(super) fn check_timeouts(&mut self, now: Instant) {
         self.close_orphaned_blocking();
         self.unblock_cancelled(now);
-        let orphans: Vec<usize> = self
-            .pinned
-            .values()
-            .copied()
-            .filter(|&i| {
-                self.conns
-                    .get(i)
-                    .and_then(|c| c.as_ref())
-                    .and_then(|c| c.owner.as_ref())
-                    .is_some_and(|o| o.is_detached())
-            })
-            .collect();
-        for i in orphans {
-            self.close_pinned(i);
-        }
+        let pinned: Vec<usize> = self.pinned.values().copied().collect();
+        self.close_orphans(pinned);
         let connect_timeouts: Vec<usize> = self
             .conns
             .iter()

@@ -182,7 +182,7 @@ impl Request {
     }
 
     /// A command that may block: it runs on a connection of its own
-    /// ([`blocking`]).
+    /// (see `upstream/blocking.rs`).
     pub fn blocking(mut self, b: Blocking) -> Request {
         self.blocking = Some(Box::new(b));
         self
