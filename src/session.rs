@@ -415,14 +415,16 @@ impl Session {
         if self.proxy.test_hooks && name.eq_ignore_ascii_case(b"DEBUG-PANIC") {
             panic!("DEBUG-PANIC test hook");
         }
-        let found = command::lookup(name);
+        // One search of the table gives the command and its index.
+        let indexed = command::lookup_indexed(name);
+        let found = indexed.map(|(_, c)| c);
         let ctx = plan::Ctx {
             authenticated: self.state.authenticated,
             in_multi: self.in_multi(),
         };
         let mut keys = std::mem::take(&mut self.keys);
         let plan = plan::plan(found, args, ctx, &mut keys);
-        self.execute(found, plan, frame, args, &keys, now);
+        self.execute(indexed, plan, frame, args, &keys, now);
         self.keys = keys;
     }
 

@@ -9,23 +9,24 @@ use crate::local;
 use std::time::Instant;
 
 impl Session {
-    /// Carry out the plan for command `found`.
+    /// Carry out the plan for command `indexed` (its table index and entry).
     pub(super) fn execute(
         &mut self,
-        found: Option<&'static command::Command>,
+        indexed: Option<(usize, &'static command::Command)>,
         plan: Plan,
         frame: &[u8],
         args: &[&[u8]],
         keys: &[usize],
         now: Instant,
     ) {
+        let found = indexed.map(|(_, c)| c);
         let admitted = !matches!(&plan, Plan::Refused(r) if r.before_admission());
         if let (Some(cmd), true) = (found, admitted) {
             if self.pause_holds(cmd, args, now) {
                 return;
             }
         }
-        self.current = (found.map(command::index_of), now);
+        self.current = (indexed.map(|(i, _)| i), now);
         self.lane = ordering::lane(found.map(|c| c.name), self.txn.is_some(), self.in_multi());
         self.silent = match self.reply_mode {
             ReplyMode::On => false,
