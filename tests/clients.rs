@@ -41,22 +41,12 @@ fn redis_py_plain_and_cluster_clients_work_through_the_proxy() {
     let cluster = Cluster::start(3, 0);
     let envoy = Envoy::start(module_config(&cluster, json!({})));
     let script = repo_root().join("tests/clients/redis_py_check.py");
-    let out = Command::new("timeout")
-        .arg("300")
-        .arg("python3")
-        .arg(&script)
-        .arg("127.0.0.1")
-        .arg(envoy.port().to_string())
-        .output()
-        .expect("run redis_py_check.py");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    eprintln!("{stdout}");
-    assert!(
-        out.status.success() && stdout.lines().last() == Some("OK"),
-        "redis_py_check.py failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
-        out.status
-    );
+    let args = [
+        script.display().to_string(),
+        "127.0.0.1".to_string(),
+        envoy.port().to_string(),
+    ];
+    run_check("redis_py_check.py", "python3", &args);
     drop(envoy);
     drop(cluster);
 }
@@ -70,22 +60,12 @@ fn redis_py_job_queue_workers_block_through_the_proxy() {
     let cluster = Cluster::start(3, 0);
     let envoy = Envoy::start(module_config(&cluster, json!({})));
     let script = repo_root().join("tests/clients/redis_py_queue.py");
-    let out = Command::new("timeout")
-        .arg("300")
-        .arg("python3")
-        .arg(&script)
-        .arg("127.0.0.1")
-        .arg(envoy.port().to_string())
-        .output()
-        .expect("run redis_py_queue.py");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    eprintln!("{stdout}");
-    assert!(
-        out.status.success() && stdout.lines().last() == Some("OK"),
-        "redis_py_queue.py failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
-        out.status
-    );
+    let args = [
+        script.display().to_string(),
+        "127.0.0.1".to_string(),
+        envoy.port().to_string(),
+    ];
+    run_check("redis_py_queue.py", "python3", &args);
 }
 
 /// Run a check script (at most 300 s); it must exit 0 and print OK last.

@@ -29,22 +29,6 @@ fn setup() -> Setup {
     Setup { envoy, cluster }
 }
 
-/// Send the same commands to the proxy and to a standalone Redis, one at a
-/// time, and require byte-identical replies.
-fn same_as_redis(proxy: &mut RawClient, reference: &mut RawClient, script: &[Vec<&str>]) {
-    for cmd in script {
-        proxy.send_cmd(cmd);
-        reference.send_cmd(cmd);
-        let (p, r) = (proxy.read_reply_bytes(), reference.read_reply_bytes());
-        assert_eq!(
-            show_resp(&p),
-            show_resp(&r),
-            "{}: proxy (left) vs standalone Redis (right)",
-            show_cmd(cmd)
-        );
-    }
-}
-
 #[test]
 fn multi_exec_on_one_slot_returns_every_reply_and_applies_them() {
     let s = setup();

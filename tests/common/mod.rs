@@ -1809,3 +1809,19 @@ impl Cluster {
             .collect()
     }
 }
+
+/// Send each command to the proxy and to a standalone Redis, one at a
+/// time, and require byte-identical replies.
+pub fn same_as_redis(proxy: &mut RawClient, reference: &mut RawClient, script: &[Vec<&str>]) {
+    for cmd in script {
+        proxy.send_cmd(cmd);
+        reference.send_cmd(cmd);
+        let (p, r) = (proxy.read_reply_bytes(), reference.read_reply_bytes());
+        assert_eq!(
+            show_resp(&p),
+            show_resp(&r),
+            "{}: proxy (left) vs standalone Redis (right)",
+            show_cmd(cmd)
+        );
+    }
+}
