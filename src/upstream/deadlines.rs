@@ -33,6 +33,7 @@ impl UpstreamIo {
             return self.drop_mirror(req.cluster);
         }
         let view = &self.clusters[req.cluster];
+        req.target.after_wait();
         req.wait_gen = Some(view.gen);
         view.topo.request_refresh(why);
         self.parked.push(req);

@@ -71,7 +71,9 @@ impl UpstreamIo {
         };
         // Borrowed from the map (an Arc of our own), not copied per command.
         let (addr, asking, role): (Cow<'_, str>, bool, Role) = match &req.target {
-            Target::Node { addr, asking, .. } => (Cow::Owned(addr.clone()), *asking, Role::Master),
+            Target::Node { addr, asking, .. } | Target::Redirected { addr, asking, .. } => {
+                (Cow::Owned(addr.clone()), *asking, Role::Master)
+            }
             Target::AnyMaster => match map.shards.first() {
                 Some(s) => (Cow::Borrowed(&s.master), false, Role::Master),
                 None => return self.park(req, "empty topology"),

@@ -52,12 +52,40 @@ pub enum Target {
     Slot { slot: u16, read: bool },
     /// Any master (keyless commands whose answer does not depend on the node).
     AnyMaster,
-    /// A node named by a redirection.
+    /// A node named by the sender (cluster-wide commands, probes, admin).
     Node {
         addr: String,
         slot: u16,
         asking: bool,
     },
+    /// The node a `MOVED`/`ASK` named for `slot`, for this attempt only: a
+    /// request that has to wait (node down, connection lost) is routed by
+    /// its slot again, on the fresher map the wait brings — the named node
+    /// may be dead for good (killed, then replaced by its replica).
+    Redirected {
+        addr: String,
+        slot: u16,
+        asking: bool,
+        read: bool,
+    },
+}
+
+impl Target {
+    /// Where a request goes once it has waited: a redirection's node is
+    /// forgotten, the slot map decides again.
+    fn after_wait(&mut self) {
+        if let Target::Redirected { slot, read, .. } = *self {
+            *self = Target::Slot { slot, read };
+        }
+    }
+
+    /// A read command (replicas may serve it, safe to send again).
+    fn is_read(&self) -> bool {
+        matches!(
+            self,
+            Target::Slot { read: true, .. } | Target::Redirected { read: true, .. }
+        )
+    }
 }
 
 /// One command on its way to a node.

@@ -89,16 +89,19 @@ fn evalsha_body(data: &[u8], scripts: &ScriptCache) -> Option<Arc<[u8]>> {
 /// `req` after a redirection: aimed at the node named, one redirect more.
 pub fn redirected(mut req: Request, r: Redirect) -> Request {
     req.redirects += 1;
+    let read = req.target.is_read();
     req.target = match r {
-        Redirect::Moved { slot, addr } => Target::Node {
+        Redirect::Moved { slot, addr } => Target::Redirected {
             addr,
             slot,
             asking: false,
+            read,
         },
-        Redirect::Ask { slot, addr } => Target::Node {
+        Redirect::Ask { slot, addr } => Target::Redirected {
             addr,
             slot,
             asking: true,
+            read,
         },
     };
     req
@@ -117,8 +120,7 @@ pub fn resend_after_loss(req: &Request, reached_node: bool, settings: &Settings)
     if req.pin.is_some() {
         return false;
     }
-    let read = matches!(req.target, Target::Slot { read: true, .. });
-    !reached_node || read || settings.retry_unanswered_writes
+    !reached_node || req.target.is_read() || settings.retry_unanswered_writes
 }
 
 #[cfg(test)]
@@ -168,10 +170,11 @@ mod tests {
         let r2 = redirected(req(&r.data, write()), red);
         assert_eq!(
             r2.target,
-            Target::Node {
+            Target::Redirected {
                 addr: "127.0.0.1:7002".into(),
                 slot: 3999,
-                asking: false
+                asking: false,
+                read: false,
             }
         );
         assert!(matches!(
@@ -180,6 +183,33 @@ mod tests {
         ));
         r.redirects = s.max_redirects;
         assert_eq!(classify(moved, "h:1", &s, &r, &scripts), Outcome::Deliver);
+    }
+
+    #[test]
+    fn a_redirection_lasts_one_attempt_and_keeps_the_read_flag() {
+        let s = settings();
+        let scripts = ScriptCache::default();
+        let read = Target::Slot {
+            slot: 7,
+            read: true,
+        };
+        let r = req(b"x", read.clone());
+        let Outcome::Redirect(red) = classify(b"-MOVED 7 h:2\r\n", "h:1", &s, &r, &scripts) else {
+            panic!("not a redirect")
+        };
+        let mut r2 = redirected(r, red);
+        assert!(r2.target.is_read());
+        assert!(resend_after_loss(&r2, true, &s), "still a read");
+        // It had to wait (the named node died): the map decides again.
+        r2.target.after_wait();
+        assert_eq!(r2.target, read);
+        let mut node = Target::Node {
+            addr: "h:3".into(),
+            slot: 0,
+            asking: false,
+        };
+        node.after_wait();
+        assert!(matches!(node, Target::Node { .. }), "a named node stays");
     }
 
     #[test]
