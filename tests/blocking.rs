@@ -610,52 +610,6 @@ fn client_unblock_ends_a_blocked_command_as_on_redis() {
     );
 }
 
-/// Move `slot` from master `from` to master `to` as `redis-cli --cluster
-/// reshard` does: IMPORTING/MIGRATING, MIGRATE of its keys, then SETSLOT
-/// NODE on both and on every other master.
-fn move_slot(cluster: &Cluster, slot: u16, from: u16, to: u16) {
-    let (from_id, to_id) = (cluster.node_id(from), cluster.node_id(to));
-    let slot = slot.to_string();
-    let mut src = RawClient::connect(from);
-    let mut dst = RawClient::connect(to);
-    assert_eq!(
-        dst.cmd(&["CLUSTER", "SETSLOT", &slot, "IMPORTING", &from_id]),
-        Resp::ok()
-    );
-    assert_eq!(
-        src.cmd(&["CLUSTER", "SETSLOT", &slot, "MIGRATING", &to_id]),
-        Resp::ok()
-    );
-    loop {
-        let Resp::Array(keys) = src.cmd(&["CLUSTER", "GETKEYSINSLOT", &slot, "100"]) else {
-            panic!("GETKEYSINSLOT")
-        };
-        if keys.is_empty() {
-            break;
-        }
-        let mut cmd: Vec<String> = ["MIGRATE", "127.0.0.1", &to.to_string(), "", "0", "5000"]
-            .map(String::from)
-            .to_vec();
-        cmd.push("KEYS".into());
-        cmd.extend(keys.iter().filter_map(Resp::text));
-        assert_eq!(src.cmd(&cmd), Resp::ok(), "MIGRATE");
-    }
-    assert_eq!(
-        dst.cmd(&["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]),
-        Resp::ok()
-    );
-    assert_eq!(
-        src.cmd(&["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]),
-        Resp::ok()
-    );
-    for p in cluster.master_ports() {
-        if p != from && p != to {
-            let r = RawClient::connect(p).cmd(&["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]);
-            assert_eq!(r, Resp::ok(), "SETSLOT NODE on {p}");
-        }
-    }
-}
-
 /// A blocking command on its own thread: (reply, time to it).
 fn blocked_in_thread(
     port: u16,
@@ -729,7 +683,7 @@ fn a_blocked_command_survives_a_reshard_of_its_slot() {
     // Blocked a while first: a timeout restarted at the move would end at
     // least a second late.
     thread::sleep(Duration::from_millis(1000));
-    move_slot(&cluster, slot, from, to);
+    cluster.move_slot(slot, from, to);
     assert!(
         wait_until(Duration::from_secs(3), || blocked_clients(to) == n
             && blocked_clients(from) == 0),

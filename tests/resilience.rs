@@ -339,3 +339,59 @@ fn an_unreachable_cluster_warns_once_per_streak_not_per_retry() {
         failures(&envoy)
     );
 }
+
+/// A `MOVED` names a node for one attempt only. Here the proxy's map is
+/// stale (a slot moved behind its back, no periodic refresh for a minute),
+/// and the node the `MOVED` names is killed: the commands wait for the new
+/// topology and are served by the promoted replica. (They used to keep
+/// aiming at the dead node until op_timeout, then answer "unreachable".)
+#[test]
+fn a_redirection_to_a_node_that_dies_is_routed_by_the_new_map() {
+    let mut cluster = Cluster::start(3, 1);
+    let mut config = module_config(&cluster, json!({ "op_timeout": "15s" }));
+    config["clusters"]["main"]["cluster_refresh_rate"] = json!("60s");
+    let envoy = Envoy::start(config);
+    let key = "{rd}k";
+    let mut c = envoy.raw_client();
+    c.set_timeout(Duration::from_secs(20));
+    assert_eq!(c.cmd(&["SET", key, "v1"]), Resp::ok());
+
+    let slot = key_slot(key.as_bytes());
+    let from = cluster.node_for_slot(slot);
+    let to = cluster
+        .master_ports()
+        .into_iter()
+        .find(|&p| p != from)
+        .expect("another master");
+    cluster.move_slot(slot, from, to);
+    // The migrated key is on `to`'s replica before `to` dies.
+    let mut direct = RawClient::connect(to);
+    assert_eq!(direct.cmd(&["SET", "{rd}sync", "x"]), Resp::ok());
+    assert_eq!(direct.cmd(&["WAIT", "1", "5000"]), Resp::Int(1));
+    let replica = cluster
+        .ports()
+        .into_iter()
+        .find(|&p| {
+            info_replication(p).is_some_and(|i| {
+                i.contains("role:slave") && i.contains(&format!("master_port:{to}"))
+            })
+        })
+        .expect("replica of the slot's new owner");
+    cluster.kill_node(to);
+
+    // The proxy sends to `from` (its map), is MOVED to the dead `to`.
+    let t = Instant::now();
+    c.send_cmd(&["GET", key]);
+    c.send_cmd(&["SET", key, "v2"]);
+    assert_eq!(c.read_reply(), Resp::bulk("v1"), "after {:?}", t.elapsed());
+    assert_eq!(c.read_reply(), Resp::ok(), "after {:?}", t.elapsed());
+    assert_eq!(role(replica).as_deref(), Some("master"));
+    assert_eq!(c.cmd(&["GET", key]), Resp::bulk("v2"));
+    assert!(
+        envoy
+            .stat("dynamicmodulescustom.redis.redis.cluster.main.redirections_moved")
+            .unwrap_or(0)
+            >= 1,
+        "the commands were redirected (the map was stale)"
+    );
+}

@@ -588,6 +588,52 @@ impl Cluster {
         reference.is_some()
     }
 
+    /// Move `slot` from master `from` to master `to` as `redis-cli --cluster
+    /// reshard` does: IMPORTING/MIGRATING, MIGRATE of its keys, then SETSLOT
+    /// NODE on both and on every other master.
+    pub fn move_slot(&self, slot: u16, from: u16, to: u16) {
+        let (from_id, to_id) = (self.node_id(from), self.node_id(to));
+        let slot = slot.to_string();
+        let mut src = RawClient::connect(from);
+        let mut dst = RawClient::connect(to);
+        assert_eq!(
+            dst.cmd(&["CLUSTER", "SETSLOT", &slot, "IMPORTING", &from_id]),
+            Resp::ok()
+        );
+        assert_eq!(
+            src.cmd(&["CLUSTER", "SETSLOT", &slot, "MIGRATING", &to_id]),
+            Resp::ok()
+        );
+        loop {
+            let Resp::Array(keys) = src.cmd(&["CLUSTER", "GETKEYSINSLOT", &slot, "100"]) else {
+                panic!("GETKEYSINSLOT")
+            };
+            if keys.is_empty() {
+                break;
+            }
+            let mut cmd: Vec<String> = ["MIGRATE", "127.0.0.1", &to.to_string(), "", "0", "5000"]
+                .map(String::from)
+                .to_vec();
+            cmd.push("KEYS".into());
+            cmd.extend(keys.iter().filter_map(Resp::text));
+            assert_eq!(src.cmd(&cmd), Resp::ok(), "MIGRATE");
+        }
+        assert_eq!(
+            dst.cmd(&["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]),
+            Resp::ok()
+        );
+        assert_eq!(
+            src.cmd(&["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]),
+            Resp::ok()
+        );
+        for p in self.master_ports() {
+            if p != from && p != to {
+                let r = RawClient::connect(p).cmd(&["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]);
+                assert_eq!(r, Resp::ok(), "SETSLOT NODE on {p}");
+            }
+        }
+    }
+
     /// SIGKILL one node and reap it.
     pub fn kill_node(&mut self, port: u16) {
         let i = self.index(port);
