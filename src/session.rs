@@ -39,6 +39,7 @@ mod admin;
 mod blocking;
 mod clients;
 mod dispatch;
+mod identity;
 mod monitor;
 mod ordering;
 mod pause;
@@ -138,6 +139,11 @@ pub struct Session {
     /// The nodes' own `MONITOR` streams (for the commands scripts run
     /// inside them), and which node has confirmed yet.
     node_monitors: Option<(Arc<ClientShared>, Vec<bool>)>,
+    /// The Redis user the client authenticated as through the cluster
+    /// (`None`: the cluster's configured user; see [`identity`]).
+    user: Option<Arc<crate::upstream::Credentials>>,
+    /// Its `AUTH` waiting for the cluster's answer.
+    pending_auth: Option<identity::PendingAuth>,
 }
 
 impl Session {
@@ -210,6 +216,8 @@ impl Session {
             queued_pause: None,
             monitor: None,
             node_monitors: None,
+            user: None,
+            pending_auth: None,
         }
     }
 
@@ -561,7 +569,10 @@ impl Session {
     fn apply(&mut self, seq: u64, part: Part, reply: Vec<u8>) {
         match part {
             Part::Probe => self.resume_deferred(seq, reply),
-            Part::Whole => self.fill(seq, reply),
+            Part::Whole => {
+                let reply = self.auth_answered(seq, reply);
+                self.fill(seq, reply)
+            }
             Part::Split(i) => {
                 if let Some(g) = self.gathers.get_mut(&seq) {
                     if let Some(merged) = g.add(i, reply) {

@@ -88,7 +88,13 @@ const MIN_LEFT: Duration = Duration::from_millis(1);
 const FOREVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// A pool key: connections are per node and per protocol.
-type NodeKey = (usize, String, bool);
+/// Cluster, node, RESP3, the client's user.
+type NodeKey = (
+    usize,
+    String,
+    bool,
+    Option<std::sync::Arc<super::Credentials>>,
+);
 
 /// A worker's blocking connections.
 #[derive(Default)]
@@ -181,7 +187,7 @@ impl UpstreamIo {
         asking: bool,
         now: Instant,
     ) {
-        let key: NodeKey = (req.cluster, addr, req.resp3);
+        let key: NodeKey = (req.cluster, addr, req.resp3, req.user.clone());
         let idx = match self.blocking.take_idle(&key) {
             Some(i) => {
                 let cs = self.stats.cluster(req.cluster);
@@ -199,7 +205,15 @@ impl UpstreamIo {
                 }
                 self.blocking.next_id += 1;
                 let id = self.blocking.next_id;
-                match self.connect(key.0, &key.1, key.2, super::Role::Master, Some(id), now) {
+                match self.connect(
+                    key.0,
+                    &key.1,
+                    key.2,
+                    key.3.clone(),
+                    super::Role::Master,
+                    Some(id),
+                    now,
+                ) {
                     Ok(i) => {
                         if let Some(c) = self.conns[i].as_mut() {
                             c.blocking = true;
@@ -276,7 +290,8 @@ impl UpstreamIo {
             return;
         }
         c.owner = None;
-        let (cluster, key) = (c.cluster, (c.cluster, c.addr.clone(), c.resp3));
+        let key = (c.cluster, c.addr.clone(), c.resp3, c.user.clone());
+        let cluster = c.cluster;
         self.blocking.in_use.retain(|&i| i != idx);
         self.blocking.idle.entry(key).or_default().push(idx);
         let cs = self.stats.cluster(cluster);

@@ -17,6 +17,7 @@ mod busy;
 mod conn;
 mod deadlines;
 mod dispatch;
+mod identity;
 mod mailbox;
 mod pipeline;
 mod policy;
@@ -37,6 +38,7 @@ use crate::topology_refresh::ClusterTopology;
 pub use blocking::{Blocking, TimeoutUnit};
 use busy::BusyNodes;
 pub use busy::SharedBusy;
+pub use identity::Credentials;
 use mio::net::TcpStream;
 use mio::Registry;
 use pipeline::Pipeline;
@@ -81,6 +83,9 @@ pub struct Request {
     mirror: bool,
     /// The client speaks RESP3: use connections that did `HELLO 3`.
     resp3: bool,
+    /// Run as this user (the client's `AUTH`), on connections that
+    /// authenticated as it; `None`: as the cluster's configured user.
+    user: Option<Arc<Credentials>>,
     /// Transactions: run on the client's own dedicated connection `pin`
     /// (WATCH state lives on a connection), never retried elsewhere.
     pin: Option<u64>,
@@ -130,6 +135,7 @@ impl Request {
             wait_gen: None,
             mirror: false,
             resp3: false,
+            user: None,
             pin: None,
             release_pin: false,
             swallow: 0,
@@ -149,6 +155,13 @@ impl Request {
     /// The client speaks RESP3: use connections that did `HELLO 3`.
     pub fn resp3(mut self, on: bool) -> Request {
         self.resp3 = on;
+        self
+    }
+
+    /// Run as the client's user `user` (`None`: the cluster's configured
+    /// user).
+    pub fn user(mut self, user: Option<Arc<Credentials>>) -> Request {
+        self.user = user;
         self
     }
 
@@ -237,6 +250,10 @@ struct Conn {
     cluster: usize,
     addr: String,
     resp3: bool,
+    /// The client's user it authenticated as (see [`identity`]).
+    user: Option<Arc<Credentials>>,
+    /// Its `AUTH` as `user` is not answered yet: nothing else is written.
+    auth_pending: bool,
     role: Role,
     /// A client's dedicated connection (transactions), not shared.
     pin: Option<u64>,
