@@ -134,6 +134,8 @@ pub struct Session {
     multi_writes: bool,
     /// A `CLIENT PAUSE` queued in the open transaction: starts at `EXEC`.
     queued_pause: Option<(crate::clients::PauseMode, std::time::Duration)>,
+    /// The masters' share of that pause, once `EXEC` has run ([`pause`]).
+    pause_after_exec: Option<std::time::Duration>,
     /// In `MONITOR` mode: the lines waiting for this client.
     monitor: Option<Arc<crate::clients::MonitorFeed>>,
     /// The nodes' own `MONITOR` streams (for the commands scripts run
@@ -214,6 +216,7 @@ impl Session {
             pause_held: false,
             multi_writes: false,
             queued_pause: None,
+            pause_after_exec: None,
             monitor: None,
             node_monitors: None,
             user: None,
@@ -581,7 +584,11 @@ impl Session {
                     }
                 }
             }
-            Part::Queued | Part::Exec => self.fill(seq, transaction::node_reply(part, reply)),
+            Part::Queued => self.fill(seq, transaction::node_reply(part, reply)),
+            Part::Exec => {
+                self.fill(seq, transaction::node_reply(part, reply));
+                self.exec_answered(self.clock.now());
+            }
             Part::Discard => {}
         }
     }

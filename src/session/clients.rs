@@ -78,12 +78,15 @@ impl Session {
         }
     }
 
-    /// Users are the cluster's when clients authenticate against it: the
-    /// proxy does not ask the nodes, any name may exist.
+    /// `default`, the downstream username, or (when clients authenticate
+    /// against the cluster) a user some client of the proxy acts as: the
+    /// proxy does not ask the nodes, so a user no client acts as is taken
+    /// for unknown (its clients, none, would not be killed either way).
     fn user_exists(&self, user: &[u8]) -> bool {
-        self.cluster_auth()
-            || user == b"default"
+        user == b"default"
             || self.proxy.auth().username.map(str::as_bytes) == Some(user)
+            || (self.cluster_auth()
+                && (self.proxy.clients.all().iter()).any(|e| e.view().user.as_bytes() == user))
     }
 
     /// `ACL WHOAMI` answers the user this client acts as (the rest of `ACL`
@@ -150,6 +153,7 @@ impl Session {
             ("kill", _) => self.client_kill(args).unwrap_or_else(|e| e),
             ("unpause", 2) => {
                 self.proxy.clients.unpause();
+                self.pause_masters(None, now);
                 codec::simple("OK")
             }
             ("pause", 3 | 4) => match parse_pause(args) {
@@ -158,6 +162,7 @@ impl Session {
                 Ok((mode, ms)) => match now.checked_add(Duration::from_millis(ms)) {
                     Some(until) => {
                         self.proxy.clients.pause(mode, until);
+                        self.pause_masters(Some(ms), now);
                         codec::simple("OK")
                     }
                     None => codec::error("ERR timeout is out of range"),
