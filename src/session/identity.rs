@@ -163,4 +163,69 @@ mod tests {
         assert!(hello_credentials(&[b"HELLO", b"3"]).is_none());
         assert!(hello_credentials(&[b"HELLO", b"3", b"AUTH", b"bob"]).is_none());
     }
+
+    fn user_of(r: &Request) -> Option<String> {
+        r.run_as()
+            .map(|u| String::from_utf8_lossy(u.user()).into_owned())
+    }
+
+    /// Commands after an `AUTH` wait for the cluster's answer; a refusal
+    /// changes nothing, a `+OK` makes them run as the user, `RESET` ends it,
+    /// and `default` with no credentials configured needs no connections
+    /// of its own.
+    #[test]
+    fn auth_is_the_clusters_and_decides_who_later_commands_run_as() {
+        use crate::session::tests::{recorded, reply, Client};
+        let cfg = r#"{"settings":{"op_timeout":"2s"},
+            "clusters":{"main":{"seeds":["127.0.0.1:7000"]}},
+            "prefix_routes":{"catch_all_route":{"cluster":"main"}}}"#;
+        let (mut s, _, rec, _) = recorded(cfg);
+        let mut c = Client::default();
+        let wrongpass = b"-WRONGPASS invalid username-password pair or user is disabled.\r\n";
+        s.on_data(b"AUTH bob bad\r\nGET k\r\n", &mut c);
+        let reqs = rec.take();
+        assert_eq!(reqs.len(), 1, "GET waits for the AUTH's answer");
+        assert_eq!(reqs[0].data, codec::command(&[b"AUTH", b"bob", b"bad"]));
+        assert_eq!(user_of(&reqs[0]).as_deref(), Some("bob"));
+        reply(&reqs[0], wrongpass);
+        s.on_scheduled(&mut c);
+        let reqs = rec.take();
+        assert_eq!(user_of(&reqs[0]), None, "refused: the default user still");
+        reply(&reqs[0], b"$-1\r\n");
+        s.on_scheduled(&mut c);
+
+        s.on_data(b"AUTH bob pw\r\nGET k\r\n", &mut c);
+        let reqs = rec.take();
+        assert_eq!(reqs.len(), 1);
+        reply(&reqs[0], b"+OK\r\n");
+        s.on_scheduled(&mut c);
+        let reqs = rec.take();
+        assert_eq!(user_of(&reqs[0]).as_deref(), Some("bob"));
+        reply(&reqs[0], b"$1\r\nv\r\n");
+        s.on_scheduled(&mut c);
+
+        s.on_data(b"ACL WHOAMI\r\nRESET\r\nACL WHOAMI\r\nGET k\r\n", &mut c);
+        let reqs = rec.take();
+        assert_eq!(user_of(&reqs[0]), None, "RESET: the default user again");
+        reply(&reqs[0], b"$-1\r\n");
+        s.on_scheduled(&mut c);
+
+        s.on_data(b"HELLO 3 AUTH default x\r\nGET k\r\n", &mut c);
+        let reqs = rec.take();
+        assert_eq!(reqs.len(), 1);
+        assert_eq!(user_of(&reqs[0]).as_deref(), Some("default"));
+        reply(&reqs[0], b"+OK\r\n");
+        s.on_scheduled(&mut c);
+        let reqs = rec.take();
+        assert_eq!(
+            user_of(&reqs[0]),
+            None,
+            "the proxy's connections are default"
+        );
+        assert!(s.state.resp3);
+        let out = String::from_utf8(c.out).unwrap();
+        let want = "-WRONGPASS invalid username-password pair or user is disabled.\r\n$-1\r\n\
+                    +OK\r\n$1\r\nv\r\n$3\r\nbob\r\n+RESET\r\n$7\r\ndefault\r\n$-1\r\n%7\r\n";
+        assert!(out.starts_with(want), "{out}");
+    }
 }

@@ -165,6 +165,11 @@ impl Request {
         self
     }
 
+    /// The client's user it runs as (`None`: the cluster's configured one).
+    pub fn run_as(&self) -> Option<&Credentials> {
+        self.user.as_deref()
+    }
+
     /// A mirrored copy: its reply is discarded.
     pub fn mirrored(mut self) -> Request {
         self.mirror = true;
