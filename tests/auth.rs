@@ -225,6 +225,19 @@ fn clients_act_as_the_cluster_users_they_authenticate_as() {
     assert_eq!(c.cmd(&["ACL", "WHOAMI"]), Resp::bulk("bob"));
     assert!(err_starts(&c.cmd(&["HSET", "x5", "f", "v"]), "NOPERM"));
     assert_eq!(c.cmd(&["GET", "x1"]), Resp::bulk("v"));
+    // bob's blocking connection (RESP3) can be unblocked by another client.
+    let id = match c.cmd(&["CLIENT", "ID"]) {
+        Resp::Int(n) => n.to_string(),
+        r => panic!("CLIENT ID: {r:?}"),
+    };
+    c.send_cmd(&["BLPOP", "x7", "0"]);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        admin.cmd(&["CLIENT", "UNBLOCK", &id, "ERROR"]),
+        Resp::Int(1)
+    );
+    let r = c.read_reply();
+    assert!(err_starts(&r, "UNBLOCKED"), "{r:?}");
 
     // A deleted user's clients fail: never back to the default user.
     assert_eq!(admin.cmd(&["ACL", "DELUSER", "bob"]), Resp::Int(1));
@@ -237,4 +250,35 @@ fn clients_act_as_the_cluster_users_they_authenticate_as() {
         "new connections refused: {r:?}"
     );
     assert_eq!(admin.cmd(&["GET", "x6"]), Resp::Nil);
+}
+
+/// A blocking connection to a password-protected node (its `AUTH`, or a
+/// RESP3 client's `HELLO 3`, answered before its `CLIENT ID`) still learns
+/// its id on the node, so `CLIENT UNBLOCK … ERROR` answers as on Redis.
+#[test]
+fn client_unblock_works_on_authenticated_blocking_connections() {
+    let node = Protected::start("up-pass");
+    let envoy = Envoy::start(standalone_config(node.port, "up-pass"));
+    for hello in [None, Some("3")] {
+        let mut blocked = RawClient::connect(envoy.port());
+        let mut other = RawClient::connect(envoy.port());
+        if let Some(v) = hello {
+            assert!(matches!(blocked.cmd(&["HELLO", v]), Resp::Map(_)));
+        }
+        let id = match blocked.cmd(&["CLIENT", "ID"]) {
+            Resp::Int(n) => n.to_string(),
+            r => panic!("CLIENT ID: {r:?}"),
+        };
+        blocked.send_cmd(&["BLPOP", "q", "0"]);
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(
+            other.cmd(&["CLIENT", "UNBLOCK", &id, "ERROR"]),
+            Resp::Int(1)
+        );
+        let r = blocked.read_reply();
+        assert!(
+            err_starts(&r, "UNBLOCKED client unblocked via CLIENT UNBLOCK"),
+            "HELLO {hello:?}: {r:?}"
+        );
+    }
 }

@@ -16,7 +16,7 @@
 //! command is sent again, to the owner a fresh topology names, with the
 //! time it has left.
 
-use super::{ClientShared, Conn, Request, UpstreamIo};
+use super::{pipeline::Pipeline, ClientShared, Conn, Request, Role, UpstreamIo};
 use crate::clients::UnblockMode;
 use crate::codec::{self, Scan};
 use std::collections::HashMap;
@@ -81,6 +81,8 @@ pub(super) enum NodeId {
     /// closed instead of unblocked.
     Refused,
 }
+
+const CLIENT_ID: &[u8] = b"*2\r\n$6\r\nCLIENT\r\n$2\r\nID\r\n";
 
 /// The shortest timeout sent again: 0 would mean "forever".
 const MIN_LEFT: Duration = Duration::from_millis(1);
@@ -210,15 +212,40 @@ impl UpstreamIo {
                     &key.1,
                     key.2,
                     key.3.clone(),
-                    super::Role::Master,
+                    Role::Master,
                     Some(id),
                     now,
                 ) {
                     Ok(i) => {
+                        let cfg = &self.clusters[key.0].cfg;
+                        let as_user = key.3.as_deref().map(|u| {
+                            let proxy = super::conn::setup_commands(cfg, key.2, None, Role::Master);
+                            let user =
+                                super::conn::setup_commands(cfg, key.2, Some(u), Role::Master);
+                            (proxy, user)
+                        });
                         if let Some(c) = self.conns[i].as_mut() {
                             c.blocking = true;
-                            // Its id on the node, to CLIENT UNBLOCK it.
-                            c.pipe.push_internal(b"*2\r\n$6\r\nCLIENT\r\n$2\r\nID\r\n");
+                            if let Some((proxy, user)) = as_user {
+                                // A client's user may not be allowed CLIENT
+                                // ID: asked as the proxy's user first, then
+                                // AUTH as the client's (nothing written yet).
+                                c.pipe = Pipeline::default();
+                                for cmd in &proxy {
+                                    c.pipe.push_internal(cmd);
+                                }
+                                c.pipe.push_internal(CLIENT_ID);
+                                for (n, cmd) in user.iter().enumerate() {
+                                    c.pipe.push_internal(cmd);
+                                    if n == 0 {
+                                        c.pipe.hold_here();
+                                    }
+                                }
+                                c.auth_pending = Some(proxy.len() as u32 + 1);
+                            } else {
+                                // Its id on the node, to CLIENT UNBLOCK it.
+                                c.pipe.push_internal(CLIENT_ID);
+                            }
                             c.node_id = NodeId::Asked;
                         }
                         i

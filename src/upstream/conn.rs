@@ -46,7 +46,7 @@ impl UpstreamIo {
             cluster,
             addr: addr.to_string(),
             resp3,
-            auth_pending: user.is_some(),
+            auth_pending: user.is_some().then_some(0),
             user,
             role,
             pin,
@@ -80,7 +80,7 @@ impl UpstreamIo {
         );
         for (i, cmd) in setup.into_iter().enumerate() {
             conn.pipe.push_internal(&cmd);
-            if i == 0 && conn.auth_pending {
+            if i == 0 && conn.auth_pending.is_some() {
                 // Nothing runs before the node has accepted the user.
                 conn.pipe.hold_here();
             }
@@ -174,7 +174,7 @@ impl UpstreamIo {
 /// by the connection: `HELLO 3` (with the credentials) for RESP3 clients,
 /// else `AUTH` when configured, as the client's `user` when given (then
 /// always first); then `READONLY` for replica reads only (see [`Role`]).
-fn setup_commands(
+pub(super) fn setup_commands(
     cfg: &ClusterConfig,
     resp3: bool,
     user: Option<&Credentials>,

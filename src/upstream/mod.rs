@@ -257,8 +257,9 @@ struct Conn {
     resp3: bool,
     /// The client's user it authenticated as (see [`identity`]).
     user: Option<Arc<Credentials>>,
-    /// Its `AUTH` as `user` is not answered yet: nothing else is written.
-    auth_pending: bool,
+    /// Its `AUTH` as `user` is not answered yet (after this many of the
+    /// proxy's own replies): nothing after it is written.
+    auth_pending: Option<u32>,
     role: Role,
     /// A client's dedicated connection (transactions), not shared.
     pin: Option<u64>,

@@ -52,23 +52,32 @@ impl UpstreamIo {
                     Next::Request(req) => req,
                     Next::TimedOut => continue,
                     Next::Internal => {
-                        if conn.auth_pending {
-                            // The AUTH as the client's user: nothing else
-                            // was written; refused, nothing will be.
-                            conn.auth_pending = false;
-                            if codec::error_text(reply).is_some() {
-                                refused = Some(reply.to_vec());
-                                break;
+                        match conn.auth_pending {
+                            Some(0) => {
+                                // The AUTH as the client's user: nothing
+                                // after it was written; refused, nothing
+                                // will be.
+                                conn.auth_pending = None;
+                                if codec::error_text(reply).is_some() {
+                                    refused = Some(reply.to_vec());
+                                    break;
+                                }
+                                conn.pipe.release();
+                                tls_flush = true;
+                                continue;
                             }
-                            conn.pipe.release();
-                            tls_flush = true;
-                            continue;
+                            Some(n) => conn.auth_pending = Some(n - 1),
+                            None => {}
                         }
                         if conn.node_id == super::blocking::NodeId::Asked {
-                            conn.node_id = match codec::integer_value(reply) {
-                                Some(id) => super::blocking::NodeId::Known(id),
-                                None => super::blocking::NodeId::Refused,
-                            };
+                            // CLIENT ID's integer, or its refusal; the
+                            // setup's replies before it (`+OK` to AUTH,
+                            // HELLO's map) are neither.
+                            if let Some(id) = codec::integer_value(reply) {
+                                conn.node_id = super::blocking::NodeId::Known(id);
+                            } else if codec::error_text(reply).is_some() {
+                                conn.node_id = super::blocking::NodeId::Refused;
+                            }
                         }
                         if let Some(err) = codec::error_text(reply) {
                             // READONLY on a standalone node errors; that is fine.
