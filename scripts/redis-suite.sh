@@ -63,8 +63,11 @@ repo="$(cd "$here/.." && pwd)"
 #   unit/memefficiency, unit/maxmemory, unit/lazyfree  one process's memory,
 #       buffers, persistence or limits (a 3-node cluster has three of each)
 #   unit/wait  counts a node's replicas
-#   unit/acl, unit/acl-v2, unit/auth  a node's users; the proxy authenticates
-#       its clients itself (downstream_auth_passwords)
+#   unit/acl, unit/acl-v2, unit/auth  every test is tagged external:skip
+#       (each starts a server with its own ACL file or requirepass); ACL
+#       users through the proxy are covered by unit/scripting's `Script ACL
+#       check`, unit/other's `RESET clears authenticated state` and
+#       tests/auth.rs
 #   unit/latency-monitor, unit/slowlog  per-node diagnostics
 #   unit/printver  prints the version, no tests
 #   unit/info, unit/pubsubshard  every test is tagged external:skip

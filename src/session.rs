@@ -39,6 +39,7 @@ mod admin;
 mod blocking;
 mod clients;
 mod dispatch;
+mod identity;
 mod monitor;
 mod ordering;
 mod pause;
@@ -133,11 +134,18 @@ pub struct Session {
     multi_writes: bool,
     /// A `CLIENT PAUSE` queued in the open transaction: starts at `EXEC`.
     queued_pause: Option<(crate::clients::PauseMode, std::time::Duration)>,
+    /// The masters' share of that pause, once `EXEC` has run ([`pause`]).
+    pause_after_exec: Option<std::time::Duration>,
     /// In `MONITOR` mode: the lines waiting for this client.
     monitor: Option<Arc<crate::clients::MonitorFeed>>,
     /// The nodes' own `MONITOR` streams (for the commands scripts run
     /// inside them), and which node has confirmed yet.
     node_monitors: Option<(Arc<ClientShared>, Vec<bool>)>,
+    /// The Redis user the client authenticated as through the cluster
+    /// (`None`: the cluster's configured user; see [`identity`]).
+    user: Option<Arc<crate::upstream::Credentials>>,
+    /// Its `AUTH` waiting for the cluster's answer.
+    pending_auth: Option<identity::PendingAuth>,
 }
 
 impl Session {
@@ -208,8 +216,11 @@ impl Session {
             pause_held: false,
             multi_writes: false,
             queued_pause: None,
+            pause_after_exec: None,
             monitor: None,
             node_monitors: None,
+            user: None,
+            pending_auth: None,
         }
     }
 
@@ -561,7 +572,10 @@ impl Session {
     fn apply(&mut self, seq: u64, part: Part, reply: Vec<u8>) {
         match part {
             Part::Probe => self.resume_deferred(seq, reply),
-            Part::Whole => self.fill(seq, reply),
+            Part::Whole => {
+                let reply = self.auth_answered(seq, reply);
+                self.fill(seq, reply)
+            }
             Part::Split(i) => {
                 if let Some(g) = self.gathers.get_mut(&seq) {
                     if let Some(merged) = g.add(i, reply) {
@@ -570,7 +584,11 @@ impl Session {
                     }
                 }
             }
-            Part::Queued | Part::Exec => self.fill(seq, transaction::node_reply(part, reply)),
+            Part::Queued => self.fill(seq, transaction::node_reply(part, reply)),
+            Part::Exec => {
+                self.fill(seq, transaction::node_reply(part, reply));
+                self.exec_answered(self.clock.now());
+            }
             Part::Discard => {}
         }
     }

@@ -70,7 +70,7 @@ fn a_configured_username_must_match() {
     assert_eq!(c.cmd(&["CLIENT", "KILL", "USER", "app"]), Resp::Int(0));
     assert!(err_starts(
         &c.cmd(&["ACL", "SETUSER", "bob"]),
-        "ERR ACL SETUSER is not supported through the proxy"
+        "ERR ACL SETUSER would change every node of the cluster: the proxy refuses it unless settings.allow_admin_commands is true"
     ));
     assert_eq!(c.cmd(&["RESET"]), Resp::Simple("RESET".into()));
     assert!(err_starts(&c.cmd(&["ACL", "WHOAMI"]), "NOAUTH"));
@@ -148,4 +148,137 @@ fn a_wrong_upstream_password_gives_errors_not_hangs() {
     c.set_timeout(Duration::from_secs(5));
     let r = c.cmd(&["GET", "a"]);
     assert!(r.is_error(), "expected an error, got {r:?}");
+}
+
+/// Without downstream auth of the proxy's own, `AUTH user pass` is checked
+/// by the cluster and the client's commands then run as that user on the
+/// nodes (ACL rules, `redis.acl_check_cmd`, transactions, blocking
+/// commands); `ACL SETUSER`/`DELUSER` reach every node with the admin
+/// setting; `RESET` makes the client the default user again.
+#[test]
+fn clients_act_as_the_cluster_users_they_authenticate_as() {
+    let cluster = Cluster::start(3, 1);
+    let cfg = module_config(&cluster, json!({ "allow_admin_commands": true }));
+    let envoy = Envoy::start(cfg);
+    let mut admin = RawClient::connect(envoy.port());
+    let rules = [
+        "on", ">pw", "~x*", "+set", "+get", "+eval", "+blpop", "+multi", "+exec",
+    ];
+    let mut setuser = vec!["ACL", "SETUSER", "bob"];
+    setuser.extend(rules);
+    assert_eq!(admin.cmd(&setuser), Resp::ok());
+    // A cluster's users are each node's own: every node, replicas too.
+    for port in cluster.ports() {
+        let users = RawClient::connect(port).cmd(&["ACL", "USERS"]);
+        assert!(
+            matches!(&users, Resp::Array(u) if u.contains(&Resp::bulk("bob"))),
+            "node {port}: {users:?}"
+        );
+    }
+
+    let mut c = RawClient::connect(envoy.port());
+    // A refused AUTH changes nothing, also for a command pipelined behind it.
+    c.send_cmd(&["AUTH", "bob", "wrong"]);
+    c.send_cmd(&["SET", "y0", "v"]);
+    let r = c.read_replies(2);
+    assert!(err_starts(&r[0], "WRONGPASS"), "{r:?}");
+    assert_eq!(r[1], Resp::ok(), "still the default user");
+    assert_eq!(c.cmd(&["ACL", "WHOAMI"]), Resp::bulk("default"));
+
+    // Accepted: commands pipelined right behind it run as bob.
+    c.send_cmd(&["AUTH", "bob", "pw"]);
+    c.send_cmd(&["SET", "y1", "v"]);
+    let r = c.read_replies(2);
+    assert_eq!(r[0], Resp::ok());
+    assert!(err_starts(&r[1], "NOPERM"), "key outside ~x*: {r:?}");
+    assert_eq!(c.cmd(&["ACL", "WHOAMI"]), Resp::bulk("bob"));
+    assert_eq!(c.cmd(&["SET", "x1", "v"]), Resp::ok());
+    assert!(err_starts(&c.cmd(&["HSET", "x2", "f", "v"]), "NOPERM"));
+    let check = |cmd: &str| format!("return redis.acl_check_cmd({cmd})");
+    assert_eq!(
+        c.cmd(&["EVAL", &check("'set','x3','1'"), "0"]),
+        Resp::Int(1)
+    );
+    assert_eq!(
+        c.cmd(&["EVAL", &check("'hset','x3','f','1'"), "0"]),
+        Resp::Nil
+    );
+    let info = c.cmd(&["CLIENT", "INFO"]).text().unwrap();
+    assert!(info.contains(" user=bob "), "{info}");
+    // A transaction's and a blocking command's own connections are bob's too.
+    assert_eq!(c.cmd(&["MULTI"]), Resp::ok());
+    assert!(err_starts(&c.cmd(&["SET", "y2", "v"]), "NOPERM"));
+    assert!(err_starts(&c.cmd(&["EXEC"]), "EXECABORT"));
+    assert!(err_starts(&c.cmd(&["BLPOP", "y3", "0.1"]), "NOPERM"));
+    assert_eq!(c.cmd(&["BLPOP", "x3", "0.1"]), Resp::NilArray);
+
+    // RESET: the default user again.
+    assert_eq!(c.cmd(&["RESET"]), Resp::Simple("RESET".into()));
+    assert_eq!(c.cmd(&["ACL", "WHOAMI"]), Resp::bulk("default"));
+    assert_eq!(c.cmd(&["HSET", "y4", "f", "v"]), Resp::Int(1));
+
+    // HELLO … AUTH too (RESP3 connections of bob's own).
+    let r = c.cmd(&["HELLO", "3", "AUTH", "bob", "wrong"]);
+    assert!(err_starts(&r, "WRONGPASS"), "{r:?}");
+    let r = c.cmd(&["HELLO", "3", "AUTH", "bob", "pw", "SETNAME", "b"]);
+    assert!(matches!(r, Resp::Map(_)), "{r:?}");
+    assert_eq!(c.cmd(&["ACL", "WHOAMI"]), Resp::bulk("bob"));
+    assert!(err_starts(&c.cmd(&["HSET", "x5", "f", "v"]), "NOPERM"));
+    assert_eq!(c.cmd(&["GET", "x1"]), Resp::bulk("v"));
+    // bob's blocking connection (RESP3) can be unblocked by another client.
+    let id = match c.cmd(&["CLIENT", "ID"]) {
+        Resp::Int(n) => n.to_string(),
+        r => panic!("CLIENT ID: {r:?}"),
+    };
+    c.send_cmd(&["BLPOP", "x7", "0"]);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        admin.cmd(&["CLIENT", "UNBLOCK", &id, "ERROR"]),
+        Resp::Int(1)
+    );
+    let r = c.read_reply();
+    assert!(err_starts(&r, "UNBLOCKED"), "{r:?}");
+
+    // A deleted user's clients fail: never back to the default user.
+    assert_eq!(admin.cmd(&["ACL", "DELUSER", "bob"]), Resp::Int(1));
+    let r = c.cmd(&["SET", "x6", "v"]);
+    assert!(r.is_error(), "{r:?}");
+    assert_eq!(admin.cmd(&["GET", "x6"]), Resp::Nil);
+    let r = c.cmd(&["SET", "x6", "v"]);
+    assert!(
+        err_starts(&r, "WRONGPASS"),
+        "new connections refused: {r:?}"
+    );
+    assert_eq!(admin.cmd(&["GET", "x6"]), Resp::Nil);
+}
+
+/// A blocking connection to a password-protected node (its `AUTH`, or a
+/// RESP3 client's `HELLO 3`, answered before its `CLIENT ID`) still learns
+/// its id on the node, so `CLIENT UNBLOCK … ERROR` answers as on Redis.
+#[test]
+fn client_unblock_works_on_authenticated_blocking_connections() {
+    let node = Protected::start("up-pass");
+    let envoy = Envoy::start(standalone_config(node.port, "up-pass"));
+    for hello in [None, Some("3")] {
+        let mut blocked = RawClient::connect(envoy.port());
+        let mut other = RawClient::connect(envoy.port());
+        if let Some(v) = hello {
+            assert!(matches!(blocked.cmd(&["HELLO", v]), Resp::Map(_)));
+        }
+        let id = match blocked.cmd(&["CLIENT", "ID"]) {
+            Resp::Int(n) => n.to_string(),
+            r => panic!("CLIENT ID: {r:?}"),
+        };
+        blocked.send_cmd(&["BLPOP", "q", "0"]);
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(
+            other.cmd(&["CLIENT", "UNBLOCK", &id, "ERROR"]),
+            Resp::Int(1)
+        );
+        let r = blocked.read_reply();
+        assert!(
+            err_starts(&r, "UNBLOCKED client unblocked via CLIENT UNBLOCK"),
+            "HELLO {hello:?}: {r:?}"
+        );
+    }
 }

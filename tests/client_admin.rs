@@ -177,6 +177,66 @@ fn client_pause_holds_what_redis_holds() {
     }
 }
 
+fn expired_keys(c: &mut RawClient) -> i64 {
+    let text = c.cmd(&["INFO", "stats"]).text().expect("INFO text");
+    text.lines()
+        .find_map(|l| l.strip_prefix("expired_keys:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no expired_keys in INFO: {text}"))
+}
+
+/// Keys whose TTL passes during a pause: gone for readers, but not expired
+/// (deleted) until the pause ends, also when the pause came from a
+/// transaction. Returns the observations and how many keys were expired
+/// while paused.
+fn expiry_scenario(port: u16) -> (Vec<String>, i64) {
+    let mut log = Vec::new();
+    let mut c = client(port);
+    c.cmd(&["FLUSHALL"]);
+    let before = expired_keys(&mut c);
+    assert_eq!(c.cmd(&["SET", "e{t}", "v", "PX", "100"]), Resp::ok());
+    assert_eq!(c.cmd(&["MULTI"]), Resp::ok());
+    c.cmd(&["SET", "f{t}", "v", "PX", "100"]);
+    c.cmd(&["CLIENT", "PAUSE", "20000", "WRITE"]);
+    log.push(format!("EXEC: {:?}", c.cmd(&["EXEC"])));
+    std::thread::sleep(Duration::from_millis(400));
+    log.push(format!("GET during: {:?}", c.cmd(&["GET", "e{t}"])));
+    log.push(format!("GET during: {:?}", c.cmd(&["GET", "f{t}"])));
+    let during = expired_keys(&mut c) - before;
+    log.push(format!("UNPAUSE: {:?}", c.cmd(&["CLIENT", "UNPAUSE"])));
+    c.cmd(&["GET", "e{t}"]);
+    c.cmd(&["GET", "f{t}"]);
+    log.push(format!("expired after: {}", expired_keys(&mut c) - before));
+    (log, during)
+}
+
+/// With `allow_admin_commands` the masters are paused too: they stop
+/// expiring keys as a paused Redis does, and everything else a pause does
+/// stays as on Redis. Without it, only the proxy's clients are paused.
+#[test]
+fn with_the_admin_setting_a_pause_also_stops_the_masters_expiring_keys() {
+    let cluster = Cluster::start(3, 0);
+    let admin = json!({ "allow_admin_commands": true });
+    let envoy = Envoy::start(module_config(&cluster, admin));
+    let redis = StandaloneRedis::start();
+    let (want, want_during) = expiry_scenario(redis.port());
+    assert_eq!(want_during, 0, "Redis expires nothing while paused");
+    let (got, got_during) = expiry_scenario(envoy.port());
+    assert_eq!(got, want, "through the proxy vs Redis");
+    assert_eq!(got_during, 0);
+    let want = pause_scenario(redis.port());
+    let got = pause_scenario(envoy.port());
+    assert_eq!(got, want, "the rest of a pause, masters paused too");
+    drop(envoy);
+
+    let envoy = Envoy::start(module_config(&cluster, json!({})));
+    let (_, during) = expiry_scenario(envoy.port());
+    assert!(
+        during > 0,
+        "without the setting the nodes are not paused and expire keys"
+    );
+}
+
 /// `name=value` pairs of a `CLIENT LIST` line.
 fn fields(line: &str) -> Vec<(String, String)> {
     line.split_whitespace()

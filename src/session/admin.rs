@@ -19,6 +19,11 @@
 //! - `SAVE`, `BGSAVE`, `BGREWRITEAOF`: every master saves, only with
 //!   `settings.allow_admin_commands`; the masters' common reply, or the
 //!   first error.
+//! - `ACL SETUSER|DELUSER|LOAD|SAVE|LOG RESET`: a cluster's users are each
+//!   node's own, so these go to every node (masters and replicas) like
+//!   `CONFIG SET`, only with `settings.allow_admin_commands`. Other `ACL`
+//!   subcommands (`LIST`, `GETUSER`, `DRYRUN`, `CAT`, `LOG` …): the first
+//!   master's answer. `ACL WHOAMI` is the client's own (`identity.rs`).
 
 use super::{Session, WHOLE};
 use crate::codec;
@@ -120,17 +125,7 @@ impl Session {
         let sub = args.get(1).copied().unwrap_or_default();
         let is = |name: &str| sub.eq_ignore_ascii_case(name.as_bytes());
         if is("get") {
-            let first = self.masters(cluster)?.into_iter().next();
-            let addr =
-                first.ok_or_else(|| codec::error("CLUSTERDOWN the cluster has no master"))?;
-            let seq = self.push_slot();
-            let target = Target::Node {
-                addr,
-                slot: 0,
-                asking: false,
-            };
-            self.send_keyless(seq, WHOLE, cluster, target, data, now);
-            return Ok(());
+            return self.first_master(cluster, data, now);
         }
         if is("set") || is("resetstat") || is("rewrite") {
             if !self.proxy.config.settings.allow_admin_commands {
@@ -173,6 +168,53 @@ impl Session {
             return Err(admin_refused(&name.to_ascii_uppercase()));
         }
         self.broadcast(cluster, data, |_| Merge::Same, now)
+    }
+
+    /// `ACL` but `WHOAMI`, run as the client's user like every command.
+    pub(super) fn acl_nodes(
+        &mut self,
+        cluster: usize,
+        args: &[&[u8]],
+        data: Vec<u8>,
+        now: Instant,
+    ) -> Result<(), Vec<u8>> {
+        let sub = args.get(1).copied().unwrap_or_default();
+        let is = |name: &str| sub.eq_ignore_ascii_case(name.as_bytes());
+        let log_reset = is("log")
+            && args
+                .get(2)
+                .is_some_and(|a| a.eq_ignore_ascii_case(b"reset"));
+        if is("setuser") || is("deluser") || is("load") || is("save") || log_reset {
+            if !self.proxy.config.settings.allow_admin_commands {
+                let what = format!("ACL {}", String::from_utf8_lossy(sub).to_ascii_uppercase());
+                return Err(admin_refused(&what));
+            }
+            // DELUSER counts the users deleted: the same on every node
+            // that had the same users.
+            let merge = if is("deluser") {
+                Merge::Same
+            } else {
+                Merge::AllOk
+            };
+            let nodes = self.all_nodes(cluster)?;
+            self.fan_out(cluster, nodes, data, merge, false, now);
+            return Ok(());
+        }
+        self.first_master(cluster, data, now)
+    }
+
+    /// `data` to the first master (masters ordered by first slot).
+    fn first_master(&mut self, cluster: usize, data: Vec<u8>, now: Instant) -> Result<(), Vec<u8>> {
+        let first = self.masters(cluster)?.into_iter().next();
+        let addr = first.ok_or_else(|| codec::error("CLUSTERDOWN the cluster has no master"))?;
+        let seq = self.push_slot();
+        let target = Target::Node {
+            addr,
+            slot: 0,
+            asking: false,
+        };
+        self.send_keyless(seq, WHOLE, cluster, target, data, now);
+        Ok(())
     }
 
     /// Masters (ordered by first slot), then every replica the slot map names.

@@ -107,6 +107,7 @@ impl Session {
             deadline,
         )
         .resp3(self.state.resp3)
+        .user(self.user.clone())
         .blocking(Blocking::new(at, unit, timeout));
         self.block = Some(Held {
             seq,

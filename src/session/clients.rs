@@ -64,34 +64,40 @@ fn type_matches(t: &[u8]) -> Result<bool, Vec<u8>> {
 }
 
 impl Session {
-    /// The user a client acts as: the configured downstream username once
-    /// authenticated with it, else `default` (as in Redis).
-    fn user_name(&self) -> &str {
+    /// The user a client acts as: the Redis user it authenticated as through
+    /// the cluster, or the configured downstream username once authenticated
+    /// with it, else `default` (as in Redis).
+    fn user_name(&self) -> std::borrow::Cow<'_, str> {
+        if let Some(u) = self.client_user() {
+            return String::from_utf8_lossy(u);
+        }
         let auth = self.proxy.auth();
         match auth.username {
-            Some(u) if self.state.authenticated && auth.required() => u,
-            _ => "default",
+            Some(u) if self.state.authenticated && auth.required() => u.into(),
+            _ => "default".into(),
         }
     }
 
+    /// `default`, the downstream username, or (when clients authenticate
+    /// against the cluster) a user some client of the proxy acts as: the
+    /// proxy does not ask the nodes, so a user no client acts as is taken
+    /// for unknown (its clients, none, would not be killed either way).
     fn user_exists(&self, user: &[u8]) -> bool {
-        user == b"default" || self.proxy.auth().username.map(str::as_bytes) == Some(user)
+        user == b"default"
+            || self.proxy.auth().username.map(str::as_bytes) == Some(user)
+            || (self.cluster_auth()
+                && (self.proxy.clients.all().iter()).any(|e| e.view().user.as_bytes() == user))
     }
 
-    /// `ACL WHOAMI` answers the user this client acts as; the rest of
-    /// `ACL` is refused: the proxy's only user is its downstream auth
-    /// settings, and the nodes' users are the proxy's own business.
+    /// `ACL WHOAMI` answers the user this client acts as (the rest of `ACL`
+    /// goes to the nodes: `admin.rs`).
     pub(super) fn acl(&self, args: &[&[u8]]) -> Vec<u8> {
         let sub =
             String::from_utf8_lossy(args.get(1).copied().unwrap_or_default()).to_ascii_uppercase();
         match (sub.as_str(), args.len()) {
             ("WHOAMI", 2) => codec::bulk(self.user_name().as_bytes()),
-            ("WHOAMI", _) => {
-                codec::error("ERR wrong number of arguments for 'acl|whoami' command")
-            }
-            _ => codec::error(&format!(
-                "ERR ACL {sub} is not supported through the proxy: its clients authenticate with downstream_auth_username/downstream_auth_passwords"
-            )),
+            ("WHOAMI", _) => codec::error("ERR wrong number of arguments for 'acl|whoami' command"),
+            _ => codec::error(&format!("ERR unknown subcommand '{sub}'")),
         }
     }
 
@@ -113,7 +119,7 @@ impl Session {
             v.last_active = now;
             if v.user != user {
                 v.user.clear();
-                v.user.push_str(user);
+                v.user.push_str(&user);
             }
             if v.name.as_bytes() != name {
                 v.name.clear();
@@ -147,6 +153,7 @@ impl Session {
             ("kill", _) => self.client_kill(args).unwrap_or_else(|e| e),
             ("unpause", 2) => {
                 self.proxy.clients.unpause();
+                self.pause_masters(None, now);
                 codec::simple("OK")
             }
             ("pause", 3 | 4) => match parse_pause(args) {
@@ -155,6 +162,7 @@ impl Session {
                 Ok((mode, ms)) => match now.checked_add(Duration::from_millis(ms)) {
                     Some(until) => {
                         self.proxy.clients.pause(mode, until);
+                        self.pause_masters(Some(ms), now);
                         codec::simple("OK")
                     }
                     None => codec::error("ERR timeout is out of range"),

@@ -125,8 +125,8 @@ impl Session {
                 None => local::client(&mut self.state, args),
             },
             Local::Acl => self.acl(args),
-            Local::Hello => local::hello(&mut self.state, &self.proxy.auth(), args),
-            Local::Auth => local::auth(&mut self.state, &self.proxy.auth(), args),
+            Local::Hello => return self.hello(args, now),
+            Local::Auth => return self.auth(args, now),
             Local::Cluster => local::cluster(
                 &self.state,
                 args,
@@ -138,13 +138,15 @@ impl Session {
 
     /// `RESET`: back to a new connection's state — no transaction (its
     /// WATCH connection released), RESP2, no name, replies on, and
-    /// unauthenticated again when downstream auth is configured.
+    /// unauthenticated again when downstream auth is configured, the
+    /// default user again towards the nodes.
     pub(super) fn reset(&mut self, now: Instant) {
         self.end_txn(now);
         self.stop_monitor();
         self.state.resp3 = false;
         self.state.name = None;
         self.state.authenticated = !self.proxy.auth().required();
+        self.user = None;
         self.reply_mode = ReplyMode::On;
         self.silent = false;
         self.reply_now(codec::simple("RESET"));

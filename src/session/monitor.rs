@@ -171,6 +171,7 @@ impl Session {
                 codec::command(&[b"MONITOR"]),
                 deadline,
             )
+            .user(self.user.clone())
             .pinned(pin, false, 0)
             .streaming();
             self.batch.push(req);

@@ -8,12 +8,26 @@
 //! function's flags), and `EXEC` of a transaction that queued any of these.
 //! `ALL` holds every command. Errors found before running (unknown command,
 //! arity, `NOAUTH`) are answered at once.
+//!
+//! With `settings.allow_admin_commands`, the masters are paused too, so
+//! that they stop expiring keys as a paused Redis does (a paused client
+//! still sees an expired key as gone; it is deleted after the pause).
+//! They get `CLIENT PAUSE ms WRITE` whatever the mode: the proxy holds
+//! reads itself, and a node paused for everything would also stall the
+//! proxy's own topology refreshes. A paused master holds writes, and the
+//! proxy sends it none until its own pause ends (the two end together:
+//! same timeout, and `CLIENT UNPAUSE` unpauses both). Fire and forget, on
+//! the connections the client's next commands take, so those reach each
+//! master after the pause. Without the setting the nodes are never
+//! paused: that affects every client of the cluster, not only the proxy's.
 
 use super::Session;
 use crate::clients::PauseMode;
+use crate::codec;
 use crate::command::{self, Command};
 use crate::functions::FunctionFlags;
 use crate::scripts::ScriptCache;
+use crate::upstream::{Part, Target};
 use std::time::{Duration, Instant};
 
 /// `#!lua flags=no-writes,…` on a script's first line. `None`: no shebang
@@ -86,14 +100,19 @@ impl Session {
             }
             "exec" => {
                 // The transaction's own CLIENT PAUSE starts at its EXEC
-                // (also one that answers EXECABORT).
+                // (also one that answers EXECABORT); the masters' once
+                // EXEC has run (paused before, they would hold its writes).
                 if let (Some((mode, ms)), true) = (self.queued_pause.take(), in_multi) {
                     if let Some(until) = now.checked_add(ms) {
                         self.proxy.clients.pause(mode, until);
+                        self.pause_after_exec = Some(ms);
                     }
                 }
             }
-            "discard" | "reset" => self.queued_pause = None,
+            "discard" | "reset" => {
+                self.queued_pause = None;
+                self.pause_after_exec = None;
+            }
             _ if in_multi => self.multi_writes |= write,
             _ => {}
         }
@@ -148,6 +167,44 @@ impl Session {
             }
         }
         true
+    }
+
+    /// With `allow_admin_commands`: `CLIENT PAUSE ms WRITE` (`Some(ms)`) or
+    /// `CLIENT UNPAUSE` (`None`) to every master of every cluster, replies
+    /// dropped.
+    pub(super) fn pause_masters(&mut self, ms: Option<u64>, now: Instant) {
+        if !self.proxy.config.settings.allow_admin_commands {
+            return;
+        }
+        let data = match ms {
+            Some(ms) => {
+                let ms = ms.to_string();
+                codec::command(&[&b"CLIENT"[..], b"PAUSE", ms.as_bytes(), b"WRITE"])
+            }
+            None => codec::command(&[b"CLIENT", b"UNPAUSE"]),
+        };
+        for cluster in 0..self.proxy.config.clusters.len() {
+            // A cluster with no masters yet has nothing to pause.
+            let Ok(masters) = self.masters(cluster) else {
+                continue;
+            };
+            for addr in masters {
+                let target = Target::Node {
+                    addr,
+                    slot: 0,
+                    asking: false,
+                };
+                let seq = self.replies.head_seq();
+                self.send_keyless(seq, Part::Discard, cluster, target, data.clone(), now);
+            }
+        }
+    }
+
+    /// EXEC's reply is in: a `CLIENT PAUSE` it ran pauses the masters now.
+    pub(super) fn exec_answered(&mut self, now: Instant) {
+        if let Some(ms) = self.pause_after_exec.take() {
+            self.pause_masters(Some(ms.as_millis() as u64), now);
+        }
     }
 
     /// The session runs again (woken, or a reply arrived): a held command

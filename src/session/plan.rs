@@ -124,6 +124,8 @@ pub enum Keyless {
     Config,
     /// `SAVE`, `BGSAVE`, `BGREWRITEAOF`.
     Persist,
+    /// `ACL` but `WHOAMI`: the nodes' users.
+    Acl,
     Scan,
     /// Not supported through the proxy.
     Unsupported,
@@ -200,7 +202,7 @@ fn local(cmd: &Command, args: &[&[u8]]) -> Option<Local> {
             "ERR DB index is out of range: a Redis Cluster has only database 0",
         )),
         "asking" | "readonly" | "readwrite" => Local::Reply(codec::simple("OK")),
-        "acl" => Local::Acl,
+        "acl" if sub_is(args, "whoami") => Local::Acl,
         "hello" => Local::Hello,
         "auth" => Local::Auth,
         "cluster" => Local::Cluster,
@@ -228,6 +230,7 @@ pub fn keyless(cmd: &Command, args: &[&[u8]]) -> Keyless {
         "info" => Keyless::Info,
         "config" => Keyless::Config,
         "save" | "bgsave" | "bgrewriteaof" => Keyless::Persist,
+        "acl" => Keyless::Acl,
         "scan" => Keyless::Scan,
         _ => Keyless::Unsupported,
     }
@@ -374,6 +377,8 @@ mod tests {
         assert_eq!(p("CLIENT LIST"), Plan::Local(Local::Client));
         assert_eq!(p("MONITOR"), Plan::Local(Local::Monitor));
         assert_eq!(p("ACL WHOAMI"), Plan::Local(Local::Acl));
+        assert_eq!(p("ACL SETUSER bob on"), Plan::Keyless(Keyless::Acl));
+        assert_eq!(p("ACL LIST"), Plan::Keyless(Keyless::Acl));
         assert_eq!(p("CLUSTER SLOTS"), Plan::Local(Local::Cluster));
     }
 

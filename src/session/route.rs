@@ -79,6 +79,7 @@ impl Session {
             Keyless::Info => self.info(cluster, args, now),
             Keyless::Config => self.config(cluster, args, data, now),
             Keyless::Persist => self.persist(cluster, cmd.name, data, now),
+            Keyless::Acl => self.acl_nodes(cluster, args, data, now),
             Keyless::Scan => self.scan(cluster, args, now),
             Keyless::Unsupported => Err(codec::error(&format!(
                 "ERR '{}' is not supported through this proxy (keyless command)",
@@ -244,6 +245,7 @@ impl Session {
                     deadline,
                 )
                 .resp3(self.state.resp3)
+                .user(self.user.clone())
                 .pinned(pin, true, 0);
                 self.batch.push(req);
             } else {
@@ -424,7 +426,11 @@ impl Session {
                 data.clone(),
                 deadline,
             );
-            self.batch.push(copy.resp3(self.state.resp3).mirrored());
+            self.batch.push(
+                copy.resp3(self.state.resp3)
+                    .user(self.user.clone())
+                    .mirrored(),
+            );
         }
         let req = Request::new(
             self.client.clone(),
@@ -436,7 +442,8 @@ impl Session {
             deadline,
         )
         .read_policy(policy)
-        .resp3(self.state.resp3);
+        .resp3(self.state.resp3)
+        .user(self.user.clone());
         self.batch.push(req);
     }
 

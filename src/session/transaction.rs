@@ -457,6 +457,7 @@ impl Session {
             deadline,
         )
         .resp3(self.state.resp3)
+        .user(self.user.clone())
         .pinned(out.pin, release, out.swallow);
         if !out.opens {
             req = req.continues_pin();

@@ -16,7 +16,7 @@
 //! command is sent again, to the owner a fresh topology names, with the
 //! time it has left.
 
-use super::{ClientShared, Conn, Request, UpstreamIo};
+use super::{pipeline::Pipeline, ClientShared, Conn, Request, Role, UpstreamIo};
 use crate::clients::UnblockMode;
 use crate::codec::{self, Scan};
 use std::collections::HashMap;
@@ -82,13 +82,21 @@ pub(super) enum NodeId {
     Refused,
 }
 
+const CLIENT_ID: &[u8] = b"*2\r\n$6\r\nCLIENT\r\n$2\r\nID\r\n";
+
 /// The shortest timeout sent again: 0 would mean "forever".
 const MIN_LEFT: Duration = Duration::from_millis(1);
 /// The upstream deadline of a request blocked forever (timeout 0).
 const FOREVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// A pool key: connections are per node and per protocol.
-type NodeKey = (usize, String, bool);
+/// Cluster, node, RESP3, the client's user.
+type NodeKey = (
+    usize,
+    String,
+    bool,
+    Option<std::sync::Arc<super::Credentials>>,
+);
 
 /// A worker's blocking connections.
 #[derive(Default)]
@@ -181,7 +189,7 @@ impl UpstreamIo {
         asking: bool,
         now: Instant,
     ) {
-        let key: NodeKey = (req.cluster, addr, req.resp3);
+        let key: NodeKey = (req.cluster, addr, req.resp3, req.user.clone());
         let idx = match self.blocking.take_idle(&key) {
             Some(i) => {
                 let cs = self.stats.cluster(req.cluster);
@@ -199,12 +207,45 @@ impl UpstreamIo {
                 }
                 self.blocking.next_id += 1;
                 let id = self.blocking.next_id;
-                match self.connect(key.0, &key.1, key.2, super::Role::Master, Some(id), now) {
+                match self.connect(
+                    key.0,
+                    &key.1,
+                    key.2,
+                    key.3.clone(),
+                    Role::Master,
+                    Some(id),
+                    now,
+                ) {
                     Ok(i) => {
+                        let cfg = &self.clusters[key.0].cfg;
+                        let as_user = key.3.as_deref().map(|u| {
+                            let proxy = super::conn::setup_commands(cfg, key.2, None, Role::Master);
+                            let user =
+                                super::conn::setup_commands(cfg, key.2, Some(u), Role::Master);
+                            (proxy, user)
+                        });
                         if let Some(c) = self.conns[i].as_mut() {
                             c.blocking = true;
-                            // Its id on the node, to CLIENT UNBLOCK it.
-                            c.pipe.push_internal(b"*2\r\n$6\r\nCLIENT\r\n$2\r\nID\r\n");
+                            if let Some((proxy, user)) = as_user {
+                                // A client's user may not be allowed CLIENT
+                                // ID: asked as the proxy's user first, then
+                                // AUTH as the client's (nothing written yet).
+                                c.pipe = Pipeline::default();
+                                for cmd in &proxy {
+                                    c.pipe.push_internal(cmd);
+                                }
+                                c.pipe.push_internal(CLIENT_ID);
+                                for (n, cmd) in user.iter().enumerate() {
+                                    c.pipe.push_internal(cmd);
+                                    if n == 0 {
+                                        c.pipe.hold_here();
+                                    }
+                                }
+                                c.auth_pending = Some(proxy.len() as u32 + 1);
+                            } else {
+                                // Its id on the node, to CLIENT UNBLOCK it.
+                                c.pipe.push_internal(CLIENT_ID);
+                            }
                             c.node_id = NodeId::Asked;
                         }
                         i
@@ -276,7 +317,8 @@ impl UpstreamIo {
             return;
         }
         c.owner = None;
-        let (cluster, key) = (c.cluster, (c.cluster, c.addr.clone(), c.resp3));
+        let key = (c.cluster, c.addr.clone(), c.resp3, c.user.clone());
+        let cluster = c.cluster;
         self.blocking.in_use.retain(|&i| i != idx);
         self.blocking.idle.entry(key).or_default().push(idx);
         let cs = self.stats.cluster(cluster);

@@ -1,7 +1,7 @@
 //! A node connection: opening it (with its setup commands), and its socket
 //! and TLS I/O.
 
-use super::{pipeline::Pipeline, pool::Purpose, Conn, Role, UpstreamIo, READONLY};
+use super::{pipeline::Pipeline, pool::Purpose, Conn, Credentials, Role, UpstreamIo, READONLY};
 use crate::codec;
 use crate::config::ClusterConfig;
 use crate::envoy::Level;
@@ -10,14 +10,19 @@ use mio::net::TcpStream;
 use mio::{Interest, Token};
 use std::io::{self, Read, Write};
 use std::net::ToSocketAddrs;
+use std::sync::Arc;
 use std::time::Instant;
 
 impl UpstreamIo {
+    /// A new connection to `addr`, as `user` (a client's; `None`: the
+    /// cluster's configured user), shared unless `pin`ned.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn connect(
         &mut self,
         cluster: usize,
         addr: &str,
         resp3: bool,
+        user: Option<Arc<Credentials>>,
         role: Role,
         pin: Option<u64>,
         now: Instant,
@@ -41,6 +46,8 @@ impl UpstreamIo {
             cluster,
             addr: addr.to_string(),
             resp3,
+            auth_pending: user.is_some().then_some(0),
+            user,
             role,
             pin,
             owner: None,
@@ -65,18 +72,23 @@ impl UpstreamIo {
                 return Err(io::Error::other(e));
             }
         }
-        for cmd in setup_commands(&self.clusters[cluster].cfg, resp3, role) {
+        let setup = setup_commands(
+            &self.clusters[cluster].cfg,
+            resp3,
+            conn.user.as_deref(),
+            role,
+        );
+        for (i, cmd) in setup.into_iter().enumerate() {
             conn.pipe.push_internal(&cmd);
+            if i == 0 && conn.auth_pending.is_some() {
+                // Nothing runs before the node has accepted the user.
+                conn.pipe.hold_here();
+            }
+        }
+        if pin.is_none() {
+            self.shared.insert(addr, conn.purpose(), idx);
         }
         self.conns[idx] = Some(conn);
-        if pin.is_none() {
-            let purpose = Purpose {
-                cluster,
-                resp3,
-                role,
-            };
-            self.shared.insert(addr, purpose, idx);
-        }
         Ok(idx)
     }
 
@@ -160,11 +172,21 @@ impl UpstreamIo {
 
 /// What a new connection sends before any request, its replies consumed
 /// by the connection: `HELLO 3` (with the credentials) for RESP3 clients,
-/// else `AUTH` when configured; then `READONLY` for replica reads only (see
-/// [`Role`]).
-fn setup_commands(cfg: &ClusterConfig, resp3: bool, role: Role) -> Vec<Vec<u8>> {
+/// else `AUTH` when configured, as the client's `user` when given (then
+/// always first); then `READONLY` for replica reads only (see [`Role`]).
+pub(super) fn setup_commands(
+    cfg: &ClusterConfig,
+    resp3: bool,
+    user: Option<&Credentials>,
+    role: Role,
+) -> Vec<Vec<u8>> {
     let mut setup: Vec<&[u8]> = Vec::new();
-    if resp3 {
+    if let Some(u) = user {
+        if resp3 {
+            setup.extend_from_slice(&[b"HELLO", b"3"]);
+        }
+        setup.extend_from_slice(&[b"AUTH", u.user(), u.pass()]);
+    } else if resp3 {
         setup.extend_from_slice(&[b"HELLO", b"3"]);
         if let Some(pass) = &cfg.auth_password {
             let user = cfg.auth_username.as_deref().unwrap_or("default");
@@ -188,6 +210,16 @@ fn setup_commands(cfg: &ClusterConfig, resp3: bool, role: Role) -> Vec<Vec<u8>> 
 }
 
 impl Conn {
+    /// What this connection is for, as the shared pool knows it.
+    pub(super) fn purpose(&self) -> Purpose {
+        Purpose {
+            cluster: self.cluster,
+            resp3: self.resp3,
+            role: self.role,
+            user: self.user.clone(),
+        }
+    }
+
     /// Read what the socket has (until it would block: readiness is
     /// edge-triggered) into `inbuf`, as plaintext. Ok(true): TLS has
     /// records to send (handshake messages, alerts). Errors, including a
@@ -263,17 +295,17 @@ mod tests {
 
     #[test]
     fn a_plain_master_connection_sends_nothing_first() {
-        assert!(setup_commands(&cluster(None, None), false, Role::Master).is_empty());
+        assert!(setup_commands(&cluster(None, None), false, None, Role::Master).is_empty());
     }
 
     #[test]
     fn auth_with_and_without_a_user() {
         assert_eq!(
-            setup_commands(&cluster(None, Some("pw")), false, Role::Master),
+            setup_commands(&cluster(None, Some("pw")), false, None, Role::Master),
             vec![codec::command(&[b"AUTH", b"pw"])]
         );
         assert_eq!(
-            setup_commands(&cluster(Some("u"), Some("pw")), false, Role::Master),
+            setup_commands(&cluster(Some("u"), Some("pw")), false, None, Role::Master),
             vec![codec::command(&[b"AUTH", b"u", b"pw"])]
         );
     }
@@ -281,11 +313,11 @@ mod tests {
     #[test]
     fn resp3_says_hello_with_the_credentials_in_it() {
         assert_eq!(
-            setup_commands(&cluster(None, None), true, Role::Master),
+            setup_commands(&cluster(None, None), true, None, Role::Master),
             vec![codec::command(&[b"HELLO", b"3"])]
         );
         assert_eq!(
-            setup_commands(&cluster(None, Some("pw")), true, Role::Master),
+            setup_commands(&cluster(None, Some("pw")), true, None, Role::Master),
             vec![codec::command(&[
                 b"HELLO", b"3", b"AUTH", b"default", b"pw"
             ])]
@@ -295,12 +327,29 @@ mod tests {
     #[test]
     fn only_replica_reads_send_readonly_after_auth() {
         assert_eq!(
-            setup_commands(&cluster(None, Some("pw")), false, Role::ReplicaRead),
+            setup_commands(&cluster(None, Some("pw")), false, None, Role::ReplicaRead),
             vec![codec::command(&[b"AUTH", b"pw"]), READONLY.to_vec()]
         );
         assert!(
-            !setup_commands(&cluster(None, Some("pw")), true, Role::Master)
+            !setup_commands(&cluster(None, Some("pw")), true, None, Role::Master)
                 .contains(&READONLY.to_vec())
+        );
+    }
+
+    #[test]
+    fn a_client_user_replaces_the_configured_one() {
+        let bob = Credentials::new(b"bob", b"123");
+        let cfg = cluster(Some("u"), Some("pw"));
+        assert_eq!(
+            setup_commands(&cfg, false, Some(&bob), Role::Master),
+            vec![codec::command(&[b"AUTH", b"bob", b"123"])]
+        );
+        assert_eq!(
+            setup_commands(&cfg, true, Some(&bob), Role::ReplicaRead),
+            vec![
+                codec::command(&[b"HELLO", b"3", b"AUTH", b"bob", b"123"]),
+                READONLY.to_vec()
+            ]
         );
     }
 }

@@ -148,6 +148,7 @@ impl UpstreamIo {
             return self.send_blocking(req, addr.to_string(), asking, now);
         }
         let resp3 = req.resp3;
+        let user = req.user.clone();
         if req.pin.is_some()
             && self.pinned.len() >= self.settings.max_transaction_connections as usize
         {
@@ -162,13 +163,14 @@ impl UpstreamIo {
                     cluster,
                     resp3,
                     role,
+                    user: user.clone(),
                 };
-                self.shared.get(addr, purpose)
+                self.shared.get(addr, &purpose)
             }
         };
         let idx = match existing {
             Some(i) => i,
-            None => match self.connect(cluster, addr, resp3, role, req.pin, now) {
+            None => match self.connect(cluster, addr, resp3, user, role, req.pin, now) {
                 Ok(i) => i,
                 Err(e) => {
                     self.mark_down(cluster, addr, now);

@@ -17,6 +17,7 @@ mod busy;
 mod conn;
 mod deadlines;
 mod dispatch;
+mod identity;
 mod mailbox;
 mod pipeline;
 mod policy;
@@ -37,6 +38,7 @@ use crate::topology_refresh::ClusterTopology;
 pub use blocking::{Blocking, TimeoutUnit};
 use busy::BusyNodes;
 pub use busy::SharedBusy;
+pub use identity::Credentials;
 use mio::net::TcpStream;
 use mio::Registry;
 use pipeline::Pipeline;
@@ -109,6 +111,9 @@ pub struct Request {
     mirror: bool,
     /// The client speaks RESP3: use connections that did `HELLO 3`.
     resp3: bool,
+    /// Run as this user (the client's `AUTH`), on connections that
+    /// authenticated as it; `None`: as the cluster's configured user.
+    user: Option<Arc<Credentials>>,
     /// Transactions: run on the client's own dedicated connection `pin`
     /// (WATCH state lives on a connection), never retried elsewhere.
     pin: Option<u64>,
@@ -158,6 +163,7 @@ impl Request {
             wait_gen: None,
             mirror: false,
             resp3: false,
+            user: None,
             pin: None,
             release_pin: false,
             swallow: 0,
@@ -178,6 +184,18 @@ impl Request {
     pub fn resp3(mut self, on: bool) -> Request {
         self.resp3 = on;
         self
+    }
+
+    /// Run as the client's user `user` (`None`: the cluster's configured
+    /// user).
+    pub fn user(mut self, user: Option<Arc<Credentials>>) -> Request {
+        self.user = user;
+        self
+    }
+
+    /// The client's user it runs as (`None`: the cluster's configured one).
+    pub fn run_as(&self) -> Option<&Credentials> {
+        self.user.as_deref()
     }
 
     /// A mirrored copy: its reply is discarded.
@@ -265,6 +283,11 @@ struct Conn {
     cluster: usize,
     addr: String,
     resp3: bool,
+    /// The client's user it authenticated as (see [`identity`]).
+    user: Option<Arc<Credentials>>,
+    /// Its `AUTH` as `user` is not answered yet (after this many of the
+    /// proxy's own replies): nothing after it is written.
+    auth_pending: Option<u32>,
     role: Role,
     /// A client's dedicated connection (transactions), not shared.
     pin: Option<u64>,

@@ -51,6 +51,9 @@ pub struct Pipeline {
     queued: u64,
     written: u64,
     owed: VecDeque<Owed>,
+    /// Write nothing past this stream offset (a client user's `AUTH`, whose
+    /// reply must be in before any command may run on the connection).
+    hold_at: Option<u64>,
 }
 
 /// Past this many written bytes at the front of `out`, drop them even if
@@ -92,9 +95,26 @@ impl Pipeline {
         });
     }
 
-    /// Bytes waiting to be written.
+    /// Bytes waiting to be written (up to the hold, if any).
     pub fn unwritten(&self) -> &[u8] {
-        &self.out[self.out_pos..]
+        let rest = &self.out[self.out_pos..];
+        match self.hold_at {
+            Some(at) => {
+                let allowed = usize::try_from(at.saturating_sub(self.written)).unwrap_or(0);
+                &rest[..allowed.min(rest.len())]
+            }
+            None => rest,
+        }
+    }
+
+    /// Write nothing queued after this point until [`Pipeline::release`].
+    pub fn hold_here(&mut self) {
+        self.hold_at = Some(self.queued);
+    }
+
+    /// Everything queued may be written again.
+    pub fn release(&mut self) {
+        self.hold_at = None;
     }
 
     /// `n` bytes of [`Pipeline::unwritten`] went out.
@@ -214,6 +234,22 @@ mod tests {
             Next::Request(r) => Some(r.data),
             _ => None,
         }
+    }
+
+    #[test]
+    fn a_hold_writes_only_what_was_queued_before_it() {
+        let far = Instant::now() + Duration::from_secs(5);
+        let mut p = Pipeline::default();
+        p.push_internal(b"AUTH u p");
+        p.hold_here();
+        p.push_request(req(b"GET k", far, 0), None);
+        assert_eq!(p.unwritten(), b"AUTH u p");
+        p.wrote(4);
+        assert_eq!(p.unwritten(), b" u p");
+        p.wrote(4);
+        assert_eq!(p.unwritten(), b"", "the command waits for the release");
+        p.release();
+        assert_eq!(p.unwritten(), b"GET k");
     }
 
     #[test]

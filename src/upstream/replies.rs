@@ -2,8 +2,7 @@
 //! (deliver, redirect, retry, reload a script); connections closed or lost.
 
 use super::{
-    pipeline::Next, pipeline::Unanswered, policy, policy::Outcome, pool::Purpose, Request,
-    UpstreamIo, READ_CHUNK,
+    pipeline::Next, pipeline::Unanswered, policy, policy::Outcome, Request, UpstreamIo, READ_CHUNK,
 };
 use crate::codec;
 use crate::envoy::Level;
@@ -17,6 +16,7 @@ impl UpstreamIo {
         let mut redo: Vec<Request> = Vec::new();
         let mut reload: Vec<(Request, Arc<[u8]>)> = Vec::new();
         let mut failure: Option<String> = None;
+        let mut refused: Option<Vec<u8>> = None;
         let mut release = false;
         let mut tls_flush = false;
         {
@@ -52,11 +52,32 @@ impl UpstreamIo {
                     Next::Request(req) => req,
                     Next::TimedOut => continue,
                     Next::Internal => {
+                        match conn.auth_pending {
+                            Some(0) => {
+                                // The AUTH as the client's user: nothing
+                                // after it was written; refused, nothing
+                                // will be.
+                                conn.auth_pending = None;
+                                if codec::error_text(reply).is_some() {
+                                    refused = Some(reply.to_vec());
+                                    break;
+                                }
+                                conn.pipe.release();
+                                tls_flush = true;
+                                continue;
+                            }
+                            Some(n) => conn.auth_pending = Some(n - 1),
+                            None => {}
+                        }
                         if conn.node_id == super::blocking::NodeId::Asked {
-                            conn.node_id = match codec::integer_value(reply) {
-                                Some(id) => super::blocking::NodeId::Known(id),
-                                None => super::blocking::NodeId::Refused,
-                            };
+                            // CLIENT ID's integer, or its refusal; the
+                            // setup's replies before it (`+OK` to AUTH,
+                            // HELLO's map) are neither.
+                            if let Some(id) = codec::integer_value(reply) {
+                                conn.node_id = super::blocking::NodeId::Known(id);
+                            } else if codec::error_text(reply).is_some() {
+                                conn.node_id = super::blocking::NodeId::Refused;
+                            }
                         }
                         if let Some(err) = codec::error_text(reply) {
                             // READONLY on a standalone node errors; that is fine.
@@ -143,7 +164,9 @@ impl UpstreamIo {
                 conn.in_start = 0;
             }
         }
-        if let Some(why) = failure {
+        if let Some(error) = refused {
+            self.refuse_conn(idx, &error);
+        } else if let Some(why) = failure {
             self.fail_conn(idx, &why);
         } else if release {
             self.close_pinned(idx);
@@ -207,12 +230,7 @@ impl UpstreamIo {
                 self.pinned.remove(&pin);
             }
             None => {
-                let purpose = Purpose {
-                    cluster: conn.cluster,
-                    resp3: conn.resp3,
-                    role: conn.role,
-                };
-                self.shared.remove(&conn.addr, purpose);
+                self.shared.remove(&conn.addr, &conn.purpose());
             }
         }
         self.blocking_closed(&conn, idx);
