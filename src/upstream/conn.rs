@@ -69,6 +69,8 @@ impl UpstreamIo {
             conn.pipe.push_internal(&cmd);
         }
         self.conns[idx] = Some(conn);
+        // Connecting: the connect timeout applies.
+        self.active.insert(idx);
         if pin.is_none() {
             let purpose = Purpose {
                 cluster,

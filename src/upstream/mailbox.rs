@@ -49,6 +49,46 @@ pub struct ClientShared {
     /// Unblock this client's blocking command on its node (it closed its
     /// sending side, or `CLIENT UNBLOCK`): what it got is still delivered.
     cancel_blocking: Mutex<Option<UnblockMode>>,
+    /// The upstream connections this client owns (pinned, blocking,
+    /// streaming) and the worker desk to tell when it leaves or asks to
+    /// unblock: the worker then looks at those, not at every connection.
+    owned: Mutex<Owned>,
+}
+
+#[derive(Default)]
+struct Owned {
+    desk: Option<Arc<Attention>>,
+    conns: Vec<usize>,
+}
+
+/// Where a worker hears which of its connections need a look now (their
+/// client left, or asked to unblock), from the clients' sessions.
+pub(super) struct Attention {
+    conns: Mutex<Vec<usize>>,
+    /// Wakes the worker to look (a no-op once it is gone).
+    wake: Box<dyn Fn() + Send + Sync>,
+}
+
+impl Attention {
+    pub(super) fn new(wake: Box<dyn Fn() + Send + Sync>) -> Attention {
+        Attention {
+            conns: Mutex::default(),
+            wake,
+        }
+    }
+
+    /// Connections named since the last call, each once, oldest first.
+    pub(super) fn take(&self, out: &mut Vec<usize>) {
+        for i in self.conns.lock().drain(..) {
+            if !out.contains(&i) {
+                out.push(i);
+            }
+        }
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.conns.lock().is_empty()
+    }
 }
 
 struct Mailbox {
@@ -68,6 +108,7 @@ impl ClientShared {
                 pending: false,
             }),
             cancel_blocking: Mutex::new(None),
+            owned: Mutex::default(),
         })
     }
 
@@ -115,6 +156,7 @@ impl ClientShared {
             mb.notifier.take()
         };
         drop(notifier);
+        self.tell_desk();
     }
 
     pub fn is_detached(&self) -> bool {
@@ -126,6 +168,43 @@ impl ClientShared {
     /// comes.
     pub fn cancel_blocking(&self, mode: UnblockMode) {
         *self.cancel_blocking.lock() = Some(mode);
+        self.tell_desk();
+    }
+
+    /// The upstream connections this client owns need a look.
+    fn tell_desk(&self) {
+        let desk = {
+            let owned = self.owned.lock();
+            match &owned.desk {
+                Some(d) if !owned.conns.is_empty() => {
+                    d.conns.lock().extend_from_slice(&owned.conns);
+                    d.clone()
+                }
+                _ => return,
+            }
+        };
+        // Outside the lock: the wake may run the worker's tick right here.
+        (desk.wake)();
+    }
+
+    /// Connection `idx` of the worker behind `desk` is this client's now.
+    /// True when it needs a look already (the client left, or asked to
+    /// unblock, before it had the connection).
+    pub(super) fn watch(&self, desk: &Arc<Attention>, idx: usize) -> bool {
+        {
+            let mut owned = self.owned.lock();
+            owned.desk = Some(desk.clone());
+            if !owned.conns.contains(&idx) {
+                owned.conns.push(idx);
+            }
+        }
+        self.is_detached() || self.cancel_blocking.lock().is_some()
+    }
+
+    /// Connection `idx` is no longer this client's (closed, or back in a
+    /// pool).
+    pub(super) fn unwatch(&self, idx: usize) {
+        self.owned.lock().conns.retain(|&i| i != idx);
     }
 
     /// An unblock asked for and not yet sent (taken by the upstream).

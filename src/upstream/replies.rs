@@ -19,6 +19,7 @@ impl UpstreamIo {
         let mut failure: Option<String> = None;
         let mut release = false;
         let mut tls_flush = false;
+        let mut id_known = false;
         {
             let Some(conn) = self.conns.get_mut(idx).and_then(|c| c.as_mut()) else {
                 return;
@@ -57,6 +58,7 @@ impl UpstreamIo {
                                 Some(id) => super::blocking::NodeId::Known(id),
                                 None => super::blocking::NodeId::Refused,
                             };
+                            id_known = true;
                         }
                         if let Some(err) = codec::error_text(reply) {
                             // READONLY on a standalone node errors; that is fine.
@@ -152,6 +154,9 @@ impl UpstreamIo {
             self.flush(idx);
         }
         self.blocking_answered(idx);
+        if id_known {
+            self.node_id_known(idx);
+        }
         for (mut req, body) in reload {
             // Load the script where it is missing, then run it there again.
             req.script_reloaded = true;
@@ -185,6 +190,7 @@ impl UpstreamIo {
             self.pinned.remove(&pin);
         }
         self.blocking_closed(&conn, idx);
+        self.forget_conn(idx, conn.owner.as_ref());
         self.free.push(idx);
         for u in conn.pipe.unanswered() {
             u.req
@@ -216,6 +222,7 @@ impl UpstreamIo {
             }
         }
         self.blocking_closed(&conn, idx);
+        self.forget_conn(idx, conn.owner.as_ref());
         self.free.push(idx);
         let now = Instant::now();
         self.mark_down(conn.cluster, &conn.addr, now);
