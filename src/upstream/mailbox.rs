@@ -256,6 +256,63 @@ mod tests {
         assert_eq!(out.iter().map(|d| d.seq).collect::<Vec<_>>(), vec![1, 2]);
     }
 
+    fn desk() -> (Arc<Attention>, Arc<AtomicUsize>) {
+        let n = Arc::new(AtomicUsize::new(0));
+        let w = n.clone();
+        let wake = move || {
+            w.fetch_add(1, Ordering::Relaxed);
+        };
+        (Arc::new(Attention::new(Box::new(wake))), n)
+    }
+
+    fn named(d: &Attention) -> Vec<usize> {
+        let mut out = Vec::new();
+        d.take(&mut out);
+        out
+    }
+
+    #[test]
+    fn leaving_names_the_connections_the_client_owns_and_wakes_the_worker() {
+        let (d, woken) = desk();
+        let (c, _) = mailbox();
+        assert!(!c.watch(&d, 4), "nothing to look at yet");
+        assert!(!c.watch(&d, 9));
+        assert!(!c.watch(&d, 4));
+        c.unwatch(9);
+        assert!(d.is_empty());
+        c.detach();
+        assert_eq!(woken.load(Ordering::Relaxed), 1);
+        assert_eq!(named(&d), vec![4], "each owned connection once");
+        assert!(d.is_empty());
+    }
+
+    #[test]
+    fn an_unblock_names_them_too_and_owning_nothing_wakes_no_one() {
+        let (d, woken) = desk();
+        let (idle, _) = mailbox();
+        idle.cancel_blocking(UnblockMode::Error);
+        idle.detach();
+        assert_eq!(woken.load(Ordering::Relaxed), 0, "never owned a connection");
+        let (c, _) = mailbox();
+        c.watch(&d, 2);
+        c.cancel_blocking(UnblockMode::Timeout);
+        assert_eq!(woken.load(Ordering::Relaxed), 1);
+        assert_eq!(named(&d), vec![2]);
+    }
+
+    #[test]
+    fn a_connection_taken_after_the_client_left_or_asked_needs_a_look_at_once() {
+        let (d, _) = desk();
+        let (gone, _) = mailbox();
+        gone.detach();
+        assert!(gone.watch(&d, 1));
+        let (asked, _) = mailbox();
+        asked.cancel_blocking(UnblockMode::Timeout);
+        assert!(asked.watch(&d, 2));
+        assert_eq!(asked.take_cancel(), Some(UnblockMode::Timeout));
+        assert!(!asked.watch(&d, 3), "the unblock was sent");
+    }
+
     #[test]
     fn a_detached_client_gets_nothing_and_nobody_is_woken() {
         let (c, n) = mailbox();
