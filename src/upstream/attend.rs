@@ -53,6 +53,8 @@ impl UpstreamIo {
     pub(super) fn attend_named(&mut self, now: Instant) {
         let mut named = std::mem::take(&mut self.attend);
         self.desk.take(&mut named);
+        named.sort_unstable();
+        named.dedup();
         let mut close = Vec::new();
         for idx in named {
             let Some(c) = self.conns.get(idx).and_then(|c| c.as_ref()) else {

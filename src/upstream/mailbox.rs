@@ -77,13 +77,10 @@ impl Attention {
         }
     }
 
-    /// Connections named since the last call, each once, oldest first.
+    /// Connections named since the last call, appended to `out` (one may
+    /// be named more than once).
     pub(super) fn take(&self, out: &mut Vec<usize>) {
-        for i in self.conns.lock().drain(..) {
-            if !out.contains(&i) {
-                out.push(i);
-            }
-        }
+        out.append(&mut self.conns.lock());
     }
 
     pub(super) fn is_empty(&self) -> bool {
