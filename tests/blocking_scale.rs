@@ -73,7 +73,7 @@ fn best_latency(clients: &mut [(RawClient, String)]) -> (Duration, Duration) {
 /// master: 1,000 blocked clients on the nodes, 1,000 more connections to
 /// them, `blocked_rq_active` 1,000; another client's GET p99 stays within
 /// 3× its baseline + 2 ms, and its median within 1.5× its baseline +
-/// 100 µs. The p99 bound is loose for a 2-core machine shared with builds,
+/// 150 µs. The p99 bound is loose for a 2-core machine shared with builds,
 /// yet a worker that stalled on its blocked connections (a blocking read or
 /// connect, a blocked command on the shared connection) would put more than
 /// 1% of GETs far beyond it, or never answer them. The median bound holds
@@ -160,7 +160,7 @@ fn a_thousand_blocked_clients_hold_a_thousand_connections_and_stall_no_worker() 
 
     let (loaded_p50, loaded) = best_latency(&mut probes);
     let bound = baseline * 3 + Duration::from_millis(2);
-    let p50_bound = base_p50 * 3 / 2 + Duration::from_micros(100);
+    let p50_bound = base_p50 * 3 / 2 + Duration::from_micros(150);
     eprintln!(
         "GET p50/p99: {base_p50:?}/{baseline:?} baseline, {loaded_p50:?}/{loaded:?} with \
          {BLOCKED} blocked (p50 bound {p50_bound:?}, p99 bound {bound:?}); blocked in \
