@@ -59,11 +59,11 @@ fn get_latency(clients: &mut [(RawClient, String)]) -> (Duration, Duration) {
     (took[GETS / 2], took[GETS * 99 / 100])
 }
 
-/// The best median and p99 of three rounds: one burst of noise from a
+/// The best median and p99 of five rounds: a burst of noise from a
 /// neighbour on this shared machine does not decide the outcome; a cost
 /// the blocked clients add is there in every round.
 fn best_latency(clients: &mut [(RawClient, String)]) -> (Duration, Duration) {
-    let rounds: Vec<_> = (0..3).map(|_| get_latency(clients)).collect();
+    let rounds: Vec<_> = (0..5).map(|_| get_latency(clients)).collect();
     let p50 = rounds.iter().map(|r| r.0).min().unwrap_or(Duration::MAX);
     let p99 = rounds.iter().map(|r| r.1).min().unwrap_or(Duration::MAX);
     (p50, p99)
@@ -72,15 +72,17 @@ fn best_latency(clients: &mut [(RawClient, String)]) -> (Duration, Duration) {
 /// 1,000 clients blocked in `BLPOP … 0` on distinct keys over every
 /// master: 1,000 blocked clients on the nodes, 1,000 more connections to
 /// them, `blocked_rq_active` 1,000; another client's GET p99 stays within
-/// 3× its baseline + 2 ms. The bound is loose for a 2-core machine shared
-/// with builds, yet a worker that stalled on its blocked connections (a
-/// blocking read or connect, a blocked command on the shared connection)
-/// would put more than 1% of GETs far beyond it, or never answer them.
-/// The median is printed, not asserted: each wake of the worker walks every
-/// upstream connection, a cost per GET that grows with the blocked clients
-/// (~200-350 µs at 1,000 in the debug build, a 2-5× median) but is no stall. Then
-/// one element per key reaches each client, and all 1,000 connections go
-/// back to the pool.
+/// 3× its baseline + 2 ms, and its median within 1.5× its baseline +
+/// 150 µs. The p99 bound is loose for a 2-core machine shared with builds,
+/// yet a worker that stalled on its blocked connections (a blocking read or
+/// connect, a blocked command on the shared connection) would put more than
+/// 1% of GETs far beyond it, or never answer them. The median bound holds
+/// because a wake's work follows the connections with work, not all of
+/// them (`upstream/clock.rs`): when each wake walked every connection, the
+/// median grew by ~200-450 µs per GET at 1,000 blocked in the debug build
+/// (a one-off observation, 2026-11-25, at ad95c77). Then one element per
+/// key reaches each client, and all 1,000 connections go back to the
+/// pool.
 #[test]
 fn a_thousand_blocked_clients_hold_a_thousand_connections_and_stall_no_worker() {
     // This process holds 1,000 client sockets; Envoy (which inherits the
@@ -158,14 +160,20 @@ fn a_thousand_blocked_clients_hold_a_thousand_connections_and_stall_no_worker() 
 
     let (loaded_p50, loaded) = best_latency(&mut probes);
     let bound = baseline * 3 + Duration::from_millis(2);
+    let p50_bound = base_p50 * 3 / 2 + Duration::from_micros(150);
     eprintln!(
         "GET p50/p99: {base_p50:?}/{baseline:?} baseline, {loaded_p50:?}/{loaded:?} with \
-         {BLOCKED} blocked (p99 bound {bound:?}); blocked in {blocked_in:?}, \
-         {connected} upstream connections"
+         {BLOCKED} blocked (p50 bound {p50_bound:?}, p99 bound {bound:?}); blocked in \
+         {blocked_in:?}, {connected} upstream connections"
     );
     assert!(
         loaded <= bound,
         "GET p99 {loaded:?} with {BLOCKED} clients blocked, baseline {baseline:?} (bound {bound:?})"
+    );
+    assert!(
+        loaded_p50 <= p50_bound,
+        "GET median {loaded_p50:?} with {BLOCKED} clients blocked, baseline {base_p50:?} \
+         (bound {p50_bound:?}): each GET pays for the blocked clients' connections"
     );
     assert_eq!(
         info_sum(&masters, "blocked_clients"),

@@ -728,3 +728,59 @@ fn a_write_pipelined_after_watch_aborts_exec() {
         assert_eq!(c.cmd(&["GET", key]), Resp::bulk("1"), "round {round}");
     }
 }
+
+/// Every node client whose `CLIENT LIST` line matches `what`, over `ports`.
+fn node_clients(ports: &[u16], what: &str) -> usize {
+    ports
+        .iter()
+        .map(|&p| {
+            let list = RawClient::connect(p)
+                .cmd(&["CLIENT", "LIST"])
+                .text()
+                .unwrap_or_else(|| panic!("CLIENT LIST from {p}"));
+            list.lines().filter(|l| l.contains(what)).count()
+        })
+        .sum()
+}
+
+/// A client that leaves with a transaction open (after `WATCH`, or inside
+/// `MULTI` with a command queued) has its dedicated connection closed, so
+/// the node drops its WATCH and MULTI state. The worker learns it from the
+/// client leaving, not from a walk over its connections.
+#[test]
+fn a_client_leaving_mid_transaction_has_its_connection_closed() {
+    let s = setup();
+    let masters = s.cluster.master_ports();
+    let mut watching = s.envoy.raw_client();
+    assert_eq!(watching.cmd(&["WATCH", "{gone}a"]), Resp::ok());
+    let mut queued = s.envoy.raw_client();
+    assert_eq!(queued.cmd(&["MULTI"]), Resp::ok());
+    assert_eq!(
+        queued.cmd(&["SET", "{gone}b", "1"]),
+        Resp::Simple("QUEUED".into())
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || node_clients(
+            &masters,
+            "cmd=watch"
+        ) == 1
+            && node_clients(&masters, "flags=x") == 1),
+        "the nodes hold the two transactions ({} watching, {} in MULTI)",
+        node_clients(&masters, "cmd=watch"),
+        node_clients(&masters, "flags=x")
+    );
+    drop(watching);
+    drop(queued);
+    assert!(
+        wait_until(Duration::from_secs(2), || node_clients(
+            &masters,
+            "cmd=watch"
+        ) == 0
+            && node_clients(&masters, "flags=x") == 0),
+        "connections left open: {} watching, {} in MULTI",
+        node_clients(&masters, "cmd=watch"),
+        node_clients(&masters, "flags=x")
+    );
+    let mut c = s.envoy.raw_client();
+    assert_eq!(c.cmd(&["GET", "{gone}b"]), Resp::Nil, "the MULTI never ran");
+}

@@ -19,7 +19,7 @@
 use super::{pipeline::Pipeline, ClientShared, Conn, Request, Role, UpstreamIo};
 use crate::clients::UnblockMode;
 use crate::codec::{self, Scan};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 /// The unit of a blocking command's timeout argument.
@@ -104,7 +104,7 @@ pub(super) struct BlockingPool {
     /// Idle connections by node, most recently used last.
     idle: HashMap<NodeKey, Vec<usize>>,
     /// Connections holding a blocked command.
-    in_use: Vec<usize>,
+    in_use: HashSet<usize>,
     /// Ids for the `pin` field that keeps these connections out of the
     /// shared pool.
     next_id: u64,
@@ -136,9 +136,7 @@ impl BlockingPool {
 
     /// Forget connection `idx` (it was closed): whether it was idle.
     fn forget(&mut self, idx: usize) -> bool {
-        let before = self.in_use.len();
-        self.in_use.retain(|&i| i != idx);
-        if self.in_use.len() != before {
+        if self.in_use.remove(&idx) {
             return false;
         }
         for v in self.idle.values_mut() {
@@ -264,7 +262,7 @@ impl UpstreamIo {
                 }
             }
         };
-        self.blocking.in_use.push(idx);
+        self.blocking.in_use.insert(idx);
         if let Some(b) = req.blocking.as_mut() {
             if b.sent {
                 let left = b.ends.map(|e| e.saturating_duration_since(now));
@@ -284,9 +282,10 @@ impl UpstreamIo {
             };
         }
         if let Some(c) = self.conns[idx].as_mut() {
-            c.owner = Some(req.client.clone());
             c.unblock_sent = false;
         }
+        self.set_owner(idx, &req.client);
+        self.blocked_until.set(idx, req.deadline);
         let cs = self.stats.cluster(req.cluster);
         self.stats.gauge_add(cs.blocked_rq_active, 1);
         self.enqueue(idx, req, asking);
@@ -316,10 +315,11 @@ impl UpstreamIo {
         if !c.is_blocking() || !c.pipe.is_idle() || c.owner.is_none() {
             return;
         }
-        c.owner = None;
         let key = (c.cluster, c.addr.clone(), c.resp3, c.user.clone());
         let cluster = c.cluster;
-        self.blocking.in_use.retain(|&i| i != idx);
+        self.clear_owner(idx);
+        self.blocked_until.cancel(idx);
+        self.blocking.in_use.remove(&idx);
         self.blocking.idle.entry(key).or_default().push(idx);
         let cs = self.stats.cluster(cluster);
         self.stats.gauge_sub(cs.blocked_rq_active, 1);
@@ -343,66 +343,51 @@ impl UpstreamIo {
         );
     }
 
-    /// A client that closed its sending side while blocked: `CLIENT
-    /// UNBLOCK` its connection on the node (from a shared connection).
-    /// Race-free, unlike closing: either the node had already served it and
-    /// its reply (a popped element) is on the way, or it answers the
-    /// timeout's nil now; either reply reaches the client, which then
-    /// closes. Without the connection's id (not known yet), it is closed.
-    pub(super) fn unblock_cancelled(&mut self, now: Instant) {
-        let mut unblock = Vec::new();
-        let mut close = Vec::new();
-        for &i in &self.blocking.in_use {
-            let Some(c) = self.conns.get_mut(i).and_then(|c| c.as_mut()) else {
-                continue;
-            };
-            if c.unblock_sent || c.node_id == NodeId::Asked {
-                // Asked: its reply comes before the command's; next tick.
-                continue;
-            }
-            let Some(mode) = c.owner.as_ref().and_then(|o| o.take_cancel()) else {
-                continue;
-            };
-            match c.node_id {
-                NodeId::Known(id) => unblock.push((c.cluster, c.addr.clone(), id, mode)),
-                _ => close.push(i),
-            }
-            c.unblock_sent = true;
+    /// A client that closed its sending side while blocked, or `CLIENT
+    /// UNBLOCK`: unblock blocking connection `idx` on its node (from a
+    /// shared connection). Race-free, unlike closing: either the node had
+    /// already served it and its reply (a popped element) is on the way,
+    /// or it answers the timeout's nil now; either reply reaches the
+    /// client, which then closes. Without the connection's id (the node
+    /// refused it), it is closed; while the id is still to come, the
+    /// unblock waits for it ([`Self::node_id_known`]).
+    pub(super) fn unblock_if_asked(&mut self, idx: usize, now: Instant) {
+        let Some(c) = self.conns.get_mut(idx).and_then(|c| c.as_mut()) else {
+            return;
+        };
+        if c.unblock_sent || c.node_id == NodeId::Asked {
+            return;
         }
-        for i in close {
-            self.close_pinned(i);
-        }
-        for (cluster, addr, id, mode) in unblock {
-            let id = id.to_string();
-            let how: &[u8] = match mode {
-                UnblockMode::Timeout => b"TIMEOUT",
-                UnblockMode::Error => b"ERROR",
-            };
-            let data = codec::command(&[b"CLIENT", b"UNBLOCK", id.as_bytes(), how]);
-            let target = super::Target::Node {
-                addr,
-                slot: 0,
-                asking: false,
-            };
-            let deadline = now + self.settings.op_timeout;
-            let req = Request::new(
-                ClientShared::new(Box::new(super::busy::NoWake)),
-                0,
-                super::Part::Discard,
-                cluster,
-                target,
-                data,
-                deadline,
-            );
-            self.dispatch(req, now);
-        }
-    }
-
-    /// Close the blocking connections whose client has gone away, so their
-    /// nodes unblock them and pop nothing for nobody.
-    pub(super) fn close_orphaned_blocking(&mut self) {
-        let in_use = self.blocking.in_use.clone();
-        self.close_orphans(in_use);
+        let Some(mode) = c.owner.as_ref().and_then(|o| o.take_cancel()) else {
+            return;
+        };
+        c.unblock_sent = true;
+        let NodeId::Known(id) = c.node_id else {
+            return self.close_pinned(idx);
+        };
+        let (cluster, addr) = (c.cluster, c.addr.clone());
+        let id = id.to_string();
+        let how: &[u8] = match mode {
+            UnblockMode::Timeout => b"TIMEOUT",
+            UnblockMode::Error => b"ERROR",
+        };
+        let data = codec::command(&[b"CLIENT", b"UNBLOCK", id.as_bytes(), how]);
+        let target = super::Target::Node {
+            addr,
+            slot: 0,
+            asking: false,
+        };
+        let deadline = now + self.settings.op_timeout;
+        let req = Request::new(
+            ClientShared::new(Box::new(super::busy::NoWake)),
+            0,
+            super::Part::Discard,
+            cluster,
+            target,
+            data,
+            deadline,
+        );
+        self.dispatch(req, now);
     }
 }
 

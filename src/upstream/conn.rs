@@ -89,6 +89,8 @@ impl UpstreamIo {
             self.shared.insert(addr, conn.purpose(), idx);
         }
         self.conns[idx] = Some(conn);
+        // Connecting: the connect timeout applies.
+        self.active.insert(idx);
         Ok(idx)
     }
 

@@ -5,27 +5,41 @@ use crate::codec;
 use std::time::Instant;
 
 impl UpstreamIo {
-    /// Something waits on a clock: a reply, a connect, a parked retry.
+    /// Something waits on a clock: a reply, a connect, a parked retry, a
+    /// connection named for a look. A blocked command may wait for hours:
+    /// its connection needs no polling ([`Self::expire_blocked`] runs at the
+    /// helper's housekeeping wakes, and a client leaving wakes the worker).
     pub(super) fn needs_ticks(&self) -> bool {
         !self.parked.is_empty()
             || self.busy.any_busy()
-            || self
-                .conns
-                .iter()
-                .flatten()
-                // A blocked command may wait for hours: no need to poll for
-                // its reply (a client leaving wakes the worker).
-                .any(|c| (!c.pipe.is_idle() && !c.is_blocking()) || !c.connected)
+            || !self.active.is_empty()
+            || !self.attend.is_empty()
+            || !self.desk.is_empty()
     }
 
     /// The clock's work: retries, timeouts, busy probes; then write what
-    /// all of it queued.
+    /// all of it queued. Its cost follows the connections with work, not
+    /// all of them (see `clock`).
     pub(super) fn tick(&mut self, now: Instant) {
         self.refresh_views();
+        self.attend_named(now);
         self.retry_parked(now);
         self.check_timeouts(now);
         self.check_busy(now);
+        self.prune_active();
         self.flush_dirty();
+    }
+
+    /// Drop from `active` the connections with nothing left for the clock:
+    /// connected, and owing nothing or only a blocked command's reply.
+    fn prune_active(&mut self) {
+        let conns = &self.conns;
+        self.active.retain(|i| {
+            conns
+                .get(i)
+                .and_then(|c| c.as_ref())
+                .is_some_and(|c| !c.connected || (!c.pipe.is_idle() && !c.is_blocking()))
+        });
     }
 
     pub(super) fn park(&mut self, mut req: Request, why: &str) {
@@ -76,7 +90,12 @@ impl UpstreamIo {
         self.busy.collect();
         let op_timeout = self.settings.op_timeout;
         let mut probe: Vec<(usize, String, bool)> = Vec::new();
-        for c in self.conns.iter().flatten() {
+        // Only a connection owing replies can wait behind a script: those
+        // are all in `active`.
+        for i in self.active.members() {
+            let Some(c) = self.conns.get(i).and_then(|c| c.as_ref()) else {
+                continue;
+            };
             if c.pin.is_some() {
                 continue;
             }
@@ -106,62 +125,67 @@ impl UpstreamIo {
         }
     }
 
-    /// Close the dedicated connections among `candidates` whose client has
-    /// gone away.
-    pub(super) fn close_orphans(&mut self, candidates: Vec<usize>) {
-        for i in candidates {
-            let gone = self
-                .conns
-                .get(i)
-                .and_then(|c| c.as_ref())
-                .and_then(|c| c.owner.as_ref())
-                .is_some_and(|o| o.is_detached());
-            if gone {
-                self.close_pinned(i);
-            }
-        }
-    }
-
+    /// Connect timeouts, and replies overdue past `op_timeout`: on the
+    /// connections in `active`, and on the blocking connections whose
+    /// command is past its own timeout plus `op_timeout`.
     pub(super) fn check_timeouts(&mut self, now: Instant) {
-        self.close_orphaned_blocking();
-        self.unblock_cancelled(now);
-        let pinned: Vec<usize> = self.pinned.values().copied().collect();
-        self.close_orphans(pinned);
-        let connect_timeouts: Vec<usize> = self
-            .conns
+        let members = self.active.members();
+        let connect_timeouts: Vec<usize> = members
             .iter()
-            .enumerate()
-            .filter_map(|(i, c)| {
-                let c = c.as_ref()?;
-                let limit = self.clusters[c.cluster].cfg.connect_timeout;
-                (!c.connected && now.duration_since(c.opened) > limit).then_some(i)
+            .copied()
+            .filter(|&i| {
+                self.conns.get(i).and_then(|c| c.as_ref()).is_some_and(|c| {
+                    let limit = self.clusters[c.cluster].cfg.connect_timeout;
+                    !c.connected && now.duration_since(c.opened) > limit
+                })
             })
             .collect();
         for i in connect_timeouts {
             self.fail_conn(i, "connect timeout");
         }
-        let op_ms = self.settings.op_timeout.as_millis();
-        let stats = &self.stats;
         let mut stuck = Vec::new();
-        for (i, conn) in self.conns.iter_mut().enumerate() {
-            let Some(conn) = conn.as_mut() else { continue };
-            let (cluster, addr) = (conn.cluster, &conn.addr);
-            let mut expired = false;
-            conn.pipe.expire(now, |req| {
-                stats.inc(stats.cluster(cluster).upstream_rq_timeout);
-                let msg = format!("ERR upstream timeout: no reply from {addr} within {op_ms} ms");
-                req.respond(codec::error(&msg));
-                expired = true;
-            });
-            if expired && conn.pin.is_some() {
+        for i in members {
+            if self.expire(i, now) {
                 stuck.push(i);
             }
         }
+        self.expire_blocked(now, &mut stuck);
         // A transaction whose command timed out is in a state its client
         // cannot know (the node may still queue or run it): close its
         // connection, so the node drops it and later commands of it fail.
+        // A blocking connection silent past its command's timeout is
+        // closed the same way.
         for i in stuck {
             self.close_pinned(i);
         }
+    }
+
+    /// The blocking connections whose command's deadline has passed.
+    fn expire_blocked(&mut self, now: Instant, stuck: &mut Vec<usize>) {
+        while let Some(i) = self.blocked_until.pop_due(now) {
+            if self.expire(i, now) && !stuck.contains(&i) {
+                stuck.push(i);
+            }
+        }
+    }
+
+    /// Answer with a timeout error the commands on connection `i` whose
+    /// deadline has passed: true when that left a dedicated connection
+    /// (transaction, blocking) in an unknown state.
+    fn expire(&mut self, i: usize, now: Instant) -> bool {
+        let Some(conn) = self.conns.get_mut(i).and_then(|c| c.as_mut()) else {
+            return false;
+        };
+        let op_ms = self.settings.op_timeout.as_millis();
+        let stats = &self.stats;
+        let (cluster, addr) = (conn.cluster, &conn.addr);
+        let mut expired = false;
+        conn.pipe.expire(now, |req| {
+            stats.inc(stats.cluster(cluster).upstream_rq_timeout);
+            let msg = format!("ERR upstream timeout: no reply from {addr} within {op_ms} ms");
+            req.respond(codec::error(&msg));
+            expired = true;
+        });
+        expired && conn.pin.is_some()
     }
 }

@@ -191,9 +191,7 @@ impl UpstreamIo {
         };
         if let Some(pin) = req.pin {
             self.pinned.insert(pin, idx);
-            if let Some(c) = self.conns[idx].as_mut() {
-                c.owner = Some(req.client.clone());
-            }
+            self.set_owner(idx, &req.client);
         }
         self.enqueue(idx, req, asking);
     }
@@ -216,6 +214,7 @@ impl UpstreamIo {
         if conn.connected && !self.dirty.contains(&idx) {
             self.dirty.push(idx);
         }
+        self.active.insert(idx);
     }
 
     /// A mirrored command that could not be sent at once is dropped; drops

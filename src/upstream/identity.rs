@@ -63,6 +63,7 @@ impl UpstreamIo {
             }
         }
         self.blocking_closed(&conn, idx);
+        self.forget_conn(idx, conn.owner.as_ref());
         self.free.push(idx);
         log!(
             Level::Debug,

@@ -49,6 +49,43 @@ pub struct ClientShared {
     /// Unblock this client's blocking command on its node (it closed its
     /// sending side, or `CLIENT UNBLOCK`): what it got is still delivered.
     cancel_blocking: Mutex<Option<UnblockMode>>,
+    /// The upstream connections this client owns (pinned, blocking,
+    /// streaming) and the worker desk to tell when it leaves or asks to
+    /// unblock: the worker then looks at those, not at every connection.
+    owned: Mutex<Owned>,
+}
+
+#[derive(Default)]
+struct Owned {
+    desk: Option<Arc<Attention>>,
+    conns: Vec<usize>,
+}
+
+/// Where a worker hears which of its connections need a look now (their
+/// client left, or asked to unblock), from the clients' sessions.
+pub(super) struct Attention {
+    conns: Mutex<Vec<usize>>,
+    /// Wakes the worker to look (a no-op once it is gone).
+    wake: Box<dyn Fn() + Send + Sync>,
+}
+
+impl Attention {
+    pub(super) fn new(wake: Box<dyn Fn() + Send + Sync>) -> Attention {
+        Attention {
+            conns: Mutex::default(),
+            wake,
+        }
+    }
+
+    /// Connections named since the last call, appended to `out` (one may
+    /// be named more than once).
+    pub(super) fn take(&self, out: &mut Vec<usize>) {
+        out.append(&mut self.conns.lock());
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.conns.lock().is_empty()
+    }
 }
 
 struct Mailbox {
@@ -68,6 +105,7 @@ impl ClientShared {
                 pending: false,
             }),
             cancel_blocking: Mutex::new(None),
+            owned: Mutex::default(),
         })
     }
 
@@ -115,6 +153,7 @@ impl ClientShared {
             mb.notifier.take()
         };
         drop(notifier);
+        self.tell_desk();
     }
 
     pub fn is_detached(&self) -> bool {
@@ -126,6 +165,43 @@ impl ClientShared {
     /// comes.
     pub fn cancel_blocking(&self, mode: UnblockMode) {
         *self.cancel_blocking.lock() = Some(mode);
+        self.tell_desk();
+    }
+
+    /// The upstream connections this client owns need a look.
+    fn tell_desk(&self) {
+        let desk = {
+            let owned = self.owned.lock();
+            match &owned.desk {
+                Some(d) if !owned.conns.is_empty() => {
+                    d.conns.lock().extend_from_slice(&owned.conns);
+                    d.clone()
+                }
+                _ => return,
+            }
+        };
+        // Outside the lock: the wake may run the worker's tick right here.
+        (desk.wake)();
+    }
+
+    /// Connection `idx` of the worker behind `desk` is this client's now.
+    /// True when it needs a look already (the client left, or asked to
+    /// unblock, before it had the connection).
+    pub(super) fn watch(&self, desk: &Arc<Attention>, idx: usize) -> bool {
+        {
+            let mut owned = self.owned.lock();
+            owned.desk = Some(desk.clone());
+            if !owned.conns.contains(&idx) {
+                owned.conns.push(idx);
+            }
+        }
+        self.is_detached() || self.cancel_blocking.lock().is_some()
+    }
+
+    /// Connection `idx` is no longer this client's (closed, or back in a
+    /// pool).
+    pub(super) fn unwatch(&self, idx: usize) {
+        self.owned.lock().conns.retain(|&i| i != idx);
     }
 
     /// An unblock asked for and not yet sent (taken by the upstream).
@@ -175,6 +251,63 @@ mod tests {
         c.deliver(2, WHOLE, b"+2\r\n".to_vec());
         c.take(&mut out);
         assert_eq!(out.iter().map(|d| d.seq).collect::<Vec<_>>(), vec![1, 2]);
+    }
+
+    fn desk() -> (Arc<Attention>, Arc<AtomicUsize>) {
+        let n = Arc::new(AtomicUsize::new(0));
+        let w = n.clone();
+        let wake = move || {
+            w.fetch_add(1, Ordering::Relaxed);
+        };
+        (Arc::new(Attention::new(Box::new(wake))), n)
+    }
+
+    fn named(d: &Attention) -> Vec<usize> {
+        let mut out = Vec::new();
+        d.take(&mut out);
+        out
+    }
+
+    #[test]
+    fn leaving_names_the_connections_the_client_owns_and_wakes_the_worker() {
+        let (d, woken) = desk();
+        let (c, _) = mailbox();
+        assert!(!c.watch(&d, 4), "nothing to look at yet");
+        assert!(!c.watch(&d, 9));
+        assert!(!c.watch(&d, 4));
+        c.unwatch(9);
+        assert!(d.is_empty());
+        c.detach();
+        assert_eq!(woken.load(Ordering::Relaxed), 1);
+        assert_eq!(named(&d), vec![4], "each owned connection once");
+        assert!(d.is_empty());
+    }
+
+    #[test]
+    fn an_unblock_names_them_too_and_owning_nothing_wakes_no_one() {
+        let (d, woken) = desk();
+        let (idle, _) = mailbox();
+        idle.cancel_blocking(UnblockMode::Error);
+        idle.detach();
+        assert_eq!(woken.load(Ordering::Relaxed), 0, "never owned a connection");
+        let (c, _) = mailbox();
+        c.watch(&d, 2);
+        c.cancel_blocking(UnblockMode::Timeout);
+        assert_eq!(woken.load(Ordering::Relaxed), 1);
+        assert_eq!(named(&d), vec![2]);
+    }
+
+    #[test]
+    fn a_connection_taken_after_the_client_left_or_asked_needs_a_look_at_once() {
+        let (d, _) = desk();
+        let (gone, _) = mailbox();
+        gone.detach();
+        assert!(gone.watch(&d, 1));
+        let (asked, _) = mailbox();
+        asked.cancel_blocking(UnblockMode::Timeout);
+        assert!(asked.watch(&d, 2));
+        assert_eq!(asked.take_cancel(), Some(UnblockMode::Timeout));
+        assert!(!asked.watch(&d, 3), "the unblock was sent");
     }
 
     #[test]

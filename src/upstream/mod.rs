@@ -12,8 +12,10 @@
 //!
 //! Nothing here touches Envoy: the only link is the [`Notify`] trait.
 
+mod attend;
 mod blocking;
 mod busy;
+mod clock;
 mod conn;
 mod deadlines;
 mod dispatch;
@@ -355,6 +357,17 @@ pub struct UpstreamIo {
     /// from the sessions' ids, which count up from 1.
     next_pin: u64,
     blocking: blocking::BlockingPool,
+    /// Connections that connect or owe replies other than a blocked
+    /// command's: what each tick looks at for timeouts and busy nodes.
+    active: clock::ConnSet,
+    /// Blocking connections by when their command times out (the node's
+    /// timeout plus `op_timeout`, [`blocking`]).
+    blocked_until: clock::DeadlineQueue<usize>,
+    /// Where sessions name the connections whose client left or asked to
+    /// unblock ([`attend`]).
+    desk: Arc<mailbox::Attention>,
+    /// Connections the worker itself found need a look at the next tick.
+    attend: Vec<usize>,
 }
 
 impl UpstreamIo {
@@ -366,6 +379,7 @@ impl UpstreamIo {
         stats: Arc<Stats>,
         scripts: Arc<ScriptCache>,
         busy: Arc<SharedBusy>,
+        desk: Arc<mailbox::Attention>,
     ) -> UpstreamIo {
         let clusters = clusters
             .iter()
@@ -396,6 +410,10 @@ impl UpstreamIo {
             busy: BusyNodes::new(busy),
             next_pin: 1 << 63,
             blocking: blocking::BlockingPool::new(),
+            active: clock::ConnSet::default(),
+            blocked_until: clock::DeadlineQueue::default(),
+            desk,
+            attend: Vec::new(),
         }
     }
 

@@ -19,6 +19,7 @@ impl UpstreamIo {
         let mut refused: Option<Vec<u8>> = None;
         let mut release = false;
         let mut tls_flush = false;
+        let mut id_known = false;
         {
             let Some(conn) = self.conns.get_mut(idx).and_then(|c| c.as_mut()) else {
                 return;
@@ -75,8 +76,10 @@ impl UpstreamIo {
                             // HELLO's map) are neither.
                             if let Some(id) = codec::integer_value(reply) {
                                 conn.node_id = super::blocking::NodeId::Known(id);
+                                id_known = true;
                             } else if codec::error_text(reply).is_some() {
                                 conn.node_id = super::blocking::NodeId::Refused;
+                                id_known = true;
                             }
                         }
                         if let Some(err) = codec::error_text(reply) {
@@ -175,6 +178,9 @@ impl UpstreamIo {
             self.flush(idx);
         }
         self.blocking_answered(idx);
+        if id_known {
+            self.node_id_known(idx);
+        }
         for (mut req, body) in reload {
             // Load the script where it is missing, then run it there again.
             req.script_reloaded = true;
@@ -208,6 +214,7 @@ impl UpstreamIo {
             self.pinned.remove(&pin);
         }
         self.blocking_closed(&conn, idx);
+        self.forget_conn(idx, conn.owner.as_ref());
         self.free.push(idx);
         for u in conn.pipe.unanswered() {
             u.req
@@ -234,6 +241,7 @@ impl UpstreamIo {
             }
         }
         self.blocking_closed(&conn, idx);
+        self.forget_conn(idx, conn.owner.as_ref());
         self.free.push(idx);
         let now = Instant::now();
         self.mark_down(conn.cluster, &conn.addr, now);

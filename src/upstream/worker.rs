@@ -18,6 +18,7 @@
 //! (Envoy's config destroy drops it after every connection is gone), so it
 //! is never contended; the helper touches only the wake state.
 
+use super::mailbox::Attention;
 use super::wake::{Ready, Wakes};
 use super::{Notify, Request, SharedBusy, UpstreamIo};
 use crate::config::Settings;
@@ -30,7 +31,7 @@ use mio::{Events, Poll, Token, Waker};
 use parking_lot::Mutex;
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -39,8 +40,8 @@ const TICK: Duration = Duration::from_millis(5);
 /// How long the helper sleeps when nothing waits: bounds how late the first
 /// tick after the worker starts waiting on a deadline can be.
 const IDLE_TICK: Duration = Duration::from_millis(25);
-/// Idle ticks between two housekeeping wakes (closing the transaction
-/// connections of clients that left, every 250 ms).
+/// Idle ticks between two housekeeping wakes (every 250 ms: the timeouts
+/// of blocked commands, which do not keep the helper ticking).
 const IDLE_TICKS_PER_WAKE: u32 = 10;
 
 /// The helper's poll token for [`HelperHandle::wake`] (sockets are
@@ -96,12 +97,29 @@ impl WorkerIo {
             stop: AtomicBool::new(false),
         });
         let registry = poll.registry().try_clone()?;
-        let lp = UpstreamIo::new(registry, settings, clusters, stats, scripts, busy.clone());
-        let io = Arc::new(WorkerIo {
-            lp: Mutex::new(lp),
-            busy,
-            wakes: Arc::default(),
-            ticking: Arc::default(),
+        let io = Arc::new_cyclic(|me: &Weak<WorkerIo>| {
+            let me = me.clone();
+            // Weak: the desk lives in the worker's own state.
+            let desk = Arc::new(Attention::new(Box::new(move || {
+                if let Some(io) = me.upgrade() {
+                    io.wake();
+                }
+            })));
+            let lp = UpstreamIo::new(
+                registry,
+                settings,
+                clusters,
+                stats,
+                scripts,
+                busy.clone(),
+                desk,
+            );
+            WorkerIo {
+                lp: Mutex::new(lp),
+                busy,
+                wakes: Arc::default(),
+                ticking: Arc::default(),
+            }
         });
         let helper = Helper {
             poll,
