@@ -1,0 +1,155 @@
+#!/usr/bin/env bash
+# Where Envoy spends its CPU with the module: `perf record -g` of the Envoy
+# process while redis-benchmark drives one command through it.
+#
+#   scripts/profile.sh [--command get|set] [--pipeline N] [--clients N]
+#                      [--seconds S] [--concurrency N] [--port P] [--out DIR]
+#                      [--builtin]
+#
+# Starts a 3-master/3-replica loopback cluster (ports P+1 .. P+6, default
+# P = 7400) and Envoy with the release build of the module on P
+# (--concurrency 1 by default, admin on P+90), preloads 100,000 keys, runs
+# redis-benchmark (-c 50 -P 1 -d 64 by default) and records the Envoy process
+# for S seconds (default 10) once the load is steady. Prints the share of
+# samples per thread, per binary and the top symbols, and Envoy's CPU per
+# command over the recording. --builtin profiles Envoy's built-in
+# redis_proxy (+ envoy.clusters.redis) instead, in the same binary. Needs `perf` (linux-perf / linux-tools);
+# everything else comes from scripts/install.sh. Stops only what it started.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(cd "$here/.." && pwd)"
+COMMAND=get
+PIPELINE=1
+CLIENTS=50
+SECONDS_=10
+CONCURRENCY=1
+PORT=7400
+OUT="$repo/target/profile"
+BUILTIN=0
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --command) COMMAND="$2"; shift 2 ;;
+        --pipeline) PIPELINE="$2"; shift 2 ;;
+        --clients) CLIENTS="$2"; shift 2 ;;
+        --seconds) SECONDS_="$2"; shift 2 ;;
+        --concurrency) CONCURRENCY="$2"; shift 2 ;;
+        --port) PORT="$2"; shift 2 ;;
+        --out) OUT="$2"; shift 2 ;;
+        --builtin) BUILTIN=1; shift ;;
+        -h | --help) sed -n '2,15p' "$0"; exit 0 ;;
+        *) echo "unknown option $1" >&2; exit 2 ;;
+    esac
+done
+log() { echo "[profile $(date +%H:%M:%S)] $*" >&2; }
+die() { log "$*"; exit 1; }
+command -v perf >/dev/null || die "perf is not installed (apt-get install linux-perf)"
+command -v redis-benchmark >/dev/null || die "redis-benchmark missing: run scripts/install.sh"
+
+bash "$here/install.sh" >/dev/null
+export ENVOY_BIN="${ENVOY_BIN:-$(bash "$here/envoy-bin.sh" "${ENVOY_VERSION:-1.40.0}")}"
+log "building the module (release)"
+(cd "$repo" && cargo build --release --quiet)
+
+rm -rf "$OUT"
+mkdir -p "$OUT"
+CLUSTER=(--port $((PORT + 1)) --dir "$OUT/cluster")
+ENVOY_DIR="$OUT/envoy"
+cleanup() {
+    ENVOY_RUN_DIR="$ENVOY_DIR" bash "$here/run-envoy.sh" stop >/dev/null 2>&1 || true
+    bash "$here/cluster.sh" stop "${CLUSTER[@]}" >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+log "cluster on $((PORT + 1))-$((PORT + 6))"
+bash "$here/cluster.sh" start "${CLUSTER[@]}" >/dev/null
+
+if [ "$BUILTIN" = 1 ]; then
+    # Envoy's built-in proxy, settings as envoy-config/standalone/envoy.yaml.
+    cat >"$OUT/envoy.yaml" <<YAML
+admin:
+  address: { socket_address: { address: 127.0.0.1, port_value: $((PORT + 90)) } }
+static_resources:
+  listeners:
+    - name: redis_listener
+      address: { socket_address: { address: 127.0.0.1, port_value: $PORT } }
+      filter_chains:
+        - filters:
+            - name: envoy.filters.network.redis_proxy
+              typed_config:
+                "@type": type.googleapis.com/envoy.extensions.filters.network.redis_proxy.v3.RedisProxy
+                stat_prefix: redis
+                settings: { op_timeout: 5s, enable_redirection: true, enable_hashtagging: true, read_policy: MASTER }
+                prefix_routes: { catch_all_route: { cluster: main } }
+  clusters:
+    - name: main
+      connect_timeout: 1s
+      lb_policy: CLUSTER_PROVIDED
+      cluster_type:
+        name: envoy.clusters.redis
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.clusters.redis.v3.RedisClusterConfig
+          cluster_refresh_rate: 5s
+          cluster_refresh_timeout: 3s
+      load_assignment:
+        cluster_name: main
+        endpoints:
+          - lb_endpoints:
+              - endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: $((PORT + 1)) } } }
+              - endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: $((PORT + 2)) } } }
+              - endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: $((PORT + 3)) } } }
+YAML
+else
+    # The standalone example config with this run's ports.
+    sed -e "s/port_value: 9901/port_value: $((PORT + 90))/" \
+        -e "s/port_value: 7000/port_value: $PORT/" \
+        -e "s/127.0.0.1:7001/127.0.0.1:$((PORT + 1))/; s/127.0.0.1:7002/127.0.0.1:$((PORT + 2))/; s/127.0.0.1:7003/127.0.0.1:$((PORT + 3))/" \
+        "$repo/envoy-config/standalone/envoy.yaml" >"$OUT/envoy.yaml"
+fi
+ENVOY_RUN_DIR="$ENVOY_DIR" ENVOY_LOG_LEVEL=warning \
+    bash "$here/run-envoy.sh" start "$OUT/envoy.yaml" -- --concurrency "$CONCURRENCY" >/dev/null
+pid="$(cat "$ENVOY_DIR/envoy.pid")"
+
+log "preloading 100000 keys"
+redis-benchmark -p "$PORT" -t set -n 100000 -r 100000 -d 64 -c 50 -q >/dev/null 2>&1
+log "redis-benchmark -t $COMMAND -c $CLIENTS -P $PIPELINE; perf record for ${SECONDS_}s"
+redis-benchmark -p "$PORT" -t "$COMMAND" -n 100000000 -r 100000 -d 64 -c "$CLIENTS" \
+    -P "$PIPELINE" --csv >/dev/null 2>&1 &
+bench=$!
+sleep 3
+ticks() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
+calls() { # the command's calls, summed over the nodes
+    local p
+    for p in $(seq $((PORT + 1)) $((PORT + 6))); do
+        redis-cli -p "$p" info commandstats 2>/dev/null |
+            awk -F'[:=,]' -v c="cmdstat_$COMMAND" '$1 == c { print $3 }'
+    done | awk '{ n += $1 } END { print n + 0 }'
+}
+t0="$(ticks)"
+n0="$(calls)"
+perf record -e cpu-clock -g -p "$pid" -o "$OUT/perf.data" -- sleep "$SECONDS_" >/dev/null 2>&1
+t1="$(ticks)"
+n1="$(calls)"
+kill "$bench" 2>/dev/null || true
+wait "$bench" 2>/dev/null || true
+
+hz="$(getconf CLK_TCK)"
+report() { perf report -i "$OUT/perf.data" --no-children -g none --stdio "$@" 2>/dev/null | grep -E '^ +[0-9]' || true; }
+{
+    what="module $(git -C "$repo" rev-parse --short HEAD)"
+    [ "$BUILTIN" = 1 ] && what="built-in redis_proxy"
+    echo "Envoy $("$ENVOY_BIN" --version 2>/dev/null | grep -o '[0-9]*\.[0-9]*\.[0-9]*' | head -1), $what, --concurrency $CONCURRENCY, redis-benchmark -t $COMMAND -c $CLIENTS -P $PIPELINE, $(date -u '+%Y-%m-%d %H:%M UTC')"
+    if [ -n "$n0" ] && [ -n "$n1" ] && [ "$n1" -gt "$n0" ]; then
+        awk -v t=$((t1 - t0)) -v n=$((n1 - n0)) -v hz="$hz" \
+            'BEGIN { printf "Envoy CPU %.1f us per command over %d commands (counted on the nodes)\n", t / hz * 1e6 / n, n }'
+    fi
+    echo
+    echo "## samples per thread"
+    report --sort comm | head -8
+    echo
+    echo "## samples per binary"
+    report --sort dso | head -8
+    echo
+    echo "## top symbols"
+    report --sort symbol | head -25 | sed -E 's/ +- +- *$//'
+} | tee "$OUT/report.txt"
+log "perf.data and report.txt in $OUT"
