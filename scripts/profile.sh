@@ -133,7 +133,10 @@ kill "$bench" 2>/dev/null || true
 wait "$bench" 2>/dev/null || true
 
 hz="$(getconf CLK_TCK)"
-report() { perf report -i "$OUT/perf.data" --no-children -g none --stdio "$@" 2>/dev/null | grep -E '^ +[0-9]' || true; }
+report() { # SORT LINES
+    perf report -i "$OUT/perf.data" --no-children -g none --stdio --sort "$1" >"$OUT/by-$1.txt" 2>/dev/null || true
+    grep -E '^ +[0-9]' "$OUT/by-$1.txt" | head -"$2" | sed -E 's/ +- +- *$//' || true
+}
 {
     what="module $(git -C "$repo" rev-parse --short HEAD)"
     [ "$BUILTIN" = 1 ] && what="built-in redis_proxy"
@@ -144,12 +147,12 @@ report() { perf report -i "$OUT/perf.data" --no-children -g none --stdio "$@" 2>
     fi
     echo
     echo "## samples per thread"
-    report --sort comm | head -8
+    report comm 8
     echo
     echo "## samples per binary"
-    report --sort dso | head -8
+    report dso 8
     echo
     echo "## top symbols"
-    report --sort symbol | head -25 | sed -E 's/ +- +- *$//'
+    report symbol 25
 } | tee "$OUT/report.txt"
 log "perf.data and report.txt in $OUT"
