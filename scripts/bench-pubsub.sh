@@ -17,6 +17,8 @@
 #   --threads T         subscriber threads of the load generator (default 1)
 #   --payload-bytes B   PUBLISH payload size (default 64)
 #   --port P            first port used (default 7501, or $BENCH_PUBSUB_PORT)
+#   --module-dir DIR    the libenvoy_redis_cluster.so in DIR instead of this
+#                       tree's target/release (e.g. another branch's build)
 #
 # One loopback Redis Cluster (3 masters, 3 replicas, ports P..P+5, bus
 # P+50..P+55) and, for the module target, one Envoy (scripts/envoy-bin.sh,
@@ -73,6 +75,7 @@ DIRECT_PUB_ARG="other,same"
 THREADS=1
 PAYLOAD=64
 BASE_PORT="${BENCH_PUBSUB_PORT:-7501}"
+MODULE_DIR_ARG=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --subscribers) SUBSCRIBERS="$2"; shift 2 ;;
@@ -85,6 +88,7 @@ while [ $# -gt 0 ]; do
         --threads) THREADS="$2"; shift 2 ;;
         --payload-bytes) PAYLOAD="$2"; shift 2 ;;
         --port) BASE_PORT="$2"; shift 2 ;;
+        --module-dir) MODULE_DIR_ARG="$2"; shift 2 ;;
         -h | --help) sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -150,6 +154,7 @@ command -v python3 >/dev/null || die "python3 not found"
 log "building the module and the load generator (cargo build --release)"
 (cd "$repo" && cargo build --release --quiet && cargo build --release --quiet --example pubsub_fanout)
 MODULE_DIR="$repo/target/release"
+if [ -n "$MODULE_DIR_ARG" ]; then MODULE_DIR="$(cd "$MODULE_DIR_ARG" && pwd)"; fi
 LOADGEN="$repo/target/release/examples/pubsub_fanout"
 [ -f "$MODULE_DIR/libenvoy_redis_cluster.so" ] || die "no $MODULE_DIR/libenvoy_redis_cluster.so after the build"
 [ -x "$LOADGEN" ] || die "no $LOADGEN after the build"
@@ -160,7 +165,7 @@ LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
 CLK_TCK="$(getconf CLK_TCK)"
 
 mkdir -p "$RUN"
-rm -f "$RAW" "$RESULTS" "$RUN"/envoy-*.log "$RUN"/cell-*.out "$RUN"/cell-*.err
+rm -f "$RAW" "$RESULTS" "$RUN"/envoy-*.log "$RUN"/cell-*.out "$RUN"/cell-*.err "$RUN"/cell-*.events
 
 for off in 0 1 2 3 4 5 12 22 50 51 52 53 54 55; do
     port_busy $((BASE_PORT + off)) && die "port $((BASE_PORT + off)) is in use (pick another base with --port)"
@@ -292,6 +297,36 @@ cluster_events() { # LOG_LINES_BEFORE
     done
 }
 roles() { local p out=""; for p in "${NODE_PORTS[@]}"; do out+="$p:$(timeout 30 redis-cli -p "$p" role 2>/dev/null | head -1) "; done; echo "$out"; }
+# A cell that overloads a master can get it failed over: give the masters
+# their role back (CLUSTER FAILOVER on the old master), so that every cell
+# starts from the same layout.
+restore_layout() {
+    local p n changed=0
+    for p in "${MASTERS[@]}"; do
+        [ "$(timeout 30 redis-cli -p "$p" role 2>/dev/null | head -1)" = master ] && continue
+        changed=1
+        log "node $p is no longer a master: CLUSTER FAILOVER on it"
+        timeout 30 redis-cli -p "$p" cluster failover >/dev/null 2>&1 || true
+        for ((n = 0; n < 300; n++)); do
+            [ "$(timeout 30 redis-cli -p "$p" role 2>/dev/null | head -1)" = master ] && break
+            sleep 0.1
+        done
+    done
+    if [ "$changed" -eq 1 ]; then wait_healthy; fi
+}
+# One subscriber on the subscribers' master must receive what is published
+# on the other master (the cluster bus can stay broken after an overload):
+# retried for up to 60 s; prints "ok" or what went wrong.
+bus_check() {
+    local n res=""
+    for ((n = 0; n < 20; n++)); do
+        res="$("$LOADGEN" --sub-addr "127.0.0.1:$SUB_NODE" --pub-addr "127.0.0.1:$PUB_NODE" --subscribers 1 \
+            --rate 100 --seconds 0.5 --channel psbench-check --drain-idle-ms 1000 --drain-max 3 2>&1 | tail -1)"
+        case "$res" in *"lost 0 ("*) echo ok; return ;; esac
+        sleep 3
+    done
+    echo "${res#pubsub_fanout: }"
+}
 wait_healthy() {
     local n
     for ((n = 0; n < 60; n++)); do
@@ -308,7 +343,7 @@ ENVOY_FDS0=0
 if [ -n "$ENVOY" ]; then ENVOY_FDS0="$(fd_count "$ENVOY")"; fi
 run_cell() { # ROUND CELL
     local r="$1" cell="$2" sub_addr pub_addr out err rc=0 status=ok detail="" result="" n
-    local up_total="" up_sub="" up_nodes="" rss0="" watch=() lines0 roles0 roles1 events=""
+    local up_total="" up_sub="" up_nodes="" rss0="" watch=() lines0 roles0 roles1 events="" check=""
     out="$RUN/cell-$r-${cell/\//-}.out"
     err="$RUN/cell-$r-${cell/\//-}.err"
     for p in "${NODE_PORTS[@]}"; do watch+=(--watch "n$p=${NODE_PID[$p]}"); done
@@ -324,6 +359,11 @@ run_cell() { # ROUND CELL
     elif [ "${cell%%/*}" = module ] && ! alive "$ENVOY"; then
         status=error; detail="envoy exited before this cell"
     else
+        restore_layout
+        check="$(bus_check)"
+        if [ "$check" != ok ]; then
+            log "warning: before r$r $cell, a message published on $PUB_NODE did not reach a subscriber on $SUB_NODE within 60 s: $check"
+        fi
         if [ "${cell%%/*}" = module ]; then rss0="$(rss_kb "$ENVOY")"; fi
         lines0="$(log_lines)"
         roles0="$(roles)"
@@ -366,6 +406,7 @@ run_cell() { # ROUND CELL
         roles1="$(roles)"
         events="$(cluster_events "$lines0" | wc -l) failure/failover log lines"
         if [ "$roles0" != "$roles1" ]; then events+="; roles changed: $roles0-> $roles1"; fi
+        if [ "$check" != ok ]; then events="cluster bus check before the cell failed ($check); $events"; fi
         cluster_events "$lines0" >"${out%.out}.events"
     fi
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$cell" "$status" "$up_total" "$up_sub" "$up_nodes" \
@@ -401,7 +442,7 @@ if [ -n "$(cd "$repo" && git status --porcelain -- src examples Cargo.toml Cargo
 fi
 LOAD_AFTER="$(cut -d' ' -f1-3 /proc/loadavg)"
 export RAW SUB_NODE PUB_NODE envoy_log_summary CMDLINE="scripts/bench-pubsub.sh $ORIG_ARGS"
-export MACHINE_LINE="$(date -u '+%Y-%m-%d %H:%M UTC'); $(nproc) CPUs ($CPU_MODEL), $(free -g | awk '/^Mem:/ {print $2}') GiB; Envoy $ENVOY_VERSION_STR --concurrency 1; redis $(redis-server --version | grep -o 'v=[^ ]*' | cut -d= -f2); commit $GIT_REV; measuring took $((TEND - TSTART)) s; load average before/after: $LOAD_BEFORE / $LOAD_AFTER"
+export MACHINE_LINE="$(date -u '+%Y-%m-%d %H:%M UTC'); $(nproc) CPUs ($CPU_MODEL), $(free -g | awk '/^Mem:/ {print $2}') GiB; Envoy $ENVOY_VERSION_STR --concurrency 1; redis $(redis-server --version | grep -o 'v=[^ ]*' | cut -d= -f2); commit $GIT_REV$([ -n "$MODULE_DIR_ARG" ] && echo ", module from $MODULE_DIR"); measuring took $((TEND - TSTART)) s; load average before/after: $LOAD_BEFORE / $LOAD_AFTER"
 python3 - <<'PY' >"$RESULTS"
 import csv, os, statistics
 
@@ -487,7 +528,7 @@ for cell in dict.fromkeys(r["cell"] for r in rows):
             if kv.get(k, "0") != "0":
                 extra.append(f"{kv[k]} {what}")
         ev = r["cluster_events"]
-        if ev and not ev.startswith("0 "):
+        if ev and ev != "0 failure/failover log lines":
             extra.append(f"the nodes logged {ev} (run/cell-{r['round']}-{cell.replace('/', '-')}.events)")
         if float(kv.get("publisher_lag_max_ms", "0")) > 100:
             extra.append(f"the publisher fell up to {kv['publisher_lag_max_ms']} ms behind its schedule")
