@@ -249,16 +249,20 @@ fn publish(stream: &mut TcpStream, cfg: &Config, base: Instant) -> Result<Publis
 
 fn run(cfg: Config) -> Result<(), Failure> {
     let base = Instant::now();
+    // The probes use a channel of their own, so that the measured channel's
+    // first subscriber is a measured one (and a proxy's shared subscription
+    // to it starts with the measurement).
+    let probe_channel = format!("{}:probe", cfg.channel);
     let sub_probe = probe(
         cfg.sub_addr,
-        &command(&[b"SUBSCRIBE", cfg.channel.as_bytes()]),
+        &command(&[b"SUBSCRIBE", probe_channel.as_bytes()]),
     )?;
     if let Some(err) = sub_probe.strip_prefix('-') {
         return Err(Failure::SubscribeRefused(err.to_string()));
     }
     let pub_probe = probe(
         cfg.pub_addr,
-        &command(&[b"PUBLISH", cfg.channel.as_bytes(), b"probe"]),
+        &command(&[b"PUBLISH", probe_channel.as_bytes(), b"probe"]),
     )?;
     if let Some(err) = pub_probe.strip_prefix('-') {
         return Err(Failure::PublishRefused(err.to_string()));
