@@ -172,51 +172,13 @@ port_of() { # TARGET CONCURRENCY -> listener port
 }
 admin_of() { echo $(($(port_of "$1" "$2") + 10)); }
 
-log() { echo "[bench $(date +%H:%M:%S)] $*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
-
-alive() {
-    local state
-    state="$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" || return 1
-    [ -n "$state" ] && [ "$state" != "Z" ]
-}
-port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-# --- cleanup: only what this script started, by PID --------------------------
-declare -A ENVOY_PID=() LOG_START=()
-CHILD_PID=""
-CLUSTER_STARTED=0
-cleanup() {
-    local rc=$? pid n
-    trap - EXIT INT TERM
-    if [ -n "$CHILD_PID" ] && alive "$CHILD_PID"; then kill "$CHILD_PID" 2>/dev/null || true; fi
-    for pid in "${ENVOY_PID[@]}"; do
-        if alive "$pid"; then kill "$pid" 2>/dev/null || true; fi
-    done
-    for pid in "${ENVOY_PID[@]}"; do
-        for ((n = 0; n < 50; n++)); do alive "$pid" || break; sleep 0.1; done
-        if alive "$pid"; then kill -9 "$pid" 2>/dev/null || true; fi
-    done
-    if [ "$CLUSTER_STARTED" -eq 1 ]; then
-        CLUSTER_DIR="$CLUSTER_DIR_BENCH" bash "$here/cluster.sh" stop --port "$CLUSTER_PORT" 2>/dev/null || true
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'log "ERROR: line $LINENO failed (exit $?): $BASH_COMMAND"' ERR
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# Run a command in the background and wait for it, so that the trap can stop
-# it (by PID) when we are interrupted.
-run_child() {
-    local rc=0
-    "$@" &
-    CHILD_PID=$!
-    wait "$CHILD_PID" || rc=$?
-    CHILD_PID=""
-    return "$rc"
-}
+# log, die, alive, port_busy, cpu_ticks, rss_kb, module_config, run_child and
+# the cleanup on exit (only what this script started, by PID).
+BENCH_NAME=bench
+# shellcheck source=scripts/bench-lib.sh
+source "$here/bench-lib.sh"
+declare -A LOG_START=()
+bench_traps
 
 # --- prerequisites --------------------------------------------------------------
 T0=$(date +%s)
@@ -236,9 +198,7 @@ if [[ " ${PROXIES[*]} " == *" D "* ]]; then
 fi
 ENVOY_BIN="$(bash "$here/envoy-bin.sh" "$ENVOY_VERSION")"
 [ -x "$ENVOY_BIN" ] || die "envoy binary not executable: $ENVOY_BIN"
-# "version: <sha>/1.40.0/Clean/RELEASE/BoringSSL" -> "1.40.0 (<sha:10>, RELEASE)"
-ENVOY_VERSION_STR="$("$ENVOY_BIN" --version 2>/dev/null | grep -o 'version: [^ ]*' | head -1 | cut -d' ' -f2 |
-    awk -F/ '{printf "%s (%s, %s)", $2, substr($1, 1, 10), $4}')"
+ENVOY_VERSION_STR="$(envoy_version_str "$ENVOY_BIN")"
 LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
 CLK_TCK="$(getconf CLK_TCK)"
 NCPU="$(nproc)"
@@ -357,25 +317,13 @@ static_resources:
 YAML
 }
 
-# The module's own bootstrap with other ports and seeds.
-module_config() { # PORT ADMIN
-    local src="$repo/envoy-config/standalone/envoy.yaml" seeds
-    seeds="$(printf '"%s", ' "${SEEDS[@]}")"
-    seeds="[${seeds%, }]"
-    grep -q 'port_value: 9901 }' "$src" && grep -q 'port_value: 7000 }' "$src" && grep -q '^ *seeds: \[' "$src" ||
-        die "$src no longer has the admin 9901 / listener 7000 / seeds lines this script rewrites"
-    sed -e "s/port_value: 9901 }/port_value: $2 }/" \
-        -e "s/port_value: 7000 }/port_value: $1 }/" \
-        -e "s/^\( *seeds: \)\[.*\]/\1$seeds/" "$src"
-}
-
 start_envoy() { # TARGET CONCURRENCY
     local t="$1" c="$2" port admin cfg logf pid n v dir="$MODULE_DIR"
     port="$(port_of "$t" "$c")"
     admin="$(admin_of "$t" "$c")"
     cfg="$RUN/envoy-$t-c$c.yaml"
     logf="$RUN/envoy-$t-c$c.log"
-    if [ "$t" = B ]; then builtin_config "$port" "$admin" >"$cfg"; else module_config "$port" "$admin" >"$cfg"; fi
+    if [ "$t" = B ]; then builtin_config "$port" "$admin" >"$cfg"; else module_config "$port" "$admin" "${SEEDS[@]}" >"$cfg"; fi
     if [ "$t" = D ]; then dir="$MODULE_D_DIR"; fi
     ENVOY_DYNAMIC_MODULES_SEARCH_PATH="$dir" \
         "$ENVOY_BIN" -c "$cfg" --disable-hot-restart --concurrency "$c" -l warning \
@@ -410,7 +358,6 @@ cmd_args() { # TARGET CMD
     esac
 }
 
-cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }
 # "busy steal own" in clock ticks: the machine's user+nice+system and steal
 # time (/proc/stat), and the CPU time of everything this run started (the
 # redis-servers, the Envoys, and this shell with its waited-for children, which
@@ -426,7 +373,6 @@ cpu_snapshot() {
     own=$((own + $(sed 's/.*) //' "/proc/$$/stat" | awk '{print $14 + $15}')))
     echo "$busy $steal $own"
 }
-rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 hits_misses() { # -> "hits misses" summed over the masters
     local m h=0 x=0 a b
     for m in "${MASTERS[@]}"; do
