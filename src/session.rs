@@ -46,6 +46,7 @@ mod plan;
 mod ports;
 mod replies;
 mod route;
+mod subscription;
 mod transaction;
 
 use ordering::{Lane, Waiting};
@@ -138,6 +139,10 @@ pub struct Session {
     /// The nodes' own `MONITOR` streams (for the commands scripts run
     /// inside them), and which node has confirmed yet.
     node_monitors: Option<(Arc<ClientShared>, Vec<bool>)>,
+    /// The worker's shared upstream subscriptions.
+    hub: Arc<crate::pubsub::hub::Hub>,
+    /// This client's subscriptions, once it subscribed.
+    pubsub: Option<Box<subscription::Subscribed>>,
 }
 
 impl Session {
@@ -145,7 +150,10 @@ impl Session {
     /// upstream loop.
     pub fn new(proxy: Arc<Proxy>, worker: usize, notifier: Box<dyn Notify>) -> Session {
         let upstream = proxy.upstream_for(worker);
-        Session::with_upstream(proxy, notifier, upstream, Clock::System)
+        let hub = proxy.hub_for(worker);
+        let mut s = Session::with_upstream(proxy, notifier, upstream, Clock::System);
+        s.hub = hub;
+        s
     }
 
     /// A session whose requests go to `upstream` (`None`: validation mode,
@@ -166,7 +174,7 @@ impl Session {
         let entry = crate::clients::ClientEntry::new(id, client.clone(), now);
         proxy.clients.register(entry.clone());
         Session {
-            proxy,
+            proxy: proxy.clone(),
             upstream,
             clock,
             client,
@@ -210,6 +218,8 @@ impl Session {
             queued_pause: None,
             monitor: None,
             node_monitors: None,
+            hub: proxy.hub_for(0),
+            pubsub: None,
         }
     }
 
@@ -471,6 +481,7 @@ impl Session {
             }
         }
         self.drain_monitor(conn);
+        self.drain_pubsub(conn);
         // After FIN, input held back while paused is still answered: close
         // only once everything the client sent has been parsed.
         if self.end_stream && !self.closing && !self.paused() {
@@ -589,6 +600,7 @@ impl Session {
             self.apply(d.seq, d.part, d.reply);
         }
         self.delivered = delivered;
+        self.pubsub_scheduled();
         self.release_barrier();
         self.flush(conn);
         // Room again: parse input held back while paused.
@@ -661,6 +673,7 @@ impl Session {
         self.closed = true;
         self.client.detach();
         self.stop_monitor();
+        self.end_pubsub();
         self.proxy.clients.unregister(self.state.id);
         self.entry.detach();
         self.release_blocked();
@@ -681,6 +694,7 @@ impl Session {
         self.closed = true;
         self.client.detach();
         self.stop_monitor();
+        self.end_pubsub();
         self.proxy.clients.unregister(self.state.id);
         self.entry.detach();
         self.release_blocked();

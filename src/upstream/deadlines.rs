@@ -13,9 +13,13 @@ impl UpstreamIo {
                 .conns
                 .iter()
                 .flatten()
-                // A blocked command may wait for hours: no need to poll for
-                // its reply (a client leaving wakes the worker).
-                .any(|c| (!c.pipe.is_idle() && !c.is_blocking()) || !c.connected)
+                // A blocked command may wait for hours, a stream forever: no
+                // need to poll for their replies (a client leaving wakes the
+                // worker).
+                .any(|c| {
+                    let waits = !c.pipe.is_idle() && !c.is_blocking() && !c.pipe.is_streaming();
+                    waits || !c.connected
+                })
     }
 
     /// The clock's work: retries, timeouts, busy probes; then write what

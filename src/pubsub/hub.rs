@@ -1,0 +1,512 @@
+//! One Envoy worker's shared upstream subscriptions.
+//!
+//! Every channel, pattern or shard channel any client of the worker
+//! subscribes to is subscribed once upstream, on a subscriber connection
+//! per node (a pinned, streaming connection of the worker's upstream I/O:
+//! every frame the node sends on it lands in the link's mailbox), and
+//! reference-counted across the worker's clients. Classic channels and
+//! patterns are subscribed on the master owning the name's slot (Redis
+//! Cluster broadcasts `PUBLISH` to every node, so any node would do; the
+//! slot owner spreads them); shard channels on the master owning the slot.
+//!
+//! The hub runs on its worker only, from the sessions: a frame arriving in
+//! a link's mailbox wakes one subscribed session, whose `pump` reads every
+//! link, fans messages out to the subscribers' feeds (waking them), and
+//! sends what must be sent again: a link that broke (node death, failover)
+//! or a shard channel whose slot moved (the node's `sunsubscribe`) is
+//! subscribed again on the node the current topology names, after a short
+//! delay that lets the topology refresh. Clients see none of it.
+
+use super::{message, node_event, Kind, Message, NodeEvent};
+use crate::codec;
+use crate::stats::Stats;
+use crate::upstream::{ClientShared, Delivery, Notify, Part, Request, Target};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Pins for subscriber connections, apart from the sessions' (from 1), the
+/// blocking pool's (from 1 << 62) and the busy probes' (from 1 << 63).
+static NEXT_PIN: AtomicU64 = AtomicU64::new(1 << 61);
+
+/// Wait before subscribing again after a loss, so that the topology the
+/// loss asked for can arrive first.
+const RESUBSCRIBE_DELAY: Duration = Duration::from_millis(100);
+
+/// A subscription as the node knows it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SubKey {
+    pub kind: Kind,
+    pub cluster: usize,
+    /// On the node (a prefix route's `remove_prefix` applied).
+    pub name: Vec<u8>,
+}
+
+/// What the environment tells the hub: the time, the topology, where
+/// requests go.
+pub struct Env<'a> {
+    pub now: Instant,
+    pub op_timeout: Duration,
+    /// The master owning `slot` of `cluster` now, if known.
+    pub owner: &'a dyn Fn(usize, u16) -> Option<String>,
+    /// Ask `cluster`'s refresher for a new topology.
+    pub refresh: &'a dyn Fn(usize),
+    /// Requests for the worker's upstream I/O.
+    pub out: &'a mut Vec<Request>,
+}
+
+/// A subscriber's pending output: messages wait here until the session
+/// writes them (between its replies), up to a byte budget.
+pub struct Feed {
+    inner: Mutex<FeedInner>,
+    client: Arc<ClientShared>,
+}
+
+struct FeedInner {
+    out: Vec<u8>,
+    resp3: bool,
+    limit: usize,
+    /// Over budget: the session closes the client.
+    over: bool,
+}
+
+/// What [`Feed::take`] found.
+pub enum Taken {
+    Bytes(Vec<u8>),
+    /// The client fell more than its budget behind.
+    Overflow,
+}
+
+impl Feed {
+    pub fn new(client: Arc<ClientShared>, resp3: bool, limit: usize) -> Arc<Feed> {
+        Arc::new(Feed {
+            inner: Mutex::new(FeedInner {
+                out: Vec::new(),
+                resp3,
+                limit,
+                over: false,
+            }),
+            client,
+        })
+    }
+
+    pub fn set_resp3(&self, on: bool) {
+        self.inner.lock().resp3 = on;
+    }
+
+    /// Queue a message; false when the client is (now) over its budget.
+    fn push(&self, msg: &Message<'_>, visible: &[u8]) -> bool {
+        let mut f = self.inner.lock();
+        if f.over {
+            return false;
+        }
+        let resp3 = f.resp3;
+        let start = f.out.len();
+        match msg.kind {
+            Kind::Pattern => message(&mut f.out, resp3, msg, Some(visible)),
+            _ => {
+                let m = Message {
+                    channel: visible,
+                    ..*msg
+                };
+                message(&mut f.out, resp3, &m, None)
+            }
+        }
+        if f.out.len() > f.limit && f.out.len() > start {
+            f.over = true;
+            f.out = Vec::new();
+        }
+        drop(f);
+        self.client.wake();
+        true
+    }
+
+    /// Everything queued.
+    pub fn take(&self) -> Taken {
+        let mut f = self.inner.lock();
+        if f.over {
+            return Taken::Overflow;
+        }
+        Taken::Bytes(std::mem::take(&mut f.out))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        let f = self.inner.lock();
+        f.out.is_empty() && !f.over
+    }
+}
+
+struct Sub {
+    /// Subscribed clients, each with the name as it subscribed.
+    clients: Vec<(u64, Vec<u8>)>,
+    /// The link carrying it.
+    link: u64,
+    slot: u16,
+    /// The node confirmed it.
+    confirmed: bool,
+    /// Acknowledgements may go: confirmed once, or its link failed (it is
+    /// subscribed again in the background).
+    ready: bool,
+}
+
+struct Link {
+    cluster: usize,
+    addr: Option<String>,
+    mailbox: Arc<ClientShared>,
+    /// A request went out on it: later ones must follow it on the same
+    /// connection, never open another.
+    opened: bool,
+}
+
+/// The subscribed sessions of the worker (client id, mailbox).
+type Members = Arc<Mutex<Vec<(u64, Arc<ClientShared>)>>>;
+
+/// Wakes a subscribed session of the worker when a link has frames.
+struct LinkNotify(Members);
+
+impl Notify for LinkNotify {
+    fn notify(&self) {
+        let members = self.0.lock();
+        if let Some((_, c)) = members.iter().find(|(_, c)| !c.is_detached()) {
+            c.wake();
+        }
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    subs: HashMap<SubKey, Sub>,
+    links: HashMap<u64, Link>,
+    feeds: HashMap<u64, Arc<Feed>>,
+}
+
+/// One worker's subscriptions.
+pub struct Hub {
+    inner: Mutex<Inner>,
+    members: Members,
+    stats: Arc<Stats>,
+}
+
+impl Hub {
+    pub fn new(stats: Arc<Stats>) -> Hub {
+        Hub {
+            inner: Mutex::default(),
+            members: Arc::default(),
+            stats,
+        }
+    }
+
+    /// Client `id` subscribes to `key` (as `visible`); `slot` places it.
+    pub fn subscribe(
+        &self,
+        id: u64,
+        feed: &Arc<Feed>,
+        key: SubKey,
+        visible: &[u8],
+        slot: u16,
+        env: &mut Env<'_>,
+    ) {
+        let mut inner = self.inner.lock();
+        if let std::collections::hash_map::Entry::Vacant(e) = inner.feeds.entry(id) {
+            e.insert(feed.clone());
+            self.members.lock().push((id, feed.client.clone()));
+        }
+        if let Some(sub) = inner.subs.get_mut(&key) {
+            if !sub.clients.iter().any(|(c, _)| *c == id) {
+                sub.clients.push((id, visible.to_vec()));
+            }
+            return;
+        }
+        let cs = self.stats.cluster(key.cluster);
+        self.stats.gauge_add(cs.pubsub_upstream_subscriptions, 1);
+        let link = self.link_for(&mut inner, key.cluster, slot, env);
+        let sub = Sub {
+            clients: vec![(id, visible.to_vec())],
+            link,
+            slot,
+            confirmed: false,
+            ready: false,
+        };
+        self.send(
+            &mut inner,
+            link,
+            key.kind.subscribe_word(),
+            &key,
+            slot,
+            None,
+            env,
+        );
+        inner.subs.insert(key, sub);
+    }
+
+    /// Client `id` no longer subscribes to `key`; the last one out ends the
+    /// upstream subscription.
+    pub fn unsubscribe(&self, id: u64, key: &SubKey, env: &mut Env<'_>) {
+        let mut inner = self.inner.lock();
+        self.drop_client(&mut inner, id, key, env);
+    }
+
+    /// Client `id` is gone (or `RESET`): every subscription it held.
+    pub fn leave(&self, id: u64, env: &mut Env<'_>) {
+        let mut inner = self.inner.lock();
+        let keys: Vec<SubKey> = inner
+            .subs
+            .iter()
+            .filter(|(_, s)| s.clients.iter().any(|(c, _)| *c == id))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in keys {
+            self.drop_client(&mut inner, id, &k, env);
+        }
+        inner.feeds.remove(&id);
+        self.members.lock().retain(|(c, _)| *c != id);
+    }
+
+    /// Acknowledgements for `key` may go.
+    pub fn ready(&self, key: &SubKey) -> bool {
+        self.inner.lock().subs.get(key).is_none_or(|s| s.ready)
+    }
+
+    /// Upstream subscriptions now (for tests).
+    pub fn upstream_count(&self) -> usize {
+        self.inner.lock().subs.len()
+    }
+
+    /// Read every link's frames: fan messages out, take confirmations,
+    /// subscribe again what was lost.
+    pub fn pump(&self, env: &mut Env<'_>) {
+        let mut inner = self.inner.lock();
+        let pins: Vec<u64> = inner.links.keys().copied().collect();
+        let mut frames: Vec<Delivery> = Vec::new();
+        for pin in pins {
+            let Some(link) = inner.links.get(&pin) else {
+                continue;
+            };
+            frames.clear();
+            link.mailbox.take(&mut frames);
+            for d in frames.drain(..) {
+                if !self.on_frame(&mut inner, pin, &d.reply, env) {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// One frame of link `pin`; false once the link is gone.
+    fn on_frame(&self, inner: &mut Inner, pin: u64, frame: &[u8], env: &mut Env<'_>) -> bool {
+        let Some(cluster) = inner.links.get(&pin).map(|l| l.cluster) else {
+            return false;
+        };
+        match node_event(frame) {
+            NodeEvent::Subscribed(kind, name) => {
+                let key = SubKey {
+                    kind,
+                    cluster,
+                    name: name.to_vec(),
+                };
+                if let Some(s) = inner.subs.get_mut(&key).filter(|s| s.link == pin) {
+                    s.confirmed = true;
+                    if !s.ready {
+                        s.ready = true;
+                        for (id, _) in &s.clients {
+                            if let Some(f) = inner.feeds.get(id) {
+                                f.client.wake();
+                            }
+                        }
+                    }
+                }
+            }
+            NodeEvent::Unsubscribed(Kind::Shard, name) => {
+                // Ours was dropped from the map before it was sent; a
+                // confirmed one still here: its slot moved away.
+                let key = SubKey {
+                    kind: Kind::Shard,
+                    cluster,
+                    name: name.to_vec(),
+                };
+                let moved = inner
+                    .subs
+                    .get(&key)
+                    .is_some_and(|s| s.link == pin && s.confirmed);
+                if moved {
+                    (env.refresh)(cluster);
+                    self.resubscribe(inner, vec![key], env);
+                }
+            }
+            NodeEvent::Unsubscribed(..) | NodeEvent::Other => {}
+            NodeEvent::Message(m) => self.fan_out(inner, pin, cluster, &m),
+            NodeEvent::Error(e) => {
+                let redirected = [&b"MOVED "[..], b"ASK ", b"TRYAGAIN", b"CLUSTERDOWN"]
+                    .iter()
+                    .any(|p| e.starts_with(p));
+                (env.refresh)(cluster);
+                if redirected {
+                    // The link lives; what it has not confirmed goes where
+                    // the topology says now.
+                    let keys: Vec<SubKey> = inner
+                        .subs
+                        .iter()
+                        .filter(|(_, s)| s.link == pin && !s.confirmed)
+                        .map(|(k, _)| k.clone())
+                        .collect();
+                    self.resubscribe(inner, keys, env);
+                    return true;
+                }
+                crate::log!(
+                    crate::envoy::Level::Info,
+                    "redis_cluster: subscriber connection lost ({}): subscribing again",
+                    String::from_utf8_lossy(e)
+                );
+                if let Some(link) = inner.links.remove(&pin) {
+                    link.mailbox.detach();
+                }
+                let keys: Vec<SubKey> = inner
+                    .subs
+                    .iter()
+                    .filter(|(_, s)| s.link == pin)
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                self.resubscribe(inner, keys, env);
+                return false;
+            }
+        }
+        true
+    }
+
+    fn fan_out(&self, inner: &Inner, pin: u64, cluster: usize, m: &Message<'_>) {
+        let name = m.pattern.unwrap_or(m.channel);
+        let key = SubKey {
+            kind: m.kind,
+            cluster,
+            name: name.to_vec(),
+        };
+        let Some(sub) = inner.subs.get(&key).filter(|s| s.link == pin) else {
+            return;
+        };
+        let cs = self.stats.cluster(cluster);
+        for (id, visible) in &sub.clients {
+            let Some(feed) = inner.feeds.get(id) else {
+                continue;
+            };
+            if feed.push(m, visible) {
+                self.stats.inc(cs.pubsub_messages_fanned_out);
+            }
+        }
+    }
+
+    /// Subscribe `keys` again, each on the link its slot's owner has now.
+    fn resubscribe(&self, inner: &mut Inner, keys: Vec<SubKey>, env: &mut Env<'_>) {
+        let at = env.now + RESUBSCRIBE_DELAY;
+        for key in keys {
+            let Some(slot) = inner.subs.get(&key).map(|s| s.slot) else {
+                continue;
+            };
+            let link = self.link_for(inner, key.cluster, slot, env);
+            if let Some(s) = inner.subs.get_mut(&key) {
+                s.link = link;
+                s.confirmed = false;
+                // Its clients are not kept waiting for a node that may be
+                // down for a while.
+                s.ready = true;
+                for (id, _) in &s.clients {
+                    if let Some(f) = inner.feeds.get(id) {
+                        f.client.wake();
+                    }
+                }
+            }
+            self.stats
+                .inc(self.stats.cluster(key.cluster).pubsub_resubscribes);
+            self.send(
+                inner,
+                link,
+                key.kind.subscribe_word(),
+                &key,
+                slot,
+                Some(at),
+                env,
+            );
+        }
+    }
+
+    fn drop_client(&self, inner: &mut Inner, id: u64, key: &SubKey, env: &mut Env<'_>) {
+        let Some(sub) = inner.subs.get_mut(key) else {
+            return;
+        };
+        sub.clients.retain(|(c, _)| *c != id);
+        if !sub.clients.is_empty() {
+            return;
+        }
+        let (link, slot) = (sub.link, sub.slot);
+        inner.subs.remove(key);
+        let cs = self.stats.cluster(key.cluster);
+        self.stats.gauge_sub(cs.pubsub_upstream_subscriptions, 1);
+        // Sent even when nothing else is left on the link (which stays open
+        // for the next subscription): with no client left on this worker,
+        // nothing would run the upstream walk that closes connections.
+        let word = key.kind.unsubscribe_word();
+        self.send(inner, link, word, key, slot, None, env);
+    }
+
+    /// The live link to the owner of `slot`, opened when there is none.
+    fn link_for(&self, inner: &mut Inner, cluster: usize, slot: u16, env: &Env<'_>) -> u64 {
+        let addr = (env.owner)(cluster, slot);
+        if let Some((&pin, _)) = inner
+            .links
+            .iter()
+            .find(|(_, l)| l.cluster == cluster && addr.is_some() && l.addr == addr)
+        {
+            return pin;
+        }
+        let pin = NEXT_PIN.fetch_add(1, Ordering::Relaxed);
+        let mailbox = ClientShared::new(Box::new(LinkNotify(self.members.clone())));
+        inner.links.insert(
+            pin,
+            Link {
+                cluster,
+                addr,
+                mailbox,
+                opened: false,
+            },
+        );
+        pin
+    }
+
+    /// `word key.name` on link `pin` (no sooner than `at`).
+    #[allow(clippy::too_many_arguments)]
+    fn send(
+        &self,
+        inner: &mut Inner,
+        pin: u64,
+        word: &[u8],
+        key: &SubKey,
+        slot: u16,
+        at: Option<Instant>,
+        env: &mut Env<'_>,
+    ) {
+        let Some(link) = inner.links.get_mut(&pin) else {
+            return;
+        };
+        let start = at.unwrap_or(env.now);
+        let mut req = Request::new(
+            link.mailbox.clone(),
+            0,
+            Part::Whole,
+            key.cluster,
+            Target::Slot { slot, read: false },
+            codec::command(&[word, &key.name]),
+            start + env.op_timeout,
+        )
+        .pinned(pin, false, 0)
+        .streaming();
+        if link.opened {
+            req = req.continues_pin();
+        }
+        link.opened = true;
+        if let Some(at) = at {
+            req = req.not_before(at);
+        }
+        env.out.push(req);
+    }
+}

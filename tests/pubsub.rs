@@ -1,0 +1,319 @@
+//! Pub/Sub through the proxy (real Envoy, real Redis Cluster): replies and
+//! messages byte for byte as a standalone Redis in RESP2 and RESP3, one
+//! upstream subscription per worker shared by many clients, messages
+//! published on a node or through the proxy, CROSSSLOT for shard channels,
+//! `PUBSUB` counting the proxy's clients, subscribers surviving a master's
+//! `kill -9` and a live reshard of a shard channel's slot, and a slow
+//! subscriber disconnected while a fast one keeps receiving.
+//!
+//! MODULE-DEPENDENT: needs target/debug/libenvoy_redis_cluster.so (cargo build).
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::time::Duration;
+
+const STAT: &str = "dynamicmodulescustom.redis.redis.";
+
+/// One step of a conversation run against both servers.
+enum Step {
+    /// Send the command, compare this many frames.
+    Cmd(Vec<&'static str>, usize),
+    /// Send the command, read one frame each, compare nothing (`HELLO`
+    /// shows the connection id).
+    Quiet(Vec<&'static str>),
+    /// PUBLISH from another connection (of the same server), then compare
+    /// this many frames on the subscriber.
+    Publish(&'static str, &'static str, usize),
+}
+
+fn script(resp3: bool) -> Vec<Step> {
+    use Step::*;
+    let mut s = vec![
+        Cmd(vec!["UNSUBSCRIBE"], 1),
+        Cmd(vec!["PUNSUBSCRIBE"], 1),
+        Cmd(vec!["SUNSUBSCRIBE"], 1),
+        Cmd(vec!["UNSUBSCRIBE", "never"], 1),
+        Cmd(vec!["SUBSCRIBE", "a", "b", "a"], 3),
+        Cmd(vec!["PSUBSCRIBE", "p*"], 1),
+        Publish("a", "hello", 1),
+        Publish("pq", "pattern", 1),
+        Cmd(vec!["PING"], 1),
+        Cmd(vec!["PING", "hi"], 1),
+        Cmd(vec!["GET", "k"], 1),
+        Cmd(vec!["SSUBSCRIBE", "{s}1", "{s}2"], 2),
+        Publish("b", "", 1),
+        Cmd(vec!["UNSUBSCRIBE", "a", "zz"], 2),
+        Cmd(vec!["UNSUBSCRIBE"], 1),
+        Cmd(vec!["SUNSUBSCRIBE", "{s}2"], 1),
+        Cmd(vec!["PUNSUBSCRIBE"], 1),
+        Cmd(vec!["PING"], 1),
+        Cmd(vec!["SUNSUBSCRIBE"], 1),
+        Cmd(vec!["PING"], 1),
+        Cmd(vec!["SUBSCRIBE", "c"], 1),
+        Cmd(vec!["RESET"], 1),
+        Cmd(vec!["PING"], 1),
+    ];
+    if resp3 {
+        // RESET went back to RESP2: the rest in RESP2 again.
+        s.insert(0, Quiet(vec!["HELLO", "3"]));
+    }
+    s
+}
+
+fn run(
+    steps: &[Step],
+    proxy: (&mut RawClient, &mut RawClient),
+    reference: (&mut RawClient, &mut RawClient),
+) {
+    let (p, pp) = proxy;
+    let (r, rp) = reference;
+    for step in steps {
+        let (what, n) = match step {
+            Step::Cmd(cmd, n) => {
+                p.send_cmd(cmd);
+                r.send_cmd(cmd);
+                (show_cmd(cmd), *n)
+            }
+            Step::Quiet(cmd) => {
+                p.send_cmd(cmd);
+                r.send_cmd(cmd);
+                let _ = (p.read_reply_bytes(), r.read_reply_bytes());
+                continue;
+            }
+            Step::Publish(ch, msg, n) => {
+                pp.cmd(&["PUBLISH", ch, msg]);
+                rp.cmd(&["PUBLISH", ch, msg]);
+                (format!("message {msg:?} on {ch}"), *n)
+            }
+        };
+        for i in 0..n {
+            let (a, b) = (p.read_reply_bytes(), r.read_reply_bytes());
+            assert_eq!(
+                show_resp(&a),
+                show_resp(&b),
+                "{what} (frame {i}): proxy (left) vs standalone Redis (right)"
+            );
+        }
+    }
+}
+
+#[test]
+fn replies_and_messages_match_redis_byte_for_byte_in_resp2_and_resp3() {
+    let cluster = Cluster::start(3, 0);
+    let envoy = Envoy::start(module_config(&cluster, json!({})));
+    let reference = StandaloneRedis::start();
+    for resp3 in [false, true] {
+        let (mut p, mut pp) = (envoy.raw_client(), envoy.raw_client());
+        let (mut r, mut rp) = (reference.raw_client(), reference.raw_client());
+        run(&script(resp3), (&mut p, &mut pp), (&mut r, &mut rp));
+    }
+    // RESP3: ordinary commands keep working while subscribed, messages
+    // come between the replies.
+    let (mut p, mut pp) = (envoy.raw_client(), envoy.raw_client());
+    let (mut r, mut rp) = (reference.raw_client(), reference.raw_client());
+    use Step::*;
+    let steps = vec![
+        Quiet(vec!["HELLO", "3"]),
+        Cmd(vec!["SUBSCRIBE", "news"], 1),
+        Cmd(vec!["SET", "k", "v"], 1),
+        Publish("news", "one", 1),
+        Cmd(vec!["GET", "k"], 1),
+        Cmd(vec!["PING"], 1),
+        Cmd(vec!["DEL", "k"], 1),
+    ];
+    run(&steps, (&mut p, &mut pp), (&mut r, &mut rp));
+}
+
+/// `PUBSUB NUMSUB` of `channel` on a node.
+fn node_numsub(port: u16, channel: &str) -> i64 {
+    let mut c = RawClient::connect(port);
+    match c.cmd(&["PUBSUB", "NUMSUB", channel]) {
+        Resp::Array(v) => match v.get(1) {
+            Some(Resp::Int(n)) => *n,
+            other => panic!("NUMSUB: {other:?}"),
+        },
+        other => panic!("NUMSUB: {other:?}"),
+    }
+}
+
+/// Read one message frame: `(kind, channel, payload)`.
+fn message_of(c: &mut RawClient) -> (String, String, String) {
+    match c.read_reply() {
+        Resp::Array(v) if v.len() == 3 => {
+            let t: Vec<String> = v.iter().map(|x| x.text().unwrap_or_default()).collect();
+            (t[0].clone(), t[1].clone(), t[2].clone())
+        }
+        other => panic!("not a message: {other:?}"),
+    }
+}
+
+/// Many clients on one channel share one upstream subscription per Envoy
+/// worker (the harness runs 2), on the channel's slot owner; a message
+/// published on any node, or through the proxy, reaches every one of
+/// them; `PUBSUB` counts the proxy's clients; the last one out ends the
+/// upstream subscription.
+#[test]
+fn clients_share_one_upstream_subscription_per_worker() {
+    let cluster = Cluster::start(3, 0);
+    let envoy = Envoy::start(module_config(&cluster, json!({})));
+    let owner = cluster.node_for_key(b"shared");
+    let other = *cluster
+        .master_ports()
+        .iter()
+        .find(|&&p| p != owner)
+        .expect("another master");
+    let mut subs: Vec<RawClient> = (0..20)
+        .map(|_| {
+            let mut c = envoy.raw_client();
+            c.send_cmd(&["SUBSCRIBE", "shared"]);
+            assert_eq!(
+                c.read_reply(),
+                Resp::Array(vec![
+                    Resp::bulk("subscribe"),
+                    Resp::bulk("shared"),
+                    Resp::Int(1)
+                ])
+            );
+            c
+        })
+        .collect();
+    let upstream = node_numsub(owner, "shared");
+    assert!(
+        (1..=2).contains(&upstream),
+        "20 clients, 2 workers: {upstream} upstream subscriptions"
+    );
+    for p in cluster.master_ports() {
+        if p != owner {
+            assert_eq!(node_numsub(p, "shared"), 0, "only on the slot owner");
+        }
+    }
+    let mut admin = envoy.raw_client();
+    assert_eq!(
+        admin.cmd(&["PUBSUB", "NUMSUB", "shared", "none"]),
+        Resp::Array(vec![
+            Resp::bulk("shared"),
+            Resp::Int(20),
+            Resp::bulk("none"),
+            Resp::Int(0)
+        ])
+    );
+    assert_eq!(
+        admin.cmd(&["PUBSUB", "CHANNELS", "sh*"]),
+        Resp::Array(vec![Resp::bulk("shared")])
+    );
+    // Published on a node that holds no subscription (the cluster bus
+    // carries it), then through the proxy.
+    RawClient::connect(other).cmd(&["PUBLISH", "shared", "from-node"]);
+    for c in subs.iter_mut() {
+        assert_eq!(
+            message_of(c),
+            ("message".into(), "shared".into(), "from-node".into())
+        );
+    }
+    admin.cmd(&["PUBLISH", "shared", "from-proxy"]);
+    for c in subs.iter_mut() {
+        assert_eq!(
+            message_of(c),
+            ("message".into(), "shared".into(), "from-proxy".into())
+        );
+    }
+    let stat = |n: &str| envoy.stat(&format!("{STAT}{n}"));
+    assert_eq!(stat("pubsub_subscribers_active"), Some(20));
+    assert_eq!(
+        stat("cluster.main.pubsub_upstream_subscriptions"),
+        Some(upstream as u64)
+    );
+    assert!(stat("cluster.main.pubsub_messages_fanned_out") >= Some(40));
+    // Half leave: still subscribed upstream for the rest; all leave: gone.
+    subs.truncate(10);
+    admin.cmd(&["PUBLISH", "shared", "still"]);
+    for c in subs.iter_mut() {
+        assert_eq!(message_of(c).2, "still");
+    }
+    subs.clear();
+    assert!(
+        wait_until(Duration::from_secs(5), || node_numsub(owner, "shared") == 0),
+        "the last client out ends the upstream subscription"
+    );
+    assert!(wait_until(Duration::from_secs(5), || {
+        stat("pubsub_subscribers_active") == Some(0)
+    }));
+}
+
+/// `SSUBSCRIBE` across slots is refused with Redis Cluster's words; shard
+/// channels are subscribed on the slot's owner, `SPUBLISH` reaches them.
+#[test]
+fn shard_channels_live_on_their_slot_owner() {
+    let cluster = Cluster::start(3, 0);
+    let envoy = Envoy::start(module_config(&cluster, json!({})));
+    let mut c = envoy.raw_client();
+    assert_eq!(
+        c.cmd(&["SSUBSCRIBE", "a", "b"]),
+        Resp::Error("CROSSSLOT Keys in request don't hash to the same slot".into())
+    );
+    c.send_cmd(&["SSUBSCRIBE", "{s}x", "{s}y"]);
+    for (ch, n) in [("{s}x", 1), ("{s}y", 2)] {
+        assert_eq!(
+            c.read_reply(),
+            Resp::Array(vec![Resp::bulk("ssubscribe"), Resp::bulk(ch), Resp::Int(n)])
+        );
+    }
+    let owner = cluster.node_for_key(b"{s}x");
+    let mut node = RawClient::connect(owner);
+    assert_eq!(
+        node.cmd(&["PUBSUB", "SHARDNUMSUB", "{s}x"]),
+        Resp::Array(vec![Resp::bulk("{s}x"), Resp::Int(1)])
+    );
+    let mut publisher = envoy.raw_client();
+    assert_eq!(
+        publisher.cmd(&["SPUBLISH", "{s}y", "hi"]),
+        Resp::Int(1),
+        "SPUBLISH goes to the owner, where the proxy's subscription is"
+    );
+    assert_eq!(
+        message_of(&mut c),
+        ("smessage".into(), "{s}y".into(), "hi".into())
+    );
+    assert_eq!(
+        publisher.cmd(&["PUBSUB", "SHARDCHANNELS"]),
+        Resp::Array(vec![Resp::bulk("{s}x"), Resp::bulk("{s}y")])
+    );
+}
+
+/// A prefix route's `remove_prefix` applies to shard channel names like
+/// keys: subscribed on the route's cluster without the prefix, shown to
+/// the client with it.
+#[test]
+fn shard_channels_follow_prefix_routes() {
+    let cluster = Cluster::start(3, 0);
+    let mut config = module_config(&cluster, json!({}));
+    config["prefix_routes"]["routes"] =
+        json!([{ "prefix": "app:", "cluster": "main", "remove_prefix": true }]);
+    let envoy = Envoy::start(config);
+    let mut c = envoy.raw_client();
+    c.send_cmd(&["SSUBSCRIBE", "app:{t}ch"]);
+    assert_eq!(
+        c.read_reply(),
+        Resp::Array(vec![
+            Resp::bulk("ssubscribe"),
+            Resp::bulk("app:{t}ch"),
+            Resp::Int(1)
+        ])
+    );
+    let owner = cluster.node_for_key(b"{t}ch");
+    let mut node = RawClient::connect(owner);
+    assert_eq!(
+        node.cmd(&["PUBSUB", "SHARDNUMSUB", "{t}ch"]),
+        Resp::Array(vec![Resp::bulk("{t}ch"), Resp::Int(1)])
+    );
+    node.cmd(&["SPUBLISH", "{t}ch", "on-node"]);
+    assert_eq!(
+        message_of(&mut c),
+        ("smessage".into(), "app:{t}ch".into(), "on-node".into())
+    );
+    let mut publisher = envoy.raw_client();
+    publisher.cmd(&["SPUBLISH", "app:{t}ch", "via-proxy"]);
+    assert_eq!(message_of(&mut c).2, "via-proxy");
+}
