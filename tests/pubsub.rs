@@ -12,7 +12,7 @@ mod common;
 
 use common::*;
 use serde_json::json;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const STAT: &str = "dynamicmodulescustom.redis.redis.";
 
@@ -316,4 +316,251 @@ fn shard_channels_follow_prefix_routes() {
     let mut publisher = envoy.raw_client();
     publisher.cmd(&["SPUBLISH", "app:{t}ch", "via-proxy"]);
     assert_eq!(message_of(&mut c).2, "via-proxy");
+}
+
+fn role(port: u16) -> Option<String> {
+    let mut c = RawClient::try_connect(port, Duration::from_millis(300)).ok()?;
+    c.set_timeout(Duration::from_millis(500));
+    c.send(&encode_cmd(&["ROLE"])).ok()?;
+    match c.try_read_reply().ok()? {
+        Resp::Array(v) => v.first().and_then(Resp::text),
+        _ => None,
+    }
+}
+
+/// The master port of replica `port`.
+fn master_of(port: u16) -> Option<i64> {
+    let mut c = RawClient::try_connect(port, Duration::from_millis(300)).ok()?;
+    match c.cmd(&["ROLE"]) {
+        Resp::Array(v) if v.first().and_then(Resp::text).as_deref() == Some("slave") => {
+            match v.get(2) {
+                Some(Resp::Int(p)) => Some(*p),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// Publishes `<n>` on `channel` every 10 ms (to `port`, with `cmd`) until
+/// `stop`; errors while nodes change are ignored.
+fn publisher(
+    port: u16,
+    cmd: &'static str,
+    channel: &'static str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let mut n = 0u64;
+        let mut c: Option<RawClient> = None;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            if c.is_none() {
+                c = RawClient::try_connect(port, Duration::from_millis(200)).ok();
+                if let Some(c) = c.as_mut() {
+                    c.set_timeout(Duration::from_secs(2));
+                }
+            }
+            if let Some(conn) = c.as_mut() {
+                n += 1;
+                let sent = conn.send(&encode_cmd(&[cmd, channel, &n.to_string()]));
+                if sent.is_err() || conn.try_read_reply().is_err() {
+                    c = None;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        n
+    })
+}
+
+/// Reads messages until `until`, returning when each arrived; every frame
+/// must be a message (no unsubscribe, no error reaches the client).
+fn receive(c: &mut RawClient, until: Instant, kind: &str) -> Vec<Instant> {
+    let mut at = Vec::new();
+    c.set_timeout(Duration::from_millis(100));
+    while Instant::now() < until {
+        match c.try_read_reply() {
+            Ok(Resp::Array(v)) => {
+                let word = v.first().and_then(Resp::text).unwrap_or_default();
+                assert_eq!(word, kind, "only messages reach the subscriber: {v:?}");
+                at.push(Instant::now());
+            }
+            Ok(other) => panic!("subscriber got {other:?}"),
+            Err(_) => {}
+        }
+    }
+    at
+}
+
+/// The longest silence between messages received.
+fn longest_gap(at: &[Instant]) -> Duration {
+    at.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default()
+}
+
+/// `kill -9` of the master holding a channel's and a shard channel's
+/// upstream subscriptions: once a replica is promoted, the proxy subscribes
+/// again there; the subscribers see no unsubscribe and no error, and keep
+/// receiving. Prints the longest gap (for the README).
+#[test]
+fn subscribers_keep_receiving_across_a_master_kill() {
+    let mut cluster = Cluster::start(3, 1);
+    let envoy = Envoy::start(module_config(&cluster, json!({ "op_timeout": "2s" })));
+    let master = cluster.node_for_key(b"{fo}");
+    let other = *cluster
+        .master_ports()
+        .iter()
+        .find(|&&p| p != master)
+        .expect("another master");
+    let replica = cluster
+        .ports()
+        .into_iter()
+        .find(|&p| p != master && master_of(p) == Some(i64::from(master)))
+        .expect("replica of the shard");
+    let mut chan = envoy.raw_client();
+    chan.cmd(&["SUBSCRIBE", "{fo}ch"]);
+    let mut shard = envoy.raw_client();
+    shard.cmd(&["SSUBSCRIBE", "{fo}sh"]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Classic messages from a master that survives; shard messages through
+    // the proxy (to whichever node owns the slot).
+    let p1 = publisher(other, "PUBLISH", "{fo}ch", stop.clone());
+    let p2 = publisher(envoy.port(), "SPUBLISH", "{fo}sh", stop.clone());
+    let before = receive(
+        &mut chan,
+        Instant::now() + Duration::from_millis(500),
+        "message",
+    );
+    assert!(!before.is_empty(), "receiving before the kill");
+    cluster.kill_node(master);
+    let killed = Instant::now();
+    let reader = std::thread::spawn(move || {
+        let end = Instant::now() + Duration::from_secs(20);
+        (receive(&mut chan, end, "message"), chan)
+    });
+    let shard_at = receive(
+        &mut shard,
+        Instant::now() + Duration::from_secs(20),
+        "smessage",
+    );
+    let (chan_at, _chan) = reader.join().expect("reader");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = (p1.join(), p2.join());
+    assert_eq!(role(replica).as_deref(), Some("master"), "replica promoted");
+    for (what, at) in [("channel", &chan_at), ("shard channel", &shard_at)] {
+        let after = at
+            .iter()
+            .filter(|t| **t > killed + Duration::from_secs(12))
+            .count();
+        assert!(after > 50, "{what}: {after} messages in the last 8 s");
+        eprintln!(
+            "{what}: longest gap {:?} (kill -9 to promotion included)",
+            longest_gap(at)
+        );
+    }
+    let resubscribes = envoy.stat(&format!("{STAT}cluster.main.pubsub_resubscribes"));
+    assert!(resubscribes >= Some(2), "resubscribes: {resubscribes:?}");
+}
+
+/// Move `slot` (and its keys) from master `from` to master `to`, as
+/// `redis-cli --cluster reshard` does.
+fn move_slot(cluster: &Cluster, slot: u16, from: u16, to: u16) {
+    let (from_id, to_id) = (cluster.node_id(from), cluster.node_id(to));
+    let slot = slot.to_string();
+    let mut src = RawClient::connect(from);
+    let mut dst = RawClient::connect(to);
+    let importing = dst.cmd(&["CLUSTER", "SETSLOT", &slot, "IMPORTING", &from_id]);
+    assert_eq!(importing, Resp::ok());
+    let migrating = src.cmd(&["CLUSTER", "SETSLOT", &slot, "MIGRATING", &to_id]);
+    assert_eq!(migrating, Resp::ok());
+    loop {
+        let Resp::Array(keys) = src.cmd(&["CLUSTER", "GETKEYSINSLOT", &slot, "100"]) else {
+            panic!("GETKEYSINSLOT")
+        };
+        if keys.is_empty() {
+            break;
+        }
+        let mut cmd: Vec<String> = ["MIGRATE", "127.0.0.1", &to.to_string(), "", "0", "5000"]
+            .map(String::from)
+            .to_vec();
+        cmd.push("KEYS".into());
+        cmd.extend(keys.iter().filter_map(Resp::text));
+        assert_eq!(src.cmd(&cmd), Resp::ok(), "MIGRATE");
+    }
+    for p in [to, from] {
+        let r = RawClient::connect(p).cmd(&["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]);
+        assert_eq!(r, Resp::ok(), "SETSLOT NODE on {p}");
+    }
+    for p in cluster.master_ports() {
+        if p != from && p != to {
+            let r = RawClient::connect(p).cmd(&["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]);
+            assert_eq!(r, Resp::ok(), "SETSLOT NODE on {p}");
+        }
+    }
+}
+
+/// A shard channel's slot moves to another master while subscribers are
+/// attached: the old owner ends the proxy's subscription (`sunsubscribe`),
+/// the proxy subscribes on the new owner; the clients see only messages.
+#[test]
+fn subscribers_keep_receiving_across_a_reshard_of_their_slot() {
+    let cluster = Cluster::start(3, 0);
+    let envoy = Envoy::start(module_config(&cluster, json!({})));
+    let slot = cluster.keyslot(b"{rs}sh");
+    let from = cluster.node_for_key(b"{rs}sh");
+    let to = *cluster
+        .master_ports()
+        .iter()
+        .find(|&&p| p != from)
+        .expect("another master");
+    let mut subs: Vec<RawClient> = (0..3)
+        .map(|_| {
+            let mut c = envoy.raw_client();
+            c.cmd(&["SSUBSCRIBE", "{rs}sh"]);
+            c
+        })
+        .collect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let p = publisher(envoy.port(), "SPUBLISH", "{rs}sh", stop.clone());
+    let before = receive(
+        &mut subs[0],
+        Instant::now() + Duration::from_millis(300),
+        "smessage",
+    );
+    assert!(!before.is_empty(), "receiving before the move");
+    let moved = Instant::now();
+    move_slot(&cluster, slot, from, to);
+    let readers: Vec<_> = subs
+        .into_iter()
+        .map(|mut c| {
+            std::thread::spawn(move || {
+                let at = receive(&mut c, Instant::now() + Duration::from_secs(6), "smessage");
+                (at, c)
+            })
+        })
+        .collect();
+    let (got, _clients): (Vec<Vec<Instant>>, Vec<RawClient>) = readers
+        .into_iter()
+        .map(|r| r.join().expect("reader"))
+        .unzip();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = p.join();
+    let mut node = RawClient::connect(to);
+    let Resp::Array(v) = node.cmd(&["PUBSUB", "SHARDNUMSUB", "{rs}sh"]) else {
+        panic!("SHARDNUMSUB")
+    };
+    let n = match v.get(1) {
+        Some(Resp::Int(n)) => *n,
+        other => panic!("SHARDNUMSUB: {other:?}"),
+    };
+    assert!((1..=2).contains(&n), "subscribed on the new owner: {n}");
+    let old = RawClient::connect(from).cmd(&["PUBSUB", "SHARDNUMSUB", "{rs}sh"]);
+    assert_eq!(old, Resp::Array(vec![Resp::bulk("{rs}sh"), Resp::Int(0)]));
+    for at in &got {
+        let late = at
+            .iter()
+            .filter(|t| **t > moved + Duration::from_secs(3))
+            .count();
+        assert!(late > 100, "{late} messages in the last 3 s");
+        eprintln!("reshard: longest gap {:?}", longest_gap(at));
+    }
 }

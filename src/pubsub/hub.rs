@@ -286,6 +286,14 @@ impl Hub {
             };
             frames.clear();
             link.mailbox.take(&mut frames);
+            if !frames.is_empty() {
+                crate::log!(
+                    crate::envoy::Level::Debug,
+                    "redis_cluster: pubsub: link {pin}: {} frames, first {:?}",
+                    frames.len(),
+                    String::from_utf8_lossy(&frames[0].reply[..frames[0].reply.len().min(60)])
+                );
+            }
             for d in frames.drain(..) {
                 if !self.on_frame(&mut inner, pin, &d.reply, env) {
                     break;
@@ -331,6 +339,11 @@ impl Hub {
                     .get(&key)
                     .is_some_and(|s| s.link == pin && s.confirmed);
                 if moved {
+                    crate::log!(
+                        crate::envoy::Level::Debug,
+                        "redis_cluster: pubsub: shard channel {} left its node: subscribing again",
+                        String::from_utf8_lossy(name)
+                    );
                     (env.refresh)(cluster);
                     self.resubscribe(inner, vec![key], env);
                 }
@@ -342,6 +355,11 @@ impl Hub {
                     .iter()
                     .any(|p| e.starts_with(p));
                 (env.refresh)(cluster);
+                crate::log!(
+                    crate::envoy::Level::Debug,
+                    "redis_cluster: pubsub: link {pin} error {}",
+                    String::from_utf8_lossy(e)
+                );
                 if redirected {
                     // The link lives; what it has not confirmed goes where
                     // the topology says now.
@@ -485,6 +503,12 @@ impl Hub {
         at: Option<Instant>,
         env: &mut Env<'_>,
     ) {
+        crate::log!(
+            crate::envoy::Level::Debug,
+            "redis_cluster: pubsub: {} {} on link {pin}",
+            String::from_utf8_lossy(word),
+            String::from_utf8_lossy(&key.name)
+        );
         let Some(link) = inner.links.get_mut(&pin) else {
             return;
         };
