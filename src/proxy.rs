@@ -29,7 +29,7 @@ pub struct Proxy {
     /// Functions that declare `no-writes` (for `CLIENT PAUSE WRITE`).
     pub functions: crate::functions::FunctionFlags,
     /// The proxy's subscribers, for `PUBSUB` (every worker).
-    pub pubsub: crate::pubsub::registry::Registry,
+    pub pubsub: Arc<crate::pubsub::registry::Registry>,
     /// Each worker's shared upstream subscriptions (one in validation mode).
     hubs: Vec<Arc<crate::pubsub::hub::Hub>>,
     names: Vec<String>,
@@ -54,6 +54,7 @@ pub struct Route<'a> {
 impl Proxy {
     fn build(config: Config, stats: Arc<Stats>) -> Proxy {
         let names: Vec<String> = config.clusters.keys().cloned().collect();
+        let registry = Arc::new(crate::pubsub::registry::Registry::default());
         let clusters = config
             .clusters
             .iter()
@@ -68,8 +69,11 @@ impl Proxy {
             scripts: Arc::default(),
             clients: Arc::default(),
             functions: Default::default(),
-            pubsub: Default::default(),
-            hubs: vec![Arc::new(crate::pubsub::hub::Hub::new(stats.clone()))],
+            pubsub: registry.clone(),
+            hubs: vec![Arc::new(crate::pubsub::hub::Hub::new(
+                stats.clone(),
+                registry,
+            ))],
             names,
             clusters,
             helpers: Vec::new(),
@@ -90,7 +94,7 @@ impl Proxy {
         let mut threads = Vec::new();
         let busy = Arc::new(SharedBusy::default());
         for _ in 1..workers {
-            let hub = crate::pubsub::hub::Hub::new(proxy.stats.clone());
+            let hub = crate::pubsub::hub::Hub::new(proxy.stats.clone(), proxy.pubsub.clone());
             proxy.hubs.push(Arc::new(hub));
         }
         for i in 0..workers {

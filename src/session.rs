@@ -143,6 +143,9 @@ pub struct Session {
     hub: Arc<crate::pubsub::hub::Hub>,
     /// This client's subscriptions, once it subscribed.
     pubsub: Option<Box<subscription::Subscribed>>,
+    /// `PUBLISH`es on their way, by reply slot: the proxy's receivers and
+    /// the node's receivers that are the proxy's own subscriptions.
+    published: HashMap<u64, (usize, usize)>,
 }
 
 impl Session {
@@ -220,6 +223,7 @@ impl Session {
             node_monitors: None,
             hub: proxy.hub_for(0),
             pubsub: None,
+            published: HashMap::new(),
         }
     }
 
@@ -572,7 +576,10 @@ impl Session {
     fn apply(&mut self, seq: u64, part: Part, reply: Vec<u8>) {
         match part {
             Part::Probe => self.resume_deferred(seq, reply),
-            Part::Whole => self.fill(seq, reply),
+            Part::Whole => {
+                let reply = self.receivers(seq, reply);
+                self.fill(seq, reply)
+            }
             Part::Split(i) => {
                 if let Some(g) = self.gathers.get_mut(&seq) {
                     if let Some(merged) = g.add(i, reply) {

@@ -187,14 +187,16 @@ pub struct Hub {
     inner: Mutex<Inner>,
     members: Members,
     stats: Arc<Stats>,
+    registry: Arc<super::registry::Registry>,
 }
 
 impl Hub {
-    pub fn new(stats: Arc<Stats>) -> Hub {
+    pub fn new(stats: Arc<Stats>, registry: Arc<super::registry::Registry>) -> Hub {
         Hub {
             inner: Mutex::default(),
             members: Arc::default(),
             stats,
+            registry,
         }
     }
 
@@ -221,6 +223,7 @@ impl Hub {
         }
         let cs = self.stats.cluster(key.cluster);
         self.stats.gauge_add(cs.pubsub_upstream_subscriptions, 1);
+        self.registry.add_upstream(key.kind, &key.name, slot);
         let link = self.link_for(&mut inner, key.cluster, slot, env);
         let sub = Sub {
             clients: vec![(id, visible.to_vec())],
@@ -460,6 +463,7 @@ impl Hub {
         inner.subs.remove(key);
         let cs = self.stats.cluster(key.cluster);
         self.stats.gauge_sub(cs.pubsub_upstream_subscriptions, 1);
+        self.registry.remove_upstream(key.kind, &key.name);
         // Sent even when nothing else is left on the link (which stays open
         // for the next subscription): with no client left on this worker,
         // nothing would run the upstream walk that closes connections.

@@ -86,6 +86,9 @@ impl Session {
             Plan::Keyed => self.keyed(cmd, frame, args, keys, now),
             Plan::Keyless(how) => self.keyless(cmd, how, frame, args, now),
             Plan::PubSub if cmd.name == "pubsub" => Err(self.pubsub_introspection(args)),
+            Plan::PubSub if matches!(cmd.name, "publish" | "spublish") => {
+                self.publish(cmd.name, args, now)
+            }
             Plan::PubSub => {
                 self.subscription(cmd.name, args, now);
                 Ok(())

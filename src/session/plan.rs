@@ -165,9 +165,8 @@ pub fn plan(found: Option<&Command>, args: &[&[u8]], ctx: Ctx, keys: &mut Vec<us
     if command::is_blocking(cmd, args) {
         return Plan::Blocking;
     }
-    // PUBLISH and SPUBLISH are not subscriptions: they go to a node.
-    let subscription = cmd.has(command::PUBSUB) && !matches!(cmd.name, "publish" | "spublish");
-    if subscription || cmd.name == "pubsub" {
+    // PUBLISH and SPUBLISH too: their receivers are counted as the proxy's.
+    if cmd.has(command::PUBSUB) || cmd.name == "pubsub" {
         return Plan::PubSub;
     }
     match command::key_indices(cmd, args, keys) {
@@ -289,8 +288,8 @@ mod tests {
         assert_eq!(plan_of("RESET", closed).0, Plan::Reset);
         assert_eq!(p("SUBSCRIBE ch"), Plan::PubSub);
         assert_eq!(p("PUBSUB NUMPAT"), Plan::PubSub);
-        assert_eq!(p("SPUBLISH ch m"), Plan::Keyed);
-        assert_eq!(p("PUBLISH ch m"), Plan::Keyless(Keyless::AnyMaster));
+        assert_eq!(p("SPUBLISH ch m"), Plan::PubSub);
+        assert_eq!(p("PUBLISH ch m"), Plan::PubSub);
         assert!(matches!(
             p("EVAL s notanumber"),
             Plan::Refused(Refusal::Keys(_))

@@ -85,6 +85,9 @@ impl Session {
             return;
         };
         let names: Vec<&[u8]> = args.iter().skip(1).copied().collect();
+        // Acknowledgements are pushes: Redis sends them whatever CLIENT
+        // REPLY says.
+        self.silent = false;
         if subscribe {
             self.subscribe(kind, &names, now)
         } else {
@@ -329,6 +332,66 @@ impl Session {
         // reset or dropped with the connection.
         for (seq, _, bytes) in ps.acks {
             self.fill(seq, bytes);
+        }
+    }
+
+    /// `PUBLISH` and `SPUBLISH`, to the owner of the channel's slot (where
+    /// this proxy's upstream subscriptions to it are); the node's count of
+    /// receivers becomes the proxy's clients plus the node's other
+    /// subscribers.
+    pub(super) fn publish(
+        &mut self,
+        name: &str,
+        args: &[&[u8]],
+        now: Instant,
+    ) -> Result<(), Vec<u8>> {
+        let kind = if name == "spublish" {
+            Kind::Shard
+        } else {
+            Kind::Channel
+        };
+        let (channel, message) = match args {
+            [_, c, m] => (*c, *m),
+            _ => return Err(codec::error(&crate::command::arity_error(name))),
+        };
+        let (key, slot) = self.place(kind, channel)?;
+        let map = self.proxy.topology(key.cluster);
+        let owner = map.as_ref().and_then(|m| m.master_for_slot(slot));
+        let same_node =
+            |s: u16| owner.is_some() && map.as_ref().and_then(|m| m.master_for_slot(s)) == owner;
+        let counts = self
+            .proxy
+            .pubsub
+            .receivers(kind, channel, &key.name, same_node);
+        let data = codec::command(&[args[0], &key.name, message]);
+        let seq = self.push_slot();
+        self.published.insert(seq, counts);
+        let target = crate::upstream::Target::Slot { slot, read: false };
+        let deadline = self.deadline_from(now);
+        let req = crate::upstream::Request::new(
+            self.client.clone(),
+            seq,
+            crate::upstream::WHOLE,
+            key.cluster,
+            target,
+            data,
+            deadline,
+        );
+        self.batch.push(req);
+        Ok(())
+    }
+
+    /// The reply to command `seq`, a `PUBLISH`'s count made the proxy's.
+    pub(super) fn receivers(&mut self, seq: u64, reply: Vec<u8>) -> Vec<u8> {
+        if self.published.is_empty() {
+            return reply;
+        }
+        match (self.published.remove(&seq), codec::integer_value(&reply)) {
+            (Some((clients, links)), Some(n)) => {
+                let others = (n.max(0) as usize).saturating_sub(links);
+                codec::integer((clients + others) as i64)
+            }
+            _ => reply,
         }
     }
 
