@@ -210,7 +210,7 @@ fn local(cmd: &Command, args: &[&[u8]]) -> Option<Local> {
 /// topology with masters is handled again).
 pub fn keyless(cmd: &Command, args: &[&[u8]]) -> Keyless {
     match cmd.name {
-        "command" | "time" | "publish" | "lolwut" | "lastsave" | "eval" | "evalsha" | "eval_ro"
+        "command" | "time" | "lolwut" | "lastsave" | "eval" | "evalsha" | "eval_ro"
         | "evalsha_ro" | "fcall" | "fcall_ro" | "xgroup" | "xinfo" | "object" | "pfselftest" => {
             Keyless::AnyMaster
         }
@@ -397,7 +397,6 @@ mod tests {
 
     #[test]
     fn keyless_commands() {
-        assert_eq!(p("PUBLISH ch m"), Plan::Keyless(Keyless::AnyMaster));
         assert_eq!(p("DBSIZE"), Plan::Keyless(Keyless::Broadcast(Merge::Sum)));
         assert_eq!(
             p("KEYS *"),
