@@ -564,3 +564,78 @@ fn subscribers_keep_receiving_across_a_reshard_of_their_slot() {
         eprintln!("reshard: longest gap {:?}", longest_gap(at));
     }
 }
+
+/// Keyspace notifications are each node's own: a keyspace pattern (or a
+/// pattern that may match one, like `*`) and a keyevent channel are
+/// subscribed on every master, so the client sees the whole cluster's
+/// events, each once; ordinary messages on such a pattern come once too.
+#[test]
+fn keyspace_notifications_cover_every_master() {
+    let cluster = Cluster::start(3, 0);
+    for p in cluster.master_ports() {
+        let r = RawClient::connect(p).cmd(&["CONFIG", "SET", "notify-keyspace-events", "KEA"]);
+        assert_eq!(r, Resp::ok());
+    }
+    let envoy = Envoy::start(module_config(&cluster, json!({})));
+    let mut space = envoy.raw_client();
+    space.cmd(&["PSUBSCRIBE", "__keyspace@0__:*"]);
+    let mut event = envoy.raw_client();
+    event.cmd(&["SUBSCRIBE", "__keyevent@0__:set"]);
+    let mut all = envoy.raw_client();
+    all.cmd(&["PSUBSCRIBE", "*"]);
+    for p in cluster.master_ports() {
+        let mut node = RawClient::connect(p);
+        let Resp::Int(n) = node.cmd(&["PUBSUB", "NUMPAT"]) else {
+            panic!("NUMPAT")
+        };
+        assert!(
+            (2..=4).contains(&n),
+            "two patterns on every master {p}: {n}"
+        );
+    }
+    // One key on each master.
+    let mut keys: Vec<String> = Vec::new();
+    for port in cluster.master_ports() {
+        let k = (0..)
+            .map(|i| format!("ks{i}"))
+            .find(|k| cluster.node_for_key(k.as_bytes()) == port)
+            .expect("a key");
+        keys.push(k);
+    }
+    let mut c = envoy.raw_client();
+    for k in &keys {
+        assert_eq!(c.cmd(&["SET", k, "v"]), Resp::ok());
+    }
+    let mut seen_space: Vec<String> = (0..3)
+        .map(|_| match space.read_reply() {
+            Resp::Array(v) => v[2].text().unwrap_or_default(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    seen_space.sort();
+    let mut want: Vec<String> = keys.iter().map(|k| format!("__keyspace@0__:{k}")).collect();
+    want.sort();
+    assert_eq!(seen_space, want);
+    let mut seen_event: Vec<String> = (0..3)
+        .map(|_| match event.read_reply() {
+            Resp::Array(v) => v[2].text().unwrap_or_default(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    seen_event.sort();
+    let mut want_keys = keys.clone();
+    want_keys.sort();
+    assert_eq!(seen_event, want_keys);
+    // `*` got 6 notifications (keyspace and keyevent per SET); then an
+    // ordinary message comes exactly once.
+    for _ in 0..6 {
+        assert!(matches!(all.read_reply(), Resp::Array(_)));
+    }
+    c.cmd(&["PUBLISH", "plain", "once"]);
+    let Resp::Array(v) = all.read_reply() else {
+        panic!("message")
+    };
+    assert_eq!(v[2].text().as_deref(), Some("plain"));
+    all.set_timeout(Duration::from_millis(300));
+    assert!(all.try_read_reply().is_err(), "no duplicate of the message");
+}

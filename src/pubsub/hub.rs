@@ -53,6 +53,8 @@ pub struct Env<'a> {
     pub owner: &'a dyn Fn(usize, u16) -> Option<String>,
     /// Ask `cluster`'s refresher for a new topology.
     pub refresh: &'a dyn Fn(usize),
+    /// The masters of `cluster` now.
+    pub masters: &'a dyn Fn(usize) -> Vec<String>,
     /// Requests for the worker's upstream I/O.
     pub out: &'a mut Vec<Request>,
 }
@@ -141,13 +143,17 @@ impl Feed {
 struct Sub {
     /// Subscribed clients, each with the name as it subscribed.
     clients: Vec<(u64, Vec<u8>)>,
-    /// The link carrying it.
-    link: u64,
+    /// The links carrying it: one (its slot's owner), or every master
+    /// for keyspace notifications, the first then being the one whose
+    /// broadcast messages are passed on.
+    links: Vec<u64>,
+    /// The links whose node confirmed it.
+    confirmed: Vec<u64>,
     slot: u16,
-    /// The node confirmed it.
-    confirmed: bool,
-    /// Acknowledgements may go: confirmed once, or its link failed (it is
-    /// subscribed again in the background).
+    /// On every master ([`super::cluster_wide`]).
+    everywhere: bool,
+    /// Acknowledgements may go: every link confirmed once, or a link
+    /// failed (it is subscribed again in the background).
     ready: bool,
 }
 
@@ -224,24 +230,17 @@ impl Hub {
         let cs = self.stats.cluster(key.cluster);
         self.stats.gauge_add(cs.pubsub_upstream_subscriptions, 1);
         self.registry.add_upstream(key.kind, &key.name, slot);
-        let link = self.link_for(&mut inner, key.cluster, slot, env);
+        let everywhere = super::cluster_wide(key.kind, &key.name);
         let sub = Sub {
             clients: vec![(id, visible.to_vec())],
-            link,
+            links: Vec::new(),
+            confirmed: Vec::new(),
             slot,
-            confirmed: false,
+            everywhere,
             ready: false,
         };
-        self.send(
-            &mut inner,
-            link,
-            key.kind.subscribe_word(),
-            &key,
-            slot,
-            None,
-            env,
-        );
-        inner.subs.insert(key, sub);
+        inner.subs.insert(key.clone(), sub);
+        self.place(&mut inner, &key, None, env);
     }
 
     /// Client `id` no longer subscribes to `key`; the last one out ends the
@@ -303,6 +302,7 @@ impl Hub {
                 }
             }
         }
+        self.follow_masters(&mut inner, env);
     }
 
     /// One frame of link `pin`; false once the link is gone.
@@ -317,9 +317,12 @@ impl Hub {
                     cluster,
                     name: name.to_vec(),
                 };
-                if let Some(s) = inner.subs.get_mut(&key).filter(|s| s.link == pin) {
-                    s.confirmed = true;
-                    if !s.ready {
+                if let Some(s) = inner.subs.get_mut(&key).filter(|s| s.links.contains(&pin)) {
+                    if !s.confirmed.contains(&pin) {
+                        s.confirmed.push(pin);
+                    }
+                    let all = s.links.iter().all(|l| s.confirmed.contains(l));
+                    if all && !s.ready {
                         s.ready = true;
                         for (id, _) in &s.clients {
                             if let Some(f) = inner.feeds.get(id) {
@@ -340,7 +343,7 @@ impl Hub {
                 let moved = inner
                     .subs
                     .get(&key)
-                    .is_some_and(|s| s.link == pin && s.confirmed);
+                    .is_some_and(|s| s.links.contains(&pin) && s.confirmed.contains(&pin));
                 if moved {
                     crate::log!(
                         crate::envoy::Level::Debug,
@@ -348,7 +351,7 @@ impl Hub {
                         String::from_utf8_lossy(name)
                     );
                     (env.refresh)(cluster);
-                    self.resubscribe(inner, vec![key], env);
+                    self.resubscribe(inner, vec![key], pin, env);
                 }
             }
             NodeEvent::Unsubscribed(..) | NodeEvent::Other => {}
@@ -369,10 +372,10 @@ impl Hub {
                     let keys: Vec<SubKey> = inner
                         .subs
                         .iter()
-                        .filter(|(_, s)| s.link == pin && !s.confirmed)
+                        .filter(|(_, s)| s.links.contains(&pin) && !s.confirmed.contains(&pin))
                         .map(|(k, _)| k.clone())
                         .collect();
-                    self.resubscribe(inner, keys, env);
+                    self.resubscribe(inner, keys, pin, env);
                     return true;
                 }
                 crate::log!(
@@ -386,10 +389,10 @@ impl Hub {
                 let keys: Vec<SubKey> = inner
                     .subs
                     .iter()
-                    .filter(|(_, s)| s.link == pin)
+                    .filter(|(_, s)| s.links.contains(&pin))
                     .map(|(k, _)| k.clone())
                     .collect();
-                self.resubscribe(inner, keys, env);
+                self.resubscribe(inner, keys, pin, env);
                 return false;
             }
         }
@@ -403,9 +406,14 @@ impl Hub {
             cluster,
             name: name.to_vec(),
         };
-        let Some(sub) = inner.subs.get(&key).filter(|s| s.link == pin) else {
+        let Some(sub) = inner.subs.get(&key).filter(|s| s.links.contains(&pin)) else {
             return;
         };
+        // Broadcast messages reach every node: passed on from one link
+        // only; keyspace notifications are each node's own.
+        if sub.links.first() != Some(&pin) && !super::node_local(m.channel) {
+            return;
+        }
         let cs = self.stats.cluster(cluster);
         for (id, visible) in &sub.clients {
             let Some(feed) = inner.feeds.get(id) else {
@@ -417,37 +425,82 @@ impl Hub {
         }
     }
 
-    /// Subscribe `keys` again, each on the link its slot's owner has now.
-    fn resubscribe(&self, inner: &mut Inner, keys: Vec<SubKey>, env: &mut Env<'_>) {
+    /// Subscribe `keys` again off link `lost`: on the node the topology
+    /// names now (every master that lacks it, for a cluster-wide one).
+    fn resubscribe(&self, inner: &mut Inner, keys: Vec<SubKey>, lost: u64, env: &mut Env<'_>) {
         let at = env.now + RESUBSCRIBE_DELAY;
         for key in keys {
-            let Some(slot) = inner.subs.get(&key).map(|s| s.slot) else {
+            let Some(s) = inner.subs.get_mut(&key) else {
                 continue;
             };
-            let link = self.link_for(inner, key.cluster, slot, env);
-            if let Some(s) = inner.subs.get_mut(&key) {
-                s.link = link;
-                s.confirmed = false;
-                // Its clients are not kept waiting for a node that may be
-                // down for a while.
-                s.ready = true;
-                for (id, _) in &s.clients {
-                    if let Some(f) = inner.feeds.get(id) {
-                        f.client.wake();
-                    }
+            s.links.retain(|l| *l != lost);
+            s.confirmed.retain(|l| *l != lost);
+            // Its clients are not kept waiting for a node that may be
+            // down for a while.
+            s.ready = true;
+            for (id, _) in &s.clients {
+                if let Some(f) = inner.feeds.get(id) {
+                    f.client.wake();
                 }
             }
             self.stats
                 .inc(self.stats.cluster(key.cluster).pubsub_resubscribes);
-            self.send(
-                inner,
-                link,
-                key.kind.subscribe_word(),
-                &key,
+            self.place(inner, &key, Some(at), env);
+        }
+    }
+
+    /// Subscribe `key` where it is missing: its slot's owner, or every
+    /// master for a cluster-wide one (no sooner than `at`).
+    fn place(&self, inner: &mut Inner, key: &SubKey, at: Option<Instant>, env: &mut Env<'_>) {
+        let Some(s) = inner.subs.get(key) else {
+            return;
+        };
+        let (slot, everywhere) = (s.slot, s.everywhere);
+        let word = key.kind.subscribe_word();
+        if !everywhere {
+            if s.links.is_empty() {
+                let addr = (env.owner)(key.cluster, slot);
+                let link = self.link_to(inner, key.cluster, addr);
+                if let Some(s) = inner.subs.get_mut(key) {
+                    s.links.push(link);
+                }
+                let target = Target::Slot { slot, read: false };
+                self.send(inner, link, word, key, target, at, env);
+            }
+            return;
+        }
+        let have: Vec<Option<String>> = s
+            .links
+            .iter()
+            .map(|l| inner.links.get(l).and_then(|l| l.addr.clone()))
+            .collect();
+        for addr in (env.masters)(key.cluster) {
+            if have.contains(&Some(addr.clone())) {
+                continue;
+            }
+            let link = self.link_to(inner, key.cluster, Some(addr.clone()));
+            if let Some(s) = inner.subs.get_mut(key) {
+                s.links.push(link);
+            }
+            let target = Target::Node {
+                addr,
                 slot,
-                Some(at),
-                env,
-            );
+                asking: false,
+            };
+            self.send(inner, link, word, key, target, at, env);
+        }
+    }
+
+    /// Cluster-wide subscriptions reach masters that joined since.
+    fn follow_masters(&self, inner: &mut Inner, env: &mut Env<'_>) {
+        let keys: Vec<SubKey> = inner
+            .subs
+            .iter()
+            .filter(|(_, s)| s.everywhere)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in keys {
+            self.place(inner, &key, None, env);
         }
     }
 
@@ -459,21 +512,24 @@ impl Hub {
         if !sub.clients.is_empty() {
             return;
         }
-        let (link, slot) = (sub.link, sub.slot);
+        let (links, slot) = (sub.links.clone(), sub.slot);
         inner.subs.remove(key);
         let cs = self.stats.cluster(key.cluster);
         self.stats.gauge_sub(cs.pubsub_upstream_subscriptions, 1);
         self.registry.remove_upstream(key.kind, &key.name);
-        // Sent even when nothing else is left on the link (which stays open
+        // Sent even when nothing else is left on a link (which stays open
         // for the next subscription): with no client left on this worker,
         // nothing would run the upstream walk that closes connections.
         let word = key.kind.unsubscribe_word();
-        self.send(inner, link, word, key, slot, None, env);
+        for link in links {
+            let target = Target::Slot { slot, read: false };
+            self.send(inner, link, word, key, target, None, env);
+        }
     }
 
-    /// The live link to the owner of `slot`, opened when there is none.
-    fn link_for(&self, inner: &mut Inner, cluster: usize, slot: u16, env: &Env<'_>) -> u64 {
-        let addr = (env.owner)(cluster, slot);
+    /// The live link to `addr`, opened when there is none (or the address
+    /// is not known yet).
+    fn link_to(&self, inner: &mut Inner, cluster: usize, addr: Option<String>) -> u64 {
         if let Some((&pin, _)) = inner
             .links
             .iter()
@@ -495,7 +551,8 @@ impl Hub {
         pin
     }
 
-    /// `word key.name` on link `pin` (no sooner than `at`).
+    /// `word key.name` on link `pin` (no sooner than `at`); `target` places
+    /// it when it opens the link's connection.
     #[allow(clippy::too_many_arguments)]
     fn send(
         &self,
@@ -503,7 +560,7 @@ impl Hub {
         pin: u64,
         word: &[u8],
         key: &SubKey,
-        slot: u16,
+        target: Target,
         at: Option<Instant>,
         env: &mut Env<'_>,
     ) {
@@ -522,7 +579,7 @@ impl Hub {
             0,
             Part::Whole,
             key.cluster,
-            Target::Slot { slot, read: false },
+            target,
             codec::command(&[word, &key.name]),
             start + env.op_timeout,
         )

@@ -249,6 +249,54 @@ pub fn node_event(frame: &[u8]) -> NodeEvent<'_> {
     }
 }
 
+/// Keyspace notification channels: each node publishes its own keys'
+/// events to its own subscribers only.
+const NODE_LOCAL: [&[u8]; 2] = [b"__keyspace@", b"__keyevent@"];
+
+/// A channel whose messages only the node they happen on sends.
+pub fn node_local(channel: &[u8]) -> bool {
+    NODE_LOCAL.iter().any(|p| channel.starts_with(p))
+}
+
+/// A subscription that must be on every master: a keyspace notification
+/// channel, or a pattern that may match one (`*`, `__key*`, …).
+pub fn cluster_wide(kind: Kind, name: &[u8]) -> bool {
+    match kind {
+        Kind::Channel => node_local(name),
+        Kind::Pattern => NODE_LOCAL.iter().any(|p| may_match_prefix(name, p)),
+        Kind::Shard => false,
+    }
+}
+
+/// Whether glob `pattern` can match some string starting with `prefix`.
+fn may_match_prefix(pattern: &[u8], prefix: &[u8]) -> bool {
+    let mut p = 0;
+    for &c in prefix {
+        match pattern.get(p) {
+            None => return false,
+            Some(b'*') => return true,
+            Some(b'?') => p += 1,
+            Some(b'[') => match class(pattern, p, c) {
+                Some((true, end)) => p = end,
+                _ => return false,
+            },
+            Some(b'\\') if p + 1 < pattern.len() => {
+                if pattern[p + 1] != c {
+                    return false;
+                }
+                p += 2;
+            }
+            Some(&x) => {
+                if x != c {
+                    return false;
+                }
+                p += 1;
+            }
+        }
+    }
+    true
+}
+
 /// Redis's `stringmatchlen` (glob: `*`, `?`, `[a-z]`, `[^x]`, `\x`), case
 /// sensitive.
 pub fn glob_match(pattern: &[u8], s: &[u8]) -> bool {
@@ -413,6 +461,20 @@ mod tests {
             gate("get").unwrap_err(),
             b"-ERR Can't execute 'get': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context\r\n".to_vec()
         );
+    }
+
+    #[test]
+    fn keyspace_subscriptions_are_cluster_wide() {
+        assert!(cluster_wide(Kind::Pattern, b"*"));
+        assert!(cluster_wide(Kind::Pattern, b"__keyspace@0__:*"));
+        assert!(cluster_wide(Kind::Pattern, b"__key*"));
+        assert!(cluster_wide(Kind::Pattern, b"_?keyevent@*"));
+        assert!(!cluster_wide(Kind::Pattern, b"news.*"));
+        assert!(!cluster_wide(Kind::Pattern, b"__key"));
+        assert!(cluster_wide(Kind::Channel, b"__keyevent@0__:set"));
+        assert!(!cluster_wide(Kind::Channel, b"news"));
+        assert!(!cluster_wide(Kind::Shard, b"__keyspace@0__:k"));
+        assert!(node_local(b"__keyspace@0__:k") && !node_local(b"k"));
     }
 
     #[test]

@@ -69,11 +69,18 @@ impl Session {
                 .map(str::to_string)
         };
         let refresh = |cluster: usize| proxy.request_refresh(cluster, "pub/sub link lost or moved");
+        let masters = |cluster: usize| -> Vec<String> {
+            proxy
+                .topology(cluster)
+                .map(|m| m.shards.iter().map(|s| s.master.clone()).collect())
+                .unwrap_or_default()
+        };
         let mut env = Env {
             now,
             op_timeout: self.proxy.config.settings.op_timeout,
             owner: &owner,
             refresh: &refresh,
+            masters: &masters,
             out: &mut self.batch,
         };
         f(&mut env)
