@@ -639,3 +639,67 @@ fn keyspace_notifications_cover_every_master() {
     all.set_timeout(Duration::from_millis(300));
     assert!(all.try_read_reply().is_err(), "no duplicate of the message");
 }
+
+/// A subscriber that does not read falls `pubsub_output_limit` behind and
+/// is disconnected and counted; a fast subscriber on the same channel
+/// (and worker) gets every message.
+#[test]
+fn a_slow_subscriber_is_disconnected_and_a_fast_one_keeps_receiving() {
+    let cluster = Cluster::start(3, 0);
+    let envoy = Envoy::start(module_config(
+        &cluster,
+        json!({ "pubsub_output_limit": 4194304 }),
+    ));
+    let mut slow = envoy.raw_client();
+    slow.cmd(&["SUBSCRIBE", "firehose"]);
+    let mut fast = envoy.raw_client();
+    fast.cmd(&["SUBSCRIBE", "firehose"]);
+    const N: usize = 3000;
+    let reader = std::thread::spawn(move || {
+        fast.set_timeout(Duration::from_secs(20));
+        let mut n = 0;
+        while n < N {
+            match fast.read_reply() {
+                Resp::Array(v) if v.len() == 3 => n += 1,
+                other => panic!("fast subscriber got {other:?}"),
+            }
+        }
+        n
+    });
+    let payload = "x".repeat(16 * 1024);
+    let mut p = envoy.raw_client();
+    for _ in 0..N {
+        p.cmd(&["PUBLISH", "firehose", &payload]);
+    }
+    assert_eq!(
+        reader.join().expect("fast reader"),
+        N,
+        "the fast one got everything"
+    );
+    let stat = format!("{STAT}pubsub_slow_disconnects");
+    assert!(
+        wait_until(Duration::from_secs(5), || envoy.stat(&stat) == Some(1)),
+        "slow subscriber counted: {:?}",
+        envoy.stat(&stat)
+    );
+    // The slow client's connection is closed: after what was written, EOF.
+    slow.set_timeout(Duration::from_secs(5));
+    let mut frames = 0;
+    let closed = loop {
+        match slow.try_read_reply() {
+            Ok(_) => frames += 1,
+            Err(e) => break e,
+        }
+    };
+    assert!(frames < N, "the slow client was cut off ({frames} frames)");
+    assert_ne!(
+        closed.kind(),
+        std::io::ErrorKind::WouldBlock,
+        "closed, not idle: {closed}"
+    );
+    assert_ne!(
+        closed.kind(),
+        std::io::ErrorKind::TimedOut,
+        "closed, not idle: {closed}"
+    );
+}

@@ -134,9 +134,9 @@ impl Feed {
         Taken::Bytes(std::mem::take(&mut f.out))
     }
 
-    pub fn is_empty(&self) -> bool {
-        let f = self.inner.lock();
-        f.out.is_empty() && !f.over
+    /// The client fell more than its budget behind.
+    pub fn overflowed(&self) -> bool {
+        self.inner.lock().over
     }
 }
 

@@ -285,7 +285,13 @@ impl Session {
         let Some(ps) = self.pubsub.as_ref() else {
             return;
         };
-        if !self.replies.is_empty() || self.closed || self.write_blocked {
+        if self.closed {
+            return;
+        }
+        // Above Envoy's write watermark messages wait in the feed, which
+        // counts them against the budget.
+        let behind = ps.feed.overflowed();
+        if !behind && (!self.replies.is_empty() || self.write_blocked) {
             return;
         }
         match ps.feed.take() {
