@@ -158,7 +158,8 @@ fn message_of(c: &mut RawClient) -> (String, String, String) {
 fn clients_share_one_upstream_subscription_per_worker() {
     let cluster = Cluster::start(3, 0);
     let envoy = Envoy::start(module_config(&cluster, json!({})));
-    let owner = cluster.node_for_key(b"shared");
+    // Classic channels live on the owner of slot 0.
+    let owner = cluster.node_for_slot(0);
     let other = *cluster
         .master_ports()
         .iter()
@@ -186,7 +187,7 @@ fn clients_share_one_upstream_subscription_per_worker() {
     );
     for p in cluster.master_ports() {
         if p != owner {
-            assert_eq!(node_numsub(p, "shared"), 0, "only on the slot owner");
+            assert_eq!(node_numsub(p, "shared"), 0, "only on slot 0's owner");
         }
     }
     let mut admin = envoy.raw_client();
@@ -405,7 +406,14 @@ fn longest_gap(at: &[Instant]) -> Duration {
 fn subscribers_keep_receiving_across_a_master_kill() {
     let mut cluster = Cluster::start(3, 1);
     let envoy = Envoy::start(module_config(&cluster, json!({ "op_timeout": "2s" })));
-    let master = cluster.node_for_key(b"{fo}");
+    // The master holding the classic channels (slot 0's owner) and a
+    // shard channel of one of its slots.
+    let master = cluster.node_for_slot(0);
+    let sh: &'static str = (0..)
+        .map(|i| format!("{{fo{i}}}sh"))
+        .find(|c| cluster.node_for_key(c.as_bytes()) == master)
+        .map(|c| &*Box::leak(c.into_boxed_str()))
+        .expect("a shard channel on the master");
     let other = *cluster
         .master_ports()
         .iter()
@@ -419,12 +427,12 @@ fn subscribers_keep_receiving_across_a_master_kill() {
     let mut chan = envoy.raw_client();
     chan.cmd(&["SUBSCRIBE", "{fo}ch"]);
     let mut shard = envoy.raw_client();
-    shard.cmd(&["SSUBSCRIBE", "{fo}sh"]);
+    shard.cmd(&["SSUBSCRIBE", sh]);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     // Classic messages from a master that survives; shard messages through
     // the proxy (to whichever node owns the slot).
     let p1 = publisher(other, "PUBLISH", "{fo}ch", stop.clone());
-    let p2 = publisher(envoy.port(), "SPUBLISH", "{fo}sh", stop.clone());
+    let p2 = publisher(envoy.port(), "SPUBLISH", sh, stop.clone());
     let before = receive(
         &mut chan,
         Instant::now() + Duration::from_millis(500),

@@ -220,6 +220,9 @@ impl Hub {
         if let std::collections::hash_map::Entry::Vacant(e) = inner.feeds.entry(id) {
             e.insert(feed.clone());
             self.members.lock().push((id, feed.client.clone()));
+            // Frames that came while no session was subscribed woke no one
+            // (and a mailbox notifies once until read): read them now.
+            self.pump_links(&mut inner, env);
         }
         if let Some(sub) = inner.subs.get_mut(&key) {
             if !sub.clients.iter().any(|(c, _)| *c == id) {
@@ -280,6 +283,10 @@ impl Hub {
     /// subscribe again what was lost.
     pub fn pump(&self, env: &mut Env<'_>) {
         let mut inner = self.inner.lock();
+        self.pump_links(&mut inner, env);
+    }
+
+    fn pump_links(&self, inner: &mut Inner, env: &mut Env<'_>) {
         let pins: Vec<u64> = inner.links.keys().copied().collect();
         let mut frames: Vec<Delivery> = Vec::new();
         for pin in pins {
@@ -297,12 +304,12 @@ impl Hub {
                 );
             }
             for d in frames.drain(..) {
-                if !self.on_frame(&mut inner, pin, &d.reply, env) {
+                if !self.on_frame(inner, pin, &d.reply, env) {
                     break;
                 }
             }
         }
-        self.follow_masters(&mut inner, env);
+        self.follow_masters(inner, env);
     }
 
     /// One frame of link `pin`; false once the link is gone.
@@ -474,7 +481,12 @@ impl Hub {
             .iter()
             .map(|l| inner.links.get(l).and_then(|l| l.addr.clone()))
             .collect();
-        for addr in (env.masters)(key.cluster) {
+        // The owner of the subscription's slot first: its link passes the
+        // broadcast messages on, in order with the other subscriptions'.
+        let home = (env.owner)(key.cluster, slot);
+        let mut masters = (env.masters)(key.cluster);
+        masters.sort_by_key(|m| Some(m) != home.as_ref());
+        for addr in masters {
             if have.contains(&Some(addr.clone())) {
                 continue;
             }

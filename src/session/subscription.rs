@@ -19,6 +19,9 @@ use crate::slot;
 use std::sync::Arc;
 use std::time::Instant;
 
+/// Where classic channels and patterns are subscribed and published.
+const HOME_SLOT: u16 = 0;
+
 /// What a subscribed client holds.
 pub(super) struct Subscribed {
     feed: Arc<Feed>,
@@ -121,7 +124,14 @@ impl Session {
                 name,
             ),
         };
-        let slot = slot::key_slot(node_name, hashtags);
+        // Classic channels and patterns all live on one node, the owner of
+        // slot 0, where PUBLISH goes too: a publisher's messages then reach
+        // a client in the order published, whichever channel or pattern
+        // they match (Redis Cluster broadcasts them to every node anyway).
+        let slot = match kind {
+            Kind::Shard => slot::key_slot(node_name, hashtags),
+            _ => HOME_SLOT,
+        };
         let key = SubKey {
             kind,
             cluster,
