@@ -235,7 +235,8 @@ impl Drop for CeleryWorker {
     }
 }
 
-/// Celery with broker through the proxy (kombu's keys under one hash tag),
+/// Celery with broker and Redis result backend through the proxy (keys
+/// under one hash tag; results announced by PUBLISH, awaited on SUBSCRIBE),
 /// two workers in BRPOP: every task's result comes back with .get(timeout),
 /// each task runs once, a retried task succeeds, the queue drains.
 #[test]
