@@ -711,3 +711,50 @@ fn a_slow_subscriber_is_disconnected_and_a_fast_one_keeps_receiving() {
         "closed, not idle: {closed}"
     );
 }
+
+/// `redis-cli subscribe` through the proxy prints the acknowledgement and
+/// the messages as it does against Redis (published through the proxy and
+/// on a node).
+#[test]
+fn redis_cli_subscribe_prints_messages() {
+    use std::io::Read;
+    let cluster = Cluster::start(3, 0);
+    let envoy = Envoy::start(module_config(&cluster, json!({})));
+    let mut child = std::process::Command::new("redis-cli")
+        .args(["-p", &envoy.port().to_string(), "subscribe", "cli"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run redis-cli");
+    let mut admin = envoy.raw_client();
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            admin.cmd(&["PUBSUB", "NUMSUB", "cli"])
+                == Resp::Array(vec![Resp::bulk("cli"), Resp::Int(1)])
+        }),
+        "redis-cli subscribed"
+    );
+    assert_eq!(admin.cmd(&["PUBLISH", "cli", "via-proxy"]), Resp::Int(1));
+    let node = cluster.master_ports()[1];
+    RawClient::connect(node).cmd(&["PUBLISH", "cli", "on-node"]);
+    let want = "subscribe\ncli\n1\nmessage\ncli\nvia-proxy\nmessage\ncli\non-node\n";
+    let mut out = Vec::new();
+    let mut stdout = child.stdout.take().expect("stdout");
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 256];
+        while out.len() < want.len() {
+            match stdout.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+        out
+    });
+    let printed = wait_until(Duration::from_secs(5), || reader.is_finished());
+    // Our own child, by PID (also when it printed too little).
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(printed, "redis-cli printed the messages");
+    let out = reader.join().expect("reader");
+    assert_eq!(String::from_utf8_lossy(&out), want);
+}
