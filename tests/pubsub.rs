@@ -445,11 +445,21 @@ fn subscribers_keep_receiving_across_a_master_kill() {
         let end = Instant::now() + Duration::from_secs(20);
         (receive(&mut chan, end, "message"), chan)
     });
-    let shard_at = receive(
-        &mut shard,
-        Instant::now() + Duration::from_secs(20),
-        "smessage",
-    );
+    let shard_reader = std::thread::spawn(move || {
+        let end = Instant::now() + Duration::from_secs(20);
+        (receive(&mut shard, end, "smessage"), shard)
+    });
+    // When the replica took over, as seen from outside (polled every 20 ms).
+    let mut promoted = None;
+    while killed.elapsed() < Duration::from_secs(19) {
+        if role(replica).as_deref() == Some("master") {
+            promoted = Some(Instant::now());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let promoted = promoted.expect("replica promoted within 19 s");
+    let (shard_at, _shard) = shard_reader.join().expect("shard reader");
     let (chan_at, _chan) = reader.join().expect("reader");
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = (p1.join(), p2.join());
@@ -460,9 +470,19 @@ fn subscribers_keep_receiving_across_a_master_kill() {
             .filter(|t| **t > killed + Duration::from_secs(12))
             .count();
         assert!(after > 50, "{what}: {after} messages in the last 8 s");
+        let first = at
+            .iter()
+            .find(|t| **t > promoted)
+            .map(|t| *t - promoted)
+            .expect("a message after the promotion");
         eprintln!(
-            "{what}: longest gap {:?} (kill -9 to promotion included)",
-            longest_gap(at)
+            "{what}: longest gap {:?} (kill -9 to promotion included); promotion seen {:?} after the kill, first message {first:?} after it",
+            longest_gap(at),
+            promoted - killed
+        );
+        assert!(
+            first < Duration::from_secs(2),
+            "{what}: first message {first:?} after the promotion"
         );
     }
     let resubscribes = envoy.stat(&format!("{STAT}cluster.main.pubsub_resubscribes"));
