@@ -35,6 +35,14 @@ static NEXT_PIN: AtomicU64 = AtomicU64::new(1 << 61);
 /// loss asked for can arrive first.
 const RESUBSCRIBE_DELAY: Duration = Duration::from_millis(100);
 
+/// How subscriptions lost on link `lost` are sent again: after
+/// [`RESUBSCRIBE_DELAY`] (`wait`), to `to` when a `MOVED` named it.
+struct Again {
+    lost: u64,
+    wait: bool,
+    to: Option<String>,
+}
+
 /// A subscription as the node knows it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct SubKey {
@@ -243,7 +251,7 @@ impl Hub {
             ready: false,
         };
         inner.subs.insert(key.clone(), sub);
-        self.place(&mut inner, &key, None, env);
+        self.place(&mut inner, &key, None, None, env);
     }
 
     /// Client `id` no longer subscribes to `key`; the last one out ends the
@@ -358,7 +366,13 @@ impl Hub {
                         String::from_utf8_lossy(name)
                     );
                     (env.refresh)(cluster);
-                    self.resubscribe(inner, vec![key], pin, env);
+                    // At once: the old owner's `MOVED` will name the new one.
+                    let again = Again {
+                        lost: pin,
+                        wait: false,
+                        to: None,
+                    };
+                    self.resubscribe(inner, vec![key], again, env);
                 }
             }
             NodeEvent::Unsubscribed(..) | NodeEvent::Other => {}
@@ -382,7 +396,16 @@ impl Hub {
                         .filter(|(_, s)| s.links.contains(&pin) && !s.confirmed.contains(&pin))
                         .map(|(k, _)| k.clone())
                         .collect();
-                    self.resubscribe(inner, keys, pin, env);
+                    let contacted = inner.links.get(&pin).and_then(|l| l.addr.clone());
+                    let to = crate::topology::parse_redirect(e, contacted.as_deref().unwrap_or(""))
+                        .filter(|r| matches!(r, crate::topology::Redirect::Moved { .. }))
+                        .map(|r| r.addr().to_string());
+                    let again = Again {
+                        lost: pin,
+                        wait: to.is_none(),
+                        to,
+                    };
+                    self.resubscribe(inner, keys, again, env);
                     return true;
                 }
                 crate::log!(
@@ -399,7 +422,12 @@ impl Hub {
                     .filter(|(_, s)| s.links.contains(&pin))
                     .map(|(k, _)| k.clone())
                     .collect();
-                self.resubscribe(inner, keys, pin, env);
+                let again = Again {
+                    lost: pin,
+                    wait: true,
+                    to: None,
+                };
+                self.resubscribe(inner, keys, again, env);
                 return false;
             }
         }
@@ -434,8 +462,9 @@ impl Hub {
 
     /// Subscribe `keys` again off link `lost`: on the node the topology
     /// names now (every master that lacks it, for a cluster-wide one).
-    fn resubscribe(&self, inner: &mut Inner, keys: Vec<SubKey>, lost: u64, env: &mut Env<'_>) {
-        let at = env.now + RESUBSCRIBE_DELAY;
+    fn resubscribe(&self, inner: &mut Inner, keys: Vec<SubKey>, again: Again, env: &mut Env<'_>) {
+        let Again { lost, wait, to } = again;
+        let at = wait.then_some(env.now + RESUBSCRIBE_DELAY);
         for key in keys {
             let Some(s) = inner.subs.get_mut(&key) else {
                 continue;
@@ -452,13 +481,20 @@ impl Hub {
             }
             self.stats
                 .inc(self.stats.cluster(key.cluster).pubsub_resubscribes);
-            self.place(inner, &key, Some(at), env);
+            self.place(inner, &key, at, to.clone(), env);
         }
     }
 
     /// Subscribe `key` where it is missing: its slot's owner, or every
     /// master for a cluster-wide one (no sooner than `at`).
-    fn place(&self, inner: &mut Inner, key: &SubKey, at: Option<Instant>, env: &mut Env<'_>) {
+    fn place(
+        &self,
+        inner: &mut Inner,
+        key: &SubKey,
+        at: Option<Instant>,
+        to: Option<String>,
+        env: &mut Env<'_>,
+    ) {
         let Some(s) = inner.subs.get(key) else {
             return;
         };
@@ -466,12 +502,25 @@ impl Hub {
         let word = key.kind.subscribe_word();
         if !everywhere {
             if s.links.is_empty() {
-                let addr = (env.owner)(key.cluster, slot);
+                // A node's `MOVED` names the owner before our map does.
+                let (addr, target) = match to {
+                    Some(a) => (
+                        Some(a.clone()),
+                        Target::Node {
+                            addr: a,
+                            slot,
+                            asking: false,
+                        },
+                    ),
+                    None => (
+                        (env.owner)(key.cluster, slot),
+                        Target::Slot { slot, read: false },
+                    ),
+                };
                 let link = self.link_to(inner, key.cluster, addr);
                 if let Some(s) = inner.subs.get_mut(key) {
                     s.links.push(link);
                 }
-                let target = Target::Slot { slot, read: false };
                 self.send(inner, link, word, key, target, at, env);
             }
             return;
@@ -512,7 +561,7 @@ impl Hub {
             .map(|(k, _)| k.clone())
             .collect();
         for key in keys {
-            self.place(inner, &key, None, env);
+            self.place(inner, &key, None, None, env);
         }
     }
 
