@@ -656,3 +656,126 @@ impl Hub {
         env.out.push(req);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Quiet;
+    impl Notify for Quiet {
+        fn notify(&self) {}
+    }
+
+    fn key(name: &[u8]) -> SubKey {
+        SubKey {
+            kind: Kind::Channel,
+            cluster: 0,
+            name: name.to_vec(),
+        }
+    }
+
+    /// Runs `f` with an environment whose topology has one master.
+    fn with_env<R>(out: &mut Vec<Request>, f: impl FnOnce(&mut Env<'_>) -> R) -> R {
+        let owner = |_: usize, _: u16| Some("127.0.0.1:7000".to_string());
+        let refresh = |_: usize| {};
+        let masters = |_: usize| vec!["127.0.0.1:7000".to_string()];
+        let mut env = Env {
+            now: Instant::now(),
+            op_timeout: Duration::from_secs(1),
+            owner: &owner,
+            refresh: &refresh,
+            masters: &masters,
+            out,
+        };
+        f(&mut env)
+    }
+
+    fn words(r: &Request) -> String {
+        String::from_utf8_lossy(&r.data).replace("\r\n", " ")
+    }
+
+    #[test]
+    fn one_upstream_subscription_shared_and_released_by_the_last_client() {
+        let hub = Hub::new(Arc::new(Stats::disabled(1)), Arc::default());
+        let feeds: Vec<Arc<Feed>> = (0..2)
+            .map(|_| Feed::new(ClientShared::new(Box::new(Quiet)), false, 1 << 20))
+            .collect();
+        let mut out = Vec::new();
+        with_env(&mut out, |env| {
+            hub.subscribe(1, &feeds[0], key(b"ch"), b"ch", 0, env);
+            hub.subscribe(2, &feeds[1], key(b"ch"), b"ch", 0, env);
+        });
+        assert_eq!(out.len(), 1, "one upstream SUBSCRIBE for two clients");
+        assert_eq!(words(&out[0]), "*2 $9 subscribe $2 ch ");
+        assert!(!hub.ready(&key(b"ch")), "acks wait for the node");
+        let link = out[0].client.clone();
+        link.deliver(
+            0,
+            Part::Whole,
+            b"*3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n".to_vec(),
+        );
+        link.deliver(
+            0,
+            Part::Whole,
+            b"*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$2\r\nhi\r\n".to_vec(),
+        );
+        out.clear();
+        with_env(&mut out, |env| hub.pump(env));
+        assert!(hub.ready(&key(b"ch")));
+        for f in &feeds {
+            match f.take() {
+                Taken::Bytes(b) => {
+                    assert_eq!(b, b"*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$2\r\nhi\r\n")
+                }
+                Taken::Overflow => panic!("overflow"),
+            }
+        }
+        with_env(&mut out, |env| hub.unsubscribe(1, &key(b"ch"), env));
+        assert!(out.is_empty(), "another client still holds it");
+        with_env(&mut out, |env| hub.unsubscribe(2, &key(b"ch"), env));
+        assert_eq!(out.len(), 1);
+        assert_eq!(words(&out[0]), "*2 $11 unsubscribe $2 ch ");
+        assert_eq!(hub.upstream_count(), 0);
+    }
+
+    #[test]
+    fn a_lost_link_is_subscribed_again_on_a_new_one() {
+        let hub = Hub::new(Arc::new(Stats::disabled(1)), Arc::default());
+        let feed = Feed::new(ClientShared::new(Box::new(Quiet)), true, 1 << 20);
+        let mut out = Vec::new();
+        with_env(&mut out, |env| {
+            hub.subscribe(1, &feed, key(b"ch"), b"ch", 0, env)
+        });
+        let first = out.remove(0);
+        first
+            .client
+            .deliver(0, Part::Whole, b"-ERR connection to x lost\r\n".to_vec());
+        with_env(&mut out, |env| hub.pump(env));
+        assert_eq!(out.len(), 1, "subscribed again");
+        assert_eq!(words(&out[0]), "*2 $9 subscribe $2 ch ");
+        assert!(first.client.is_detached(), "the old link is dropped");
+        assert!(!Arc::ptr_eq(&first.client, &out[0].client), "on a new link");
+        assert!(hub.ready(&key(b"ch")), "the client is not kept waiting");
+        // RESP3 pushes; over the budget the feed reports it.
+        out[0].client.deliver(
+            0,
+            Part::Whole,
+            b"*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$2\r\nhi\r\n".to_vec(),
+        );
+        let mut more = Vec::new();
+        with_env(&mut more, |env| hub.pump(env));
+        match feed.take() {
+            Taken::Bytes(b) => assert_eq!(b, b">3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$2\r\nhi\r\n"),
+            Taken::Overflow => panic!("overflow"),
+        }
+        let small = Feed::new(ClientShared::new(Box::new(Quiet)), false, 10);
+        let m = Message {
+            kind: Kind::Channel,
+            pattern: None,
+            channel: b"ch",
+            payload: b"0123456789",
+        };
+        small.push(&m, b"ch");
+        assert!(small.overflowed() && matches!(small.take(), Taken::Overflow));
+    }
+}

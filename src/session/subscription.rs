@@ -298,6 +298,9 @@ impl Session {
         if self.closed {
             return;
         }
+        // Messages from now on in the protocol the client speaks now
+        // (`HELLO` may have changed it).
+        ps.feed.set_resp3(self.state.resp3);
         // Above Envoy's write watermark messages wait in the feed, which
         // counts them against the budget.
         let behind = ps.feed.overflowed();
