@@ -17,7 +17,8 @@
 //! subscribed again on the node the current topology names, after a short
 //! delay that lets the topology refresh. Clients see none of it.
 
-use super::{message, node_event, Kind, Message, NodeEvent};
+pub use super::feed::{Feed, Taken};
+use super::{node_event, Kind, Message, NodeEvent};
 use crate::codec;
 use crate::stats::Stats;
 use crate::upstream::{ClientShared, Delivery, Notify, Part, Request, Target};
@@ -65,87 +66,6 @@ pub struct Env<'a> {
     pub masters: &'a dyn Fn(usize) -> Vec<String>,
     /// Requests for the worker's upstream I/O.
     pub out: &'a mut Vec<Request>,
-}
-
-/// A subscriber's pending output: messages wait here until the session
-/// writes them (between its replies), up to a byte budget.
-pub struct Feed {
-    inner: Mutex<FeedInner>,
-    client: Arc<ClientShared>,
-}
-
-struct FeedInner {
-    out: Vec<u8>,
-    resp3: bool,
-    limit: usize,
-    /// Over budget: the session closes the client.
-    over: bool,
-}
-
-/// What [`Feed::take`] found.
-pub enum Taken {
-    Bytes(Vec<u8>),
-    /// The client fell more than its budget behind.
-    Overflow,
-}
-
-impl Feed {
-    pub fn new(client: Arc<ClientShared>, resp3: bool, limit: usize) -> Arc<Feed> {
-        Arc::new(Feed {
-            inner: Mutex::new(FeedInner {
-                out: Vec::new(),
-                resp3,
-                limit,
-                over: false,
-            }),
-            client,
-        })
-    }
-
-    pub fn set_resp3(&self, on: bool) {
-        self.inner.lock().resp3 = on;
-    }
-
-    /// Queue a message; false when the client is (now) over its budget.
-    fn push(&self, msg: &Message<'_>, visible: &[u8]) -> bool {
-        let mut f = self.inner.lock();
-        if f.over {
-            return false;
-        }
-        let resp3 = f.resp3;
-        let start = f.out.len();
-        match msg.kind {
-            Kind::Pattern => message(&mut f.out, resp3, msg, Some(visible)),
-            _ => {
-                let m = Message {
-                    channel: visible,
-                    ..*msg
-                };
-                message(&mut f.out, resp3, &m, None)
-            }
-        }
-        if f.out.len() > f.limit && f.out.len() > start {
-            f.over = true;
-            f.out = Vec::new();
-        }
-        drop(f);
-        self.client.wake();
-        true
-    }
-
-    /// Everything queued.
-    pub fn take(&self) -> Taken {
-        let mut f = self.inner.lock();
-        if f.over {
-            return Taken::Overflow;
-        }
-        Taken::Bytes(std::mem::take(&mut f.out))
-    }
-
-    /// The client fell more than its budget behind.
-    pub fn overflowed(&self) -> bool {
-        self.inner.lock().over
-    }
 }
 
 struct Sub {

@@ -8,6 +8,7 @@
 //! the clients of an Envoy worker; [`registry`] counts the proxy's clients
 //! for `PUBSUB`.
 
+pub mod feed;
 pub mod hub;
 pub mod registry;
 
