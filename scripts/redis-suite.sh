@@ -363,7 +363,7 @@ static_resources:
                     prefix_routes: { catch_all_route: { cluster: main } }
 YAML
     ENVOY_DYNAMIC_MODULES_SEARCH_PATH="$MODULE_DIR" "$bin" -c "$RUN/envoy/envoy.yaml" \
-        --disable-hot-restart --concurrency 1 -l warning >"$RUN/envoy/envoy.log" 2>&1 </dev/null &
+        --disable-hot-restart --concurrency 1 -l "${ENVOY_LOG_LEVEL:-warning}" >"$RUN/envoy/envoy.log" 2>&1 </dev/null &
     PIDS+=($!)
     for ((n = 0; n < 300; n++)); do
         [ "$(redis-cli -p "$PROXY_PORT" ping 2>/dev/null)" = PONG ] &&

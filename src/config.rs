@@ -105,6 +105,11 @@ pub struct Settings {
     /// many blocking connections (in use or idle) per Envoy worker, beyond
     /// which a blocking command gets an error. Default 1000.
     pub max_blocking_connections: u32,
+    /// Bytes of Pub/Sub messages a subscriber may fall behind (waiting in
+    /// the proxy or above Envoy's write watermark) before it is
+    /// disconnected, like Redis's `client-output-buffer-limit pubsub` hard
+    /// limit. Default 32 MiB.
+    pub pubsub_output_limit: usize,
     /// Per-command statistics (`command.<name>.total/success/error/latency`),
     /// as Envoy's `enable_command_stats`. Default false, like Envoy's: they
     /// cost a histogram record per command.
@@ -129,6 +134,7 @@ impl Default for Settings {
             retry_unanswered_writes: true,
             max_transaction_connections: 1000,
             max_blocking_connections: 1000,
+            pubsub_output_limit: 32 << 20,
             enable_command_stats: false,
             allow_admin_commands: false,
         }
@@ -567,6 +573,9 @@ impl Config {
             return err(
                 "settings.max_buffered_bytes_per_connection: must be greater than 0".into(),
             );
+        }
+        if s.pubsub_output_limit == 0 {
+            return err("settings.pubsub_output_limit: must be greater than 0".into());
         }
         if self.clusters.is_empty() {
             return err("clusters: at least one cluster is required".into());

@@ -43,6 +43,7 @@ pub mod key_routing;
 pub mod local;
 pub mod logging;
 pub mod proxy;
+pub mod pubsub;
 pub mod routing;
 pub mod scripts;
 pub mod session;

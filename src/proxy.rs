@@ -28,6 +28,10 @@ pub struct Proxy {
     pub clients: Arc<Clients>,
     /// Functions that declare `no-writes` (for `CLIENT PAUSE WRITE`).
     pub functions: crate::functions::FunctionFlags,
+    /// The proxy's subscribers, for `PUBSUB` (every worker).
+    pub pubsub: Arc<crate::pubsub::registry::Registry>,
+    /// Each worker's shared upstream subscriptions (one in validation mode).
+    hubs: Vec<Arc<crate::pubsub::hub::Hub>>,
     names: Vec<String>,
     clusters: Vec<Arc<ClusterTopology>>,
     helpers: Vec<Arc<HelperHandle>>,
@@ -50,6 +54,7 @@ pub struct Route<'a> {
 impl Proxy {
     fn build(config: Config, stats: Arc<Stats>) -> Proxy {
         let names: Vec<String> = config.clusters.keys().cloned().collect();
+        let registry = Arc::new(crate::pubsub::registry::Registry::default());
         let clusters = config
             .clusters
             .iter()
@@ -58,12 +63,17 @@ impl Proxy {
             .collect();
         Proxy {
             config,
-            stats,
+            stats: stats.clone(),
             test_hooks: std::env::var_os("ENVOY_REDIS_CLUSTER_TEST_HOOKS")
                 .is_some_and(|v| v == "1"),
             scripts: Arc::default(),
             clients: Arc::default(),
             functions: Default::default(),
+            pubsub: registry.clone(),
+            hubs: vec![Arc::new(crate::pubsub::hub::Hub::new(
+                stats.clone(),
+                registry,
+            ))],
             names,
             clusters,
             helpers: Vec::new(),
@@ -83,6 +93,10 @@ impl Proxy {
         let mut proxy = Proxy::build(config, stats);
         let mut threads = Vec::new();
         let busy = Arc::new(SharedBusy::default());
+        for _ in 1..workers {
+            let hub = crate::pubsub::hub::Hub::new(proxy.stats.clone(), proxy.pubsub.clone());
+            proxy.hubs.push(Arc::new(hub));
+        }
         for i in 0..workers {
             match WorkerIo::start(
                 i,
@@ -161,6 +175,18 @@ impl Proxy {
             return None;
         }
         self.worker_io.get(worker % self.worker_io.len())
+    }
+
+    /// Worker `worker`'s shared upstream subscriptions.
+    pub fn hub_for(&self, worker: usize) -> Arc<crate::pubsub::hub::Hub> {
+        self.hubs[worker % self.hubs.len()].clone()
+    }
+
+    /// Ask cluster `cluster`'s refresher for a new topology soon.
+    pub fn request_refresh(&self, cluster: usize, why: &str) {
+        if let Some(c) = self.clusters.get(cluster) {
+            c.request_refresh(why);
+        }
     }
 
     /// The cluster's current slot map, if one was fetched yet.

@@ -47,6 +47,7 @@ mod plan;
 mod ports;
 mod replies;
 mod route;
+mod subscription;
 mod transaction;
 
 use ordering::{Lane, Waiting};
@@ -146,6 +147,13 @@ pub struct Session {
     user: Option<Arc<crate::upstream::Credentials>>,
     /// Its `AUTH` waiting for the cluster's answer.
     pending_auth: Option<identity::PendingAuth>,
+    /// The worker's shared upstream subscriptions.
+    hub: Arc<crate::pubsub::hub::Hub>,
+    /// This client's subscriptions, once it subscribed.
+    pubsub: Option<Box<subscription::Subscribed>>,
+    /// `PUBLISH`es on their way, by reply slot: the proxy's receivers and
+    /// the node's receivers that are the proxy's own subscriptions.
+    published: HashMap<u64, (usize, usize)>,
 }
 
 impl Session {
@@ -153,7 +161,10 @@ impl Session {
     /// upstream loop.
     pub fn new(proxy: Arc<Proxy>, worker: usize, notifier: Box<dyn Notify>) -> Session {
         let upstream = proxy.upstream_for(worker);
-        Session::with_upstream(proxy, notifier, upstream, Clock::System)
+        let hub = proxy.hub_for(worker);
+        let mut s = Session::with_upstream(proxy, notifier, upstream, Clock::System);
+        s.hub = hub;
+        s
     }
 
     /// A session whose requests go to `upstream` (`None`: validation mode,
@@ -174,7 +185,7 @@ impl Session {
         let entry = crate::clients::ClientEntry::new(id, client.clone(), now);
         proxy.clients.register(entry.clone());
         Session {
-            proxy,
+            proxy: proxy.clone(),
             upstream,
             clock,
             client,
@@ -221,6 +232,9 @@ impl Session {
             node_monitors: None,
             user: None,
             pending_auth: None,
+            hub: proxy.hub_for(0),
+            pubsub: None,
+            published: HashMap::new(),
         }
     }
 
@@ -482,6 +496,7 @@ impl Session {
             }
         }
         self.drain_monitor(conn);
+        self.drain_pubsub(conn);
         // After FIN, input held back while paused is still answered: close
         // only once everything the client sent has been parsed.
         if self.end_stream && !self.closing && !self.paused() {
@@ -574,6 +589,7 @@ impl Session {
             Part::Probe => self.resume_deferred(seq, reply),
             Part::Whole => {
                 let reply = self.auth_answered(seq, reply);
+                let reply = self.receivers(seq, reply);
                 self.fill(seq, reply)
             }
             Part::Split(i) => {
@@ -607,6 +623,7 @@ impl Session {
             self.apply(d.seq, d.part, d.reply);
         }
         self.delivered = delivered;
+        self.pubsub_scheduled();
         self.release_barrier();
         self.flush(conn);
         // Room again: parse input held back while paused.
@@ -679,6 +696,7 @@ impl Session {
         self.closed = true;
         self.client.detach();
         self.stop_monitor();
+        self.end_pubsub();
         self.proxy.clients.unregister(self.state.id);
         self.entry.detach();
         self.release_blocked();
@@ -699,6 +717,7 @@ impl Session {
         self.closed = true;
         self.client.detach();
         self.stop_monitor();
+        self.end_pubsub();
         self.proxy.clients.unregister(self.state.id);
         self.entry.detach();
         self.release_blocked();

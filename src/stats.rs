@@ -70,6 +70,13 @@ pub struct ClusterStats {
     pub blocking_cx_idle: Id,
     /// Blocking commands refused: `max_blocking_connections` reached.
     pub blocking_cx_overflow: Id,
+    /// Upstream subscriptions (channels, patterns, shard channels), shared
+    /// by the clients of a worker: one per worker and name.
+    pub pubsub_upstream_subscriptions: Id,
+    /// Messages handed to subscribed clients.
+    pub pubsub_messages_fanned_out: Id,
+    /// Subscriptions sent again after a lost link or a moved slot.
+    pub pubsub_resubscribes: Id,
 }
 
 #[derive(Default)]
@@ -85,6 +92,10 @@ pub struct Stats {
     pub downstream_cx_rx_bytes_total: Id,
     pub downstream_cx_tx_bytes_total: Id,
     pub downstream_cx_buffered_bytes: Id,
+    /// Clients subscribed to at least one channel, pattern or shard channel.
+    pub pubsub_subscribers_active: Id,
+    /// Subscribers closed for falling `pubsub_output_limit` bytes behind.
+    pub pubsub_slow_disconnects: Id,
     /// Indexed like [`command::all`].
     pub commands: Vec<CommandStats>,
     /// Indexed like the proxy's clusters.
@@ -151,6 +162,11 @@ impl Stats {
                     blocked_rq_active: g(&format!("cluster.{name}.blocked_rq_active")),
                     blocking_cx_idle: g(&format!("cluster.{name}.blocking_cx_idle")),
                     blocking_cx_overflow: cc("blocking_cx_overflow"),
+                    pubsub_upstream_subscriptions: g(&format!(
+                        "cluster.{name}.pubsub_upstream_subscriptions"
+                    )),
+                    pubsub_messages_fanned_out: cc("pubsub_messages_fanned_out"),
+                    pubsub_resubscribes: cc("pubsub_resubscribes"),
                 }
             })
             .collect();
@@ -162,6 +178,8 @@ impl Stats {
             downstream_cx_rx_bytes_total: c("downstream_cx_rx_bytes_total"),
             downstream_cx_tx_bytes_total: c("downstream_cx_tx_bytes_total"),
             downstream_cx_buffered_bytes: g("downstream_cx_buffered_bytes"),
+            pubsub_subscribers_active: g("pubsub_subscribers_active"),
+            pubsub_slow_disconnects: c("pubsub_slow_disconnects"),
             commands,
             clusters,
             pending: None,
@@ -259,6 +277,9 @@ impl Stats {
             blocked_rq_active: None,
             blocking_cx_idle: None,
             blocking_cx_overflow: None,
+            pubsub_upstream_subscriptions: None,
+            pubsub_messages_fanned_out: None,
+            pubsub_resubscribes: None,
         };
         self.clusters.get(index).unwrap_or(&NONE)
     }

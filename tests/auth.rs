@@ -282,3 +282,84 @@ fn client_unblock_works_on_authenticated_blocking_connections() {
         );
     }
 }
+
+/// Subscriptions run as the client's Redis user too: a client that
+/// authenticated as `carol` (channels `news*` only) gets its own upstream
+/// subscription on a connection authenticated as `carol`, never the
+/// default user's shared one, so the node applies her channel rules: a
+/// channel she may not read gets no message through the proxy.
+#[test]
+fn subscriptions_run_as_the_clients_user() {
+    let cluster = Cluster::start(3, 0);
+    let cfg = module_config(&cluster, json!({ "allow_admin_commands": true }));
+    let envoy = Envoy::start(cfg);
+    let mut admin = RawClient::connect(envoy.port());
+    let setuser = [
+        "ACL",
+        "SETUSER",
+        "carol",
+        "on",
+        ">pw",
+        "resetchannels",
+        "&news*",
+        "+@pubsub",
+    ];
+    assert_eq!(admin.cmd(&setuser), Resp::ok());
+
+    // The default user subscribes to both channels first (shared links).
+    let mut open = RawClient::connect(envoy.port());
+    for ch in ["news1", "secret"] {
+        let Resp::Array(ack) = open.cmd(&["SUBSCRIBE", ch]) else {
+            panic!("ack")
+        };
+        assert_eq!(ack[0], Resp::bulk("subscribe"));
+    }
+    let mut c = RawClient::connect(envoy.port());
+    assert_eq!(c.cmd(&["AUTH", "carol", "pw"]), Resp::ok());
+    let Resp::Array(ack) = c.cmd(&["SUBSCRIBE", "news1"]) else {
+        panic!("ack")
+    };
+    assert_eq!(
+        ack,
+        vec![Resp::bulk("subscribe"), Resp::bulk("news1"), Resp::Int(1)]
+    );
+    c.set_timeout(Duration::from_secs(5));
+    let _ = c.cmd(&["SUBSCRIBE", "secret"]);
+
+    // On the nodes: a subscriber connection of carol's, besides the default's.
+    let carol_links = cluster
+        .master_ports()
+        .into_iter()
+        .map(|p| {
+            let list = RawClient::connect(p)
+                .cmd(&["CLIENT", "LIST"])
+                .text()
+                .unwrap_or_default();
+            list.lines()
+                .filter(|l| l.contains("user=carol") && !l.contains(" sub=0 "))
+                .count()
+        })
+        .sum::<usize>();
+    assert_eq!(carol_links, 1, "one subscriber link of carol's");
+
+    let mut publisher = RawClient::connect(envoy.port());
+    for ch in ["secret", "news1"] {
+        assert!(matches!(publisher.cmd(&["PUBLISH", ch, "m"]), Resp::Int(_)));
+    }
+    // The default user's client gets both; carol only news1.
+    for ch in ["secret", "news1"] {
+        assert_eq!(
+            open.read_reply(),
+            Resp::Array(vec![Resp::bulk("message"), Resp::bulk(ch), Resp::bulk("m")])
+        );
+    }
+    assert_eq!(
+        c.read_reply(),
+        Resp::Array(vec![
+            Resp::bulk("message"),
+            Resp::bulk("news1"),
+            Resp::bulk("m")
+        ]),
+        "carol gets news1 and nothing of secret before it"
+    );
+}

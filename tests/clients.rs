@@ -68,6 +68,24 @@ fn redis_py_job_queue_workers_block_through_the_proxy() {
     run_check("redis_py_queue.py", "python3", &args);
 }
 
+/// redis-py's `PubSub` (RESP2 and RESP3): subscribe, psubscribe and
+/// ssubscribe, messages published through the proxy and on a node, the
+/// unsubscribe acks, `run_in_thread`.
+#[test]
+fn redis_py_pubsub_through_the_proxy() {
+    require_redis_py();
+    let cluster = Cluster::start(3, 0);
+    let envoy = Envoy::start(module_config(&cluster, json!({})));
+    let script = repo_root().join("tests/clients/redis_py_pubsub.py");
+    let args = [
+        script.display().to_string(),
+        "127.0.0.1".to_string(),
+        envoy.port().to_string(),
+        cluster.master_ports()[0].to_string(),
+    ];
+    run_check("redis_py_pubsub.py", "python3", &args);
+}
+
 /// Run a check script (at most 300 s); it must exit 0 and print OK last.
 fn run_check(what: &str, program: &str, args: &[String]) {
     let out = Command::new("timeout")
@@ -156,6 +174,22 @@ fn ioredis_pipelines_transactions_and_blocking_through_the_proxy() {
     drop(cluster);
 }
 
+/// ioredis subscribers: the message, pmessage and smessage events, from
+/// the proxy and from a node.
+#[test]
+fn ioredis_pubsub_through_the_proxy() {
+    require_node_packages();
+    let cluster = Cluster::start(3, 0);
+    let envoy = Envoy::start(module_config(&cluster, json!({})));
+    let args = [
+        node_script("ioredis_pubsub.js"),
+        "127.0.0.1".to_string(),
+        envoy.port().to_string(),
+        cluster.master_ports()[0].to_string(),
+    ];
+    run_check("ioredis_pubsub.js", "node", &args);
+}
+
 /// A Celery worker process (`--pool=solo`), killed by PID when dropped, so
 /// also when the test fails. Its output goes to `log`.
 struct CeleryWorker {
@@ -201,7 +235,8 @@ impl Drop for CeleryWorker {
     }
 }
 
-/// Celery with broker through the proxy (kombu's keys under one hash tag),
+/// Celery with broker and Redis result backend through the proxy (keys
+/// under one hash tag; results announced by PUBLISH, awaited on SUBSCRIBE),
 /// two workers in BRPOP: every task's result comes back with .get(timeout),
 /// each task runs once, a retried task succeeds, the queue drains.
 #[test]

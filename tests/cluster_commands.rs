@@ -2,8 +2,8 @@
 //! (real Redis Cluster, real Envoy): SCAN/KEYS/DBSIZE/RANDOMKEY/FLUSH*/INFO/
 //! TIME across masters, the local CLUSTER view (`redis-cli -c` works), CLIENT/
 //! HELLO/RESET state, cross-slot splitting compared with a standalone Redis,
-//! CROSSSLOT for what cannot be split, EVAL routing, and the clear errors for
-//! pub/sub commands (blocking commands: tests/blocking.rs).
+//! CROSSSLOT for what cannot be split, and EVAL routing (blocking commands:
+//! tests/blocking.rs; pub/sub: tests/pubsub.rs).
 //!
 //! MODULE-DEPENDENT: needs target/debug/libenvoy_redis_cluster.so (cargo build).
 
@@ -918,53 +918,6 @@ fn evalsha_after_script_load_works_for_keys_on_every_master() {
     match c.cmd(&["SCRIPT", "EXISTS", &sha]) {
         Resp::Array(v) => assert_eq!(v, vec![Resp::Int(1)]),
         other => panic!("SCRIPT EXISTS: {other:?}"),
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Not supported yet: clear errors
-// ---------------------------------------------------------------------------
-
-#[test]
-fn pubsub_commands_get_a_clear_error() {
-    let s = setup();
-    let mut c = s.raw();
-    c.set_timeout(Duration::from_secs(3));
-    for (cmd, name) in [
-        (vec!["SUBSCRIBE", "ch"], "subscribe"),
-        (vec!["PSUBSCRIBE", "ch*"], "psubscribe"),
-    ] {
-        match c.read_or_send(&cmd) {
-            Resp::Error(e) => {
-                assert!(e.starts_with("ERR"), "{cmd:?}: {e}");
-                assert!(
-                    e.to_lowercase().contains(name),
-                    "{cmd:?}: error does not name the command: {e}"
-                );
-            }
-            other => panic!("{}: expected a clear -ERR, got {other:?}", show_cmd(&cmd)),
-        }
-        // The connection is still usable.
-        assert_eq!(
-            c.cmd(&["PING"]),
-            Resp::Simple("PONG".into()),
-            "after {cmd:?}"
-        );
-    }
-}
-
-trait ReadOrSend {
-    fn read_or_send(&mut self, cmd: &[&str]) -> Resp;
-}
-
-impl ReadOrSend for RawClient {
-    /// Send and wait for one reply; a hang (the proxy blocking) fails.
-    fn read_or_send(&mut self, cmd: &[&str]) -> Resp {
-        self.send_cmd(cmd);
-        match self.read_outcome() {
-            Outcome::Reply(r) => r,
-            other => panic!("{}: no reply ({other:?})", show_cmd(cmd)),
-        }
     }
 }
 

@@ -45,6 +45,11 @@ impl Session {
             }
             return;
         };
+        if self.subscribed_mode() {
+            if let Err(e) = crate::pubsub::gate(cmd.name) {
+                return self.reply_now(e);
+            }
+        }
         if plan != Plan::Reset {
             if let Some(e) = self.monitor_refusal(cmd) {
                 return self.reply_now(e);
@@ -80,6 +85,14 @@ impl Session {
             Plan::Blocking => self.blocking(cmd, frame, args, now),
             Plan::Keyed => self.keyed(cmd, frame, args, keys, now),
             Plan::Keyless(how) => self.keyless(cmd, how, frame, args, now),
+            Plan::PubSub if cmd.name == "pubsub" => Err(self.pubsub_introspection(args)),
+            Plan::PubSub if matches!(cmd.name, "publish" | "spublish") => {
+                self.publish(cmd.name, args, now)
+            }
+            Plan::PubSub => {
+                self.subscription(cmd.name, args, now);
+                Ok(())
+            }
         };
         if let Err(reply) = result {
             self.reply_now(reply);
@@ -108,6 +121,9 @@ impl Session {
             Local::Reply(reply) => reply,
             // Like a Redis busy with a script: the proxy stands for all
             // the masters, and one of them is.
+            Local::Ping(_) if self.subscribed_mode() => {
+                crate::pubsub::subscribed_pong(args.get(1).copied())
+            }
             Local::Ping(pong) => self
                 .upstream
                 .as_ref()
@@ -143,6 +159,7 @@ impl Session {
     pub(super) fn reset(&mut self, now: Instant) {
         self.end_txn(now);
         self.stop_monitor();
+        self.end_pubsub();
         self.state.resp3 = false;
         self.state.name = None;
         self.state.authenticated = !self.proxy.auth().required();

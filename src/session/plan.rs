@@ -39,6 +39,9 @@ pub enum Plan {
     Keyed,
     /// No key: where it goes and how replies merge.
     Keyless(Keyless),
+    /// `SUBSCRIBE` and the other subscription commands, `PUBSUB`: the
+    /// proxy's own subscriptions (`session/subscription.rs`).
+    PubSub,
 }
 
 /// Why a command is refused.
@@ -50,8 +53,6 @@ pub enum Refusal {
     Arity(&'static str),
     /// Downstream auth is configured and the client has not authenticated.
     NoAuth,
-    /// A subscription command (not supported yet).
-    PubSub(&'static str),
     /// The keys cannot be found (Redis's own message: bad `numkeys`, …).
     Keys(String),
 }
@@ -75,9 +76,6 @@ impl Refusal {
             Refusal::Unknown => unknown_command(args),
             Refusal::Arity(name) => codec::error(&command::arity_error(name)),
             Refusal::NoAuth => codec::error("NOAUTH Authentication required."),
-            Refusal::PubSub(name) => codec::error(&format!(
-                "ERR '{name}' is not supported through this proxy yet (pub/sub commands)"
-            )),
             Refusal::Keys(msg) => codec::error(msg),
         }
     }
@@ -169,9 +167,9 @@ pub fn plan(found: Option<&Command>, args: &[&[u8]], ctx: Ctx, keys: &mut Vec<us
     if command::is_blocking(cmd, args) {
         return Plan::Blocking;
     }
-    // PUBLISH is not a subscription: any node spreads it over the cluster.
-    if cmd.has(command::PUBSUB) && cmd.name != "publish" {
-        return Plan::Refused(Refusal::PubSub(cmd.name));
+    // PUBLISH and SPUBLISH too: their receivers are counted as the proxy's.
+    if cmd.has(command::PUBSUB) || cmd.name == "pubsub" {
+        return Plan::PubSub;
     }
     match command::key_indices(cmd, args, keys) {
         Err(msg) => Plan::Refused(Refusal::Keys(msg)),
@@ -214,7 +212,7 @@ fn local(cmd: &Command, args: &[&[u8]]) -> Option<Local> {
 /// topology with masters is handled again).
 pub fn keyless(cmd: &Command, args: &[&[u8]]) -> Keyless {
     match cmd.name {
-        "command" | "time" | "publish" | "lolwut" | "lastsave" | "eval" | "evalsha" | "eval_ro"
+        "command" | "time" | "lolwut" | "lastsave" | "eval" | "evalsha" | "eval_ro"
         | "evalsha_ro" | "fcall" | "fcall_ro" | "xgroup" | "xinfo" | "object" | "pfselftest" => {
             Keyless::AnyMaster
         }
@@ -291,10 +289,10 @@ mod tests {
         assert_eq!(plan_of("HELLO", closed).0, Plan::Local(Local::Hello));
         assert_eq!(plan_of("QUIT", closed).0, Plan::Local(Local::Quit));
         assert_eq!(plan_of("RESET", closed).0, Plan::Reset);
-        assert_eq!(
-            p("SUBSCRIBE ch"),
-            Plan::Refused(Refusal::PubSub("subscribe"))
-        );
+        assert_eq!(p("SUBSCRIBE ch"), Plan::PubSub);
+        assert_eq!(p("PUBSUB NUMPAT"), Plan::PubSub);
+        assert_eq!(p("SPUBLISH ch m"), Plan::PubSub);
+        assert_eq!(p("PUBLISH ch m"), Plan::PubSub);
         assert!(matches!(
             p("EVAL s notanumber"),
             Plan::Refused(Refusal::Keys(_))
@@ -319,7 +317,7 @@ mod tests {
         assert!(Refusal::Unknown.aborts_multi() && Refusal::Arity("get").aborts_multi());
         assert!(!Refusal::NoAuth.aborts_multi());
         assert!(Refusal::NoAuth.before_admission());
-        assert!(!Refusal::PubSub("subscribe").before_admission());
+        assert!(!Refusal::Keys(String::new()).before_admission());
     }
 
     #[test]
@@ -404,7 +402,6 @@ mod tests {
 
     #[test]
     fn keyless_commands() {
-        assert_eq!(p("PUBLISH ch m"), Plan::Keyless(Keyless::AnyMaster));
         assert_eq!(p("DBSIZE"), Plan::Keyless(Keyless::Broadcast(Merge::Sum)));
         assert_eq!(
             p("KEYS *"),

@@ -348,7 +348,9 @@ impl Session {
         if cmd.flags & command::NO_MULTI != 0 {
             return Err(codec::error("ERR Command not allowed inside a transaction"));
         }
-        if cmd.flags & command::PUBSUB != 0 {
+        // Publishing runs on the transaction's node like any write (the
+        // cluster bus spreads it); subscribing cannot.
+        if cmd.flags & command::PUBSUB != 0 && !matches!(cmd.name, "publish" | "spublish") {
             return Err(codec::error(&format!(
                 "ERR '{}' is not allowed in a transaction",
                 cmd.name

@@ -31,14 +31,15 @@ impl UpstreamIo {
     }
 
     /// Drop from `active` the connections with nothing left for the clock:
-    /// connected, and owing nothing or only a blocked command's reply.
+    /// connected, and owing nothing, or only a blocked command's reply, or
+    /// a stream's (`MONITOR`, a subscriber link: no deadline).
     fn prune_active(&mut self) {
         let conns = &self.conns;
         self.active.retain(|i| {
-            conns
-                .get(i)
-                .and_then(|c| c.as_ref())
-                .is_some_and(|c| !c.connected || (!c.pipe.is_idle() && !c.is_blocking()))
+            conns.get(i).and_then(|c| c.as_ref()).is_some_and(|c| {
+                let waits = !c.pipe.is_idle() && !c.is_blocking() && !c.pipe.is_streaming();
+                !c.connected || waits
+            })
         });
     }
 

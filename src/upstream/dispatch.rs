@@ -48,6 +48,11 @@ impl UpstreamIo {
         if !req.mirror && req.client.is_detached() {
             return;
         }
+        if req.retry_at.is_some_and(|t| now < t) {
+            // Waits its turn in the parked requests (`not_before`).
+            self.parked.push(req);
+            return;
+        }
         if let Some(pin) = req.pin {
             if let Some(&idx) = self.pinned.get(&pin) {
                 return self.enqueue(idx, req, false);

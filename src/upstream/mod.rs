@@ -244,6 +244,13 @@ impl Request {
         self
     }
 
+    /// Not dispatched before `at` (a subscription sent again after a loss
+    /// waits for the topology that loss asked for).
+    pub fn not_before(mut self, at: Instant) -> Request {
+        self.retry_at = Some(at);
+        self
+    }
+
     /// A blocking command's facts, to change before it is sent.
     pub fn blocking_mut(&mut self) -> Option<&mut Blocking> {
         self.blocking.as_deref_mut()

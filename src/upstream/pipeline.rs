@@ -140,6 +140,15 @@ impl Pipeline {
         self.owed.is_empty()
     }
 
+    /// The node streams on this connection (`MONITOR`, a subscriber
+    /// connection): no reply it owes has a deadline.
+    pub fn is_streaming(&self) -> bool {
+        self.owed
+            .front()
+            .and_then(|o| o.req.as_ref())
+            .is_some_and(|r| r.stream)
+    }
+
     /// The oldest client command still owed a reply (answered with a
     /// timeout or not).
     pub fn front_request(&self) -> Option<&Request> {

@@ -11,16 +11,18 @@ from celery import Celery
 
 BROKER = os.environ["CELERY_CHECK_BROKER"]
 
-# Results travel back as messages through the same broker (rpc://): Celery's
-# Redis result backend waits on SUBSCRIBE and stores with PUBLISH inside
-# MULTI, and the proxy has no pub/sub yet.
-app = Celery("celery_app", broker=BROKER, backend="rpc://")
+# Celery's Redis result backend through the proxy: each result is stored
+# with SET and announced with PUBLISH inside MULTI, and the caller waits for
+# it on SUBSCRIBE (the proxy's pub/sub).
+app = Celery("celery_app", broker=BROKER, backend=BROKER)
 app.conf.update(
     # One hash tag before every key kombu uses (queue lists and their
     # priority lists, bindings, the unacked hash and index, the restore
     # mutex): kombu puts several of them in one MULTI or one BRPOP, which a
     # Redis Cluster only accepts when they share a slot.
     broker_transport_options={"global_keyprefix": "{celery}"},
+    # The result keys under the same hash tag, as the broker's.
+    result_backend_transport_options={"global_keyprefix": "{celery}"},
     # Remote control (the pidbox) is a fanout exchange, i.e. pub/sub.
     worker_enable_remote_control=False,
 )

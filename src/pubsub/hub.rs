@@ -1,0 +1,741 @@
+//! One Envoy worker's shared upstream subscriptions.
+//!
+//! Every channel, pattern or shard channel any client of the worker
+//! subscribes to is subscribed once upstream, on a subscriber connection
+//! per node (a pinned, streaming connection of the worker's upstream I/O:
+//! every frame the node sends on it lands in the link's mailbox), and
+//! reference-counted across the worker's clients. Classic channels and
+//! patterns are subscribed on the master owning the name's slot (Redis
+//! Cluster broadcasts `PUBLISH` to every node, so any node would do; the
+//! slot owner spreads them); shard channels on the master owning the slot.
+//!
+//! The hub runs on its worker only, from the sessions: a frame arriving in
+//! a link's mailbox wakes one subscribed session, whose `pump` reads every
+//! link, fans messages out to the subscribers' feeds (waking them), and
+//! sends what must be sent again: a link that broke (node death, failover)
+//! or a shard channel whose slot moved (the node's `sunsubscribe`) is
+//! subscribed again on the node the current topology names, after a short
+//! delay that lets the topology refresh. Clients see none of it.
+
+pub use super::feed::{Feed, Taken};
+use super::{node_event, Kind, Message, NodeEvent};
+use crate::codec;
+use crate::stats::Stats;
+use crate::upstream::{ClientShared, Credentials, Delivery, Notify, Part, Request, Target};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Pins for subscriber connections, apart from the sessions' (from 1), the
+/// blocking pool's (from 1 << 62) and the busy probes' (from 1 << 63).
+static NEXT_PIN: AtomicU64 = AtomicU64::new(1 << 61);
+
+/// Wait before subscribing again after a loss, so that the topology the
+/// loss asked for can arrive first.
+const RESUBSCRIBE_DELAY: Duration = Duration::from_millis(100);
+
+/// How subscriptions lost on link `lost` are sent again: after
+/// [`RESUBSCRIBE_DELAY`] (`wait`), to `to` when a `MOVED` named it.
+struct Again {
+    lost: u64,
+    wait: bool,
+    to: Option<String>,
+}
+
+/// A subscription as the node knows it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SubKey {
+    pub kind: Kind,
+    pub cluster: usize,
+    /// On the node (a prefix route's `remove_prefix` applied).
+    pub name: Vec<u8>,
+    /// The Redis user it is subscribed as (`None`: the cluster's
+    /// configured one): clients that authenticated as a user of the
+    /// cluster share links and subscriptions only with clients of that
+    /// user, so the nodes apply its channel permissions.
+    pub user: Option<Arc<Credentials>>,
+}
+
+/// What the environment tells the hub: the time, the topology, where
+/// requests go.
+pub struct Env<'a> {
+    pub now: Instant,
+    pub op_timeout: Duration,
+    /// The master owning `slot` of `cluster` now, if known.
+    pub owner: &'a dyn Fn(usize, u16) -> Option<String>,
+    /// Ask `cluster`'s refresher for a new topology.
+    pub refresh: &'a dyn Fn(usize),
+    /// The masters of `cluster` now.
+    pub masters: &'a dyn Fn(usize) -> Vec<String>,
+    /// Requests for the worker's upstream I/O.
+    pub out: &'a mut Vec<Request>,
+}
+
+struct Sub {
+    /// Subscribed clients, each with the name as it subscribed.
+    clients: Vec<(u64, Vec<u8>)>,
+    /// The links carrying it: one (its slot's owner), or every master
+    /// for keyspace notifications, the first then being the one whose
+    /// broadcast messages are passed on.
+    links: Vec<u64>,
+    /// The links whose node confirmed it.
+    confirmed: Vec<u64>,
+    slot: u16,
+    /// On every master ([`super::cluster_wide`]).
+    everywhere: bool,
+    /// Acknowledgements may go: every link confirmed once, or a link
+    /// failed (it is subscribed again in the background).
+    ready: bool,
+}
+
+struct Link {
+    cluster: usize,
+    addr: Option<String>,
+    user: Option<Arc<Credentials>>,
+    mailbox: Arc<ClientShared>,
+    /// A request went out on it: later ones must follow it on the same
+    /// connection, never open another.
+    opened: bool,
+}
+
+/// The subscribed sessions of the worker (client id, mailbox).
+type Members = Arc<Mutex<Vec<(u64, Arc<ClientShared>)>>>;
+
+/// Wakes a subscribed session of the worker when a link has frames.
+struct LinkNotify(Members);
+
+impl Notify for LinkNotify {
+    fn notify(&self) {
+        let members = self.0.lock();
+        if let Some((_, c)) = members.iter().find(|(_, c)| !c.is_detached()) {
+            c.wake();
+        }
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    subs: HashMap<SubKey, Sub>,
+    links: HashMap<u64, Link>,
+    feeds: HashMap<u64, Arc<Feed>>,
+}
+
+/// One worker's subscriptions.
+pub struct Hub {
+    inner: Mutex<Inner>,
+    members: Members,
+    stats: Arc<Stats>,
+    registry: Arc<super::registry::Registry>,
+}
+
+impl Hub {
+    pub fn new(stats: Arc<Stats>, registry: Arc<super::registry::Registry>) -> Hub {
+        Hub {
+            inner: Mutex::default(),
+            members: Arc::default(),
+            stats,
+            registry,
+        }
+    }
+
+    /// Client `id` subscribes to `key` (as `visible`); `slot` places it.
+    pub fn subscribe(
+        &self,
+        id: u64,
+        feed: &Arc<Feed>,
+        key: SubKey,
+        visible: &[u8],
+        slot: u16,
+        env: &mut Env<'_>,
+    ) {
+        let mut inner = self.inner.lock();
+        if let std::collections::hash_map::Entry::Vacant(e) = inner.feeds.entry(id) {
+            e.insert(feed.clone());
+            self.members.lock().push((id, feed.client.clone()));
+            // Frames that came while no session was subscribed woke no one
+            // (and a mailbox notifies once until read): read them now.
+            self.pump_links(&mut inner, env);
+        }
+        if let Some(sub) = inner.subs.get_mut(&key) {
+            if !sub.clients.iter().any(|(c, _)| *c == id) {
+                sub.clients.push((id, visible.to_vec()));
+            }
+            return;
+        }
+        let cs = self.stats.cluster(key.cluster);
+        self.stats.gauge_add(cs.pubsub_upstream_subscriptions, 1);
+        self.registry.add_upstream(key.kind, &key.name, slot);
+        let everywhere = super::cluster_wide(key.kind, &key.name);
+        let sub = Sub {
+            clients: vec![(id, visible.to_vec())],
+            links: Vec::new(),
+            confirmed: Vec::new(),
+            slot,
+            everywhere,
+            ready: false,
+        };
+        inner.subs.insert(key.clone(), sub);
+        self.place(&mut inner, &key, None, None, env);
+    }
+
+    /// Client `id` no longer subscribes to `key`; the last one out ends the
+    /// upstream subscription.
+    pub fn unsubscribe(&self, id: u64, key: &SubKey, env: &mut Env<'_>) {
+        let mut inner = self.inner.lock();
+        self.drop_client(&mut inner, id, key, env);
+    }
+
+    /// Client `id` is gone (or `RESET`): every subscription it held.
+    pub fn leave(&self, id: u64, env: &mut Env<'_>) {
+        let mut inner = self.inner.lock();
+        let keys: Vec<SubKey> = inner
+            .subs
+            .iter()
+            .filter(|(_, s)| s.clients.iter().any(|(c, _)| *c == id))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in keys {
+            self.drop_client(&mut inner, id, &k, env);
+        }
+        inner.feeds.remove(&id);
+        self.members.lock().retain(|(c, _)| *c != id);
+    }
+
+    /// Acknowledgements for `key` may go.
+    pub fn ready(&self, key: &SubKey) -> bool {
+        self.inner.lock().subs.get(key).is_none_or(|s| s.ready)
+    }
+
+    /// Upstream subscriptions now (for tests).
+    pub fn upstream_count(&self) -> usize {
+        self.inner.lock().subs.len()
+    }
+
+    /// Read every link's frames: fan messages out, take confirmations,
+    /// subscribe again what was lost.
+    pub fn pump(&self, env: &mut Env<'_>) {
+        let mut inner = self.inner.lock();
+        self.pump_links(&mut inner, env);
+    }
+
+    fn pump_links(&self, inner: &mut Inner, env: &mut Env<'_>) {
+        let pins: Vec<u64> = inner.links.keys().copied().collect();
+        let mut frames: Vec<Delivery> = Vec::new();
+        for pin in pins {
+            let Some(link) = inner.links.get(&pin) else {
+                continue;
+            };
+            frames.clear();
+            link.mailbox.take(&mut frames);
+            if !frames.is_empty() {
+                crate::log!(
+                    crate::envoy::Level::Debug,
+                    "redis_cluster: pubsub: link {pin}: {} frames, first {:?}",
+                    frames.len(),
+                    String::from_utf8_lossy(&frames[0].reply[..frames[0].reply.len().min(60)])
+                );
+            }
+            for d in frames.drain(..) {
+                if !self.on_frame(inner, pin, &d.reply, env) {
+                    break;
+                }
+            }
+        }
+        self.follow_masters(inner, env);
+    }
+
+    /// One frame of link `pin`; false once the link is gone.
+    fn on_frame(&self, inner: &mut Inner, pin: u64, frame: &[u8], env: &mut Env<'_>) -> bool {
+        let Some((cluster, user)) = inner.links.get(&pin).map(|l| (l.cluster, l.user.clone()))
+        else {
+            return false;
+        };
+        match node_event(frame) {
+            NodeEvent::Subscribed(kind, name) => {
+                let key = SubKey {
+                    kind,
+                    cluster,
+                    name: name.to_vec(),
+                    user: user.clone(),
+                };
+                if let Some(s) = inner.subs.get_mut(&key).filter(|s| s.links.contains(&pin)) {
+                    if !s.confirmed.contains(&pin) {
+                        s.confirmed.push(pin);
+                    }
+                    let all = s.links.iter().all(|l| s.confirmed.contains(l));
+                    if all && !s.ready {
+                        s.ready = true;
+                        for (id, _) in &s.clients {
+                            if let Some(f) = inner.feeds.get(id) {
+                                f.client.wake();
+                            }
+                        }
+                    }
+                }
+            }
+            NodeEvent::Unsubscribed(Kind::Shard, name) => {
+                // Ours was dropped from the map before it was sent; a
+                // confirmed one still here: its slot moved away.
+                let key = SubKey {
+                    kind: Kind::Shard,
+                    cluster,
+                    name: name.to_vec(),
+                    user: user.clone(),
+                };
+                let moved = inner
+                    .subs
+                    .get(&key)
+                    .is_some_and(|s| s.links.contains(&pin) && s.confirmed.contains(&pin));
+                if moved {
+                    crate::log!(
+                        crate::envoy::Level::Debug,
+                        "redis_cluster: pubsub: shard channel {} left its node: subscribing again",
+                        String::from_utf8_lossy(name)
+                    );
+                    (env.refresh)(cluster);
+                    // At once: the old owner's `MOVED` will name the new one.
+                    let again = Again {
+                        lost: pin,
+                        wait: false,
+                        to: None,
+                    };
+                    self.resubscribe(inner, vec![key], again, env);
+                }
+            }
+            NodeEvent::Unsubscribed(..) | NodeEvent::Other => {}
+            NodeEvent::Message(m) => self.fan_out(inner, pin, cluster, user, &m),
+            NodeEvent::Error(e) if e.starts_with(b"NOPERM") => {
+                // The client's user may not subscribe to it (its ACL
+                // channel rules). Subscribing again would be refused again:
+                // the link stays, what it has not confirmed is released
+                // (acknowledged, no messages: the node sends none).
+                crate::log!(
+                    crate::envoy::Level::Warn,
+                    "redis_cluster: pubsub: a node refused a subscription: {}",
+                    String::from_utf8_lossy(e)
+                );
+                for s in inner.subs.values_mut() {
+                    if s.links.contains(&pin) && !s.confirmed.contains(&pin) && !s.ready {
+                        s.ready = true;
+                        for (id, _) in &s.clients {
+                            if let Some(f) = inner.feeds.get(id) {
+                                f.client.wake();
+                            }
+                        }
+                    }
+                }
+            }
+            NodeEvent::Error(e) => {
+                let redirected = [&b"MOVED "[..], b"ASK ", b"TRYAGAIN", b"CLUSTERDOWN"]
+                    .iter()
+                    .any(|p| e.starts_with(p));
+                (env.refresh)(cluster);
+                crate::log!(
+                    crate::envoy::Level::Debug,
+                    "redis_cluster: pubsub: link {pin} error {}",
+                    String::from_utf8_lossy(e)
+                );
+                if redirected {
+                    // The link lives; what it has not confirmed goes where
+                    // the topology says now.
+                    let keys: Vec<SubKey> = inner
+                        .subs
+                        .iter()
+                        .filter(|(_, s)| s.links.contains(&pin) && !s.confirmed.contains(&pin))
+                        .map(|(k, _)| k.clone())
+                        .collect();
+                    let contacted = inner.links.get(&pin).and_then(|l| l.addr.clone());
+                    let to = crate::topology::parse_redirect(e, contacted.as_deref().unwrap_or(""))
+                        .filter(|r| matches!(r, crate::topology::Redirect::Moved { .. }))
+                        .map(|r| r.addr().to_string());
+                    let again = Again {
+                        lost: pin,
+                        wait: to.is_none(),
+                        to,
+                    };
+                    self.resubscribe(inner, keys, again, env);
+                    return true;
+                }
+                crate::log!(
+                    crate::envoy::Level::Info,
+                    "redis_cluster: subscriber connection lost ({}): subscribing again",
+                    String::from_utf8_lossy(e)
+                );
+                if let Some(link) = inner.links.remove(&pin) {
+                    link.mailbox.detach();
+                }
+                let keys: Vec<SubKey> = inner
+                    .subs
+                    .iter()
+                    .filter(|(_, s)| s.links.contains(&pin))
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                let again = Again {
+                    lost: pin,
+                    wait: true,
+                    to: None,
+                };
+                self.resubscribe(inner, keys, again, env);
+                return false;
+            }
+        }
+        true
+    }
+
+    fn fan_out(
+        &self,
+        inner: &Inner,
+        pin: u64,
+        cluster: usize,
+        user: Option<Arc<Credentials>>,
+        m: &Message<'_>,
+    ) {
+        let name = m.pattern.unwrap_or(m.channel);
+        let key = SubKey {
+            kind: m.kind,
+            cluster,
+            name: name.to_vec(),
+            user,
+        };
+        let Some(sub) = inner.subs.get(&key).filter(|s| s.links.contains(&pin)) else {
+            return;
+        };
+        // Broadcast messages reach every node: passed on from one link
+        // only; keyspace notifications are each node's own.
+        if sub.links.first() != Some(&pin) && !super::node_local(m.channel) {
+            return;
+        }
+        let cs = self.stats.cluster(cluster);
+        for (id, visible) in &sub.clients {
+            let Some(feed) = inner.feeds.get(id) else {
+                continue;
+            };
+            if feed.push(m, visible) {
+                self.stats.inc(cs.pubsub_messages_fanned_out);
+            }
+        }
+    }
+
+    /// Subscribe `keys` again off link `lost`: on the node the topology
+    /// names now (every master that lacks it, for a cluster-wide one).
+    fn resubscribe(&self, inner: &mut Inner, keys: Vec<SubKey>, again: Again, env: &mut Env<'_>) {
+        let Again { lost, wait, to } = again;
+        let at = wait.then_some(env.now + RESUBSCRIBE_DELAY);
+        for key in keys {
+            let Some(s) = inner.subs.get_mut(&key) else {
+                continue;
+            };
+            s.links.retain(|l| *l != lost);
+            s.confirmed.retain(|l| *l != lost);
+            // Its clients are not kept waiting for a node that may be
+            // down for a while.
+            s.ready = true;
+            for (id, _) in &s.clients {
+                if let Some(f) = inner.feeds.get(id) {
+                    f.client.wake();
+                }
+            }
+            self.stats
+                .inc(self.stats.cluster(key.cluster).pubsub_resubscribes);
+            self.place(inner, &key, at, to.clone(), env);
+        }
+    }
+
+    /// Subscribe `key` where it is missing: its slot's owner, or every
+    /// master for a cluster-wide one (no sooner than `at`).
+    fn place(
+        &self,
+        inner: &mut Inner,
+        key: &SubKey,
+        at: Option<Instant>,
+        to: Option<String>,
+        env: &mut Env<'_>,
+    ) {
+        let Some(s) = inner.subs.get(key) else {
+            return;
+        };
+        let (slot, everywhere) = (s.slot, s.everywhere);
+        let word = key.kind.subscribe_word();
+        if !everywhere {
+            if s.links.is_empty() {
+                // A node's `MOVED` names the owner before our map does.
+                let (addr, target) = match to {
+                    Some(a) => (
+                        Some(a.clone()),
+                        Target::Node {
+                            addr: a,
+                            slot,
+                            asking: false,
+                        },
+                    ),
+                    None => (
+                        (env.owner)(key.cluster, slot),
+                        Target::Slot { slot, read: false },
+                    ),
+                };
+                let link = self.link_to(inner, key, addr);
+                if let Some(s) = inner.subs.get_mut(key) {
+                    s.links.push(link);
+                }
+                self.send(inner, link, word, key, target, at, env);
+            }
+            return;
+        }
+        let have: Vec<Option<String>> = s
+            .links
+            .iter()
+            .map(|l| inner.links.get(l).and_then(|l| l.addr.clone()))
+            .collect();
+        // The owner of the subscription's slot first: its link passes the
+        // broadcast messages on, in order with the other subscriptions'.
+        let home = (env.owner)(key.cluster, slot);
+        let mut masters = (env.masters)(key.cluster);
+        masters.sort_by_key(|m| Some(m) != home.as_ref());
+        for addr in masters {
+            if have.contains(&Some(addr.clone())) {
+                continue;
+            }
+            let link = self.link_to(inner, key, Some(addr.clone()));
+            if let Some(s) = inner.subs.get_mut(key) {
+                s.links.push(link);
+            }
+            let target = Target::Node {
+                addr,
+                slot,
+                asking: false,
+            };
+            self.send(inner, link, word, key, target, at, env);
+        }
+    }
+
+    /// Cluster-wide subscriptions reach masters that joined since.
+    fn follow_masters(&self, inner: &mut Inner, env: &mut Env<'_>) {
+        let keys: Vec<SubKey> = inner
+            .subs
+            .iter()
+            .filter(|(_, s)| s.everywhere)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in keys {
+            self.place(inner, &key, None, None, env);
+        }
+    }
+
+    fn drop_client(&self, inner: &mut Inner, id: u64, key: &SubKey, env: &mut Env<'_>) {
+        let Some(sub) = inner.subs.get_mut(key) else {
+            return;
+        };
+        sub.clients.retain(|(c, _)| *c != id);
+        if !sub.clients.is_empty() {
+            return;
+        }
+        let (links, slot) = (sub.links.clone(), sub.slot);
+        inner.subs.remove(key);
+        let cs = self.stats.cluster(key.cluster);
+        self.stats.gauge_sub(cs.pubsub_upstream_subscriptions, 1);
+        self.registry.remove_upstream(key.kind, &key.name);
+        // Sent even when nothing else is left on a link (which stays open
+        // for the next subscription): with no client left on this worker,
+        // nothing would run the upstream walk that closes connections.
+        let word = key.kind.unsubscribe_word();
+        for link in links {
+            let target = Target::Slot { slot, read: false };
+            self.send(inner, link, word, key, target, None, env);
+        }
+    }
+
+    /// The live link to `addr` for `key`'s cluster and user, opened when
+    /// there is none (or the address is not known yet).
+    fn link_to(&self, inner: &mut Inner, key: &SubKey, addr: Option<String>) -> u64 {
+        let cluster = key.cluster;
+        if let Some((&pin, _)) = inner.links.iter().find(|(_, l)| {
+            l.cluster == cluster && addr.is_some() && l.addr == addr && l.user == key.user
+        }) {
+            return pin;
+        }
+        let pin = NEXT_PIN.fetch_add(1, Ordering::Relaxed);
+        let mailbox = ClientShared::new(Box::new(LinkNotify(self.members.clone())));
+        inner.links.insert(
+            pin,
+            Link {
+                cluster,
+                addr,
+                user: key.user.clone(),
+                mailbox,
+                opened: false,
+            },
+        );
+        pin
+    }
+
+    /// `word key.name` on link `pin` (no sooner than `at`); `target` places
+    /// it when it opens the link's connection.
+    #[allow(clippy::too_many_arguments)]
+    fn send(
+        &self,
+        inner: &mut Inner,
+        pin: u64,
+        word: &[u8],
+        key: &SubKey,
+        target: Target,
+        at: Option<Instant>,
+        env: &mut Env<'_>,
+    ) {
+        crate::log!(
+            crate::envoy::Level::Debug,
+            "redis_cluster: pubsub: {} {} on link {pin}",
+            String::from_utf8_lossy(word),
+            String::from_utf8_lossy(&key.name)
+        );
+        let Some(link) = inner.links.get_mut(&pin) else {
+            return;
+        };
+        let start = at.unwrap_or(env.now);
+        let mut req = Request::new(
+            link.mailbox.clone(),
+            0,
+            Part::Whole,
+            key.cluster,
+            target,
+            codec::command(&[word, &key.name]),
+            start + env.op_timeout,
+        )
+        .user(link.user.clone())
+        .pinned(pin, false, 0)
+        .streaming();
+        if link.opened {
+            req = req.continues_pin();
+        }
+        link.opened = true;
+        if let Some(at) = at {
+            req = req.not_before(at);
+        }
+        env.out.push(req);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Quiet;
+    impl Notify for Quiet {
+        fn notify(&self) {}
+    }
+
+    fn key(name: &[u8]) -> SubKey {
+        SubKey {
+            kind: Kind::Channel,
+            cluster: 0,
+            name: name.to_vec(),
+            user: None,
+        }
+    }
+
+    /// Runs `f` with an environment whose topology has one master.
+    fn with_env<R>(out: &mut Vec<Request>, f: impl FnOnce(&mut Env<'_>) -> R) -> R {
+        let owner = |_: usize, _: u16| Some("127.0.0.1:7000".to_string());
+        let refresh = |_: usize| {};
+        let masters = |_: usize| vec!["127.0.0.1:7000".to_string()];
+        let mut env = Env {
+            now: Instant::now(),
+            op_timeout: Duration::from_secs(1),
+            owner: &owner,
+            refresh: &refresh,
+            masters: &masters,
+            out,
+        };
+        f(&mut env)
+    }
+
+    fn words(r: &Request) -> String {
+        String::from_utf8_lossy(&r.data).replace("\r\n", " ")
+    }
+
+    #[test]
+    fn one_upstream_subscription_shared_and_released_by_the_last_client() {
+        let hub = Hub::new(Arc::new(Stats::disabled(1)), Arc::default());
+        let feeds: Vec<Arc<Feed>> = (0..2)
+            .map(|_| Feed::new(ClientShared::new(Box::new(Quiet)), false, 1 << 20))
+            .collect();
+        let mut out = Vec::new();
+        with_env(&mut out, |env| {
+            hub.subscribe(1, &feeds[0], key(b"ch"), b"ch", 0, env);
+            hub.subscribe(2, &feeds[1], key(b"ch"), b"ch", 0, env);
+        });
+        assert_eq!(out.len(), 1, "one upstream SUBSCRIBE for two clients");
+        assert_eq!(words(&out[0]), "*2 $9 subscribe $2 ch ");
+        assert!(!hub.ready(&key(b"ch")), "acks wait for the node");
+        let link = out[0].client.clone();
+        link.deliver(
+            0,
+            Part::Whole,
+            b"*3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n".to_vec(),
+        );
+        link.deliver(
+            0,
+            Part::Whole,
+            b"*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$2\r\nhi\r\n".to_vec(),
+        );
+        out.clear();
+        with_env(&mut out, |env| hub.pump(env));
+        assert!(hub.ready(&key(b"ch")));
+        for f in &feeds {
+            match f.take() {
+                Taken::Bytes(b) => {
+                    assert_eq!(b, b"*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$2\r\nhi\r\n")
+                }
+                Taken::Overflow => panic!("overflow"),
+            }
+        }
+        with_env(&mut out, |env| hub.unsubscribe(1, &key(b"ch"), env));
+        assert!(out.is_empty(), "another client still holds it");
+        with_env(&mut out, |env| hub.unsubscribe(2, &key(b"ch"), env));
+        assert_eq!(out.len(), 1);
+        assert_eq!(words(&out[0]), "*2 $11 unsubscribe $2 ch ");
+        assert_eq!(hub.upstream_count(), 0);
+    }
+
+    #[test]
+    fn a_lost_link_is_subscribed_again_on_a_new_one() {
+        let hub = Hub::new(Arc::new(Stats::disabled(1)), Arc::default());
+        let feed = Feed::new(ClientShared::new(Box::new(Quiet)), true, 1 << 20);
+        let mut out = Vec::new();
+        with_env(&mut out, |env| {
+            hub.subscribe(1, &feed, key(b"ch"), b"ch", 0, env)
+        });
+        let first = out.remove(0);
+        first
+            .client
+            .deliver(0, Part::Whole, b"-ERR connection to x lost\r\n".to_vec());
+        with_env(&mut out, |env| hub.pump(env));
+        assert_eq!(out.len(), 1, "subscribed again");
+        assert_eq!(words(&out[0]), "*2 $9 subscribe $2 ch ");
+        assert!(first.client.is_detached(), "the old link is dropped");
+        assert!(!Arc::ptr_eq(&first.client, &out[0].client), "on a new link");
+        assert!(hub.ready(&key(b"ch")), "the client is not kept waiting");
+        // RESP3 pushes; over the budget the feed reports it.
+        out[0].client.deliver(
+            0,
+            Part::Whole,
+            b"*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$2\r\nhi\r\n".to_vec(),
+        );
+        let mut more = Vec::new();
+        with_env(&mut more, |env| hub.pump(env));
+        match feed.take() {
+            Taken::Bytes(b) => assert_eq!(b, b">3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$2\r\nhi\r\n"),
+            Taken::Overflow => panic!("overflow"),
+        }
+        let small = Feed::new(ClientShared::new(Box::new(Quiet)), false, 10);
+        let m = Message {
+            kind: Kind::Channel,
+            pattern: None,
+            channel: b"ch",
+            payload: b"0123456789",
+        };
+        small.push(&m, b"ch");
+        assert!(small.overflowed() && matches!(small.take(), Taken::Overflow));
+    }
+}

@@ -1,0 +1,481 @@
+//! A client's subscriptions: the session's side of Pub/Sub.
+//!
+//! The session keeps what this client subscribes to (with Redis's counts),
+//! synthesizes its acknowledgements, and asks its worker's
+//! [`Hub`](crate::pubsub::hub::Hub) for the shared upstream subscriptions.
+//! An acknowledgement of a new upstream subscription waits in its reply
+//! slot until the node confirms it, so a message published after the
+//! client saw its acknowledgement reaches it. Messages wait in the
+//! client's feed and are written only when no reply is pending, so they
+//! fall between replies, never inside one. A RESP2 client that subscribes
+//! is in subscribed mode (only the subscription commands, `PING`, `QUIT`
+//! and `RESET`) until it holds no subscription.
+
+use super::{Downstream, Session};
+use crate::codec;
+use crate::pubsub::hub::{Env, Feed, SubKey, Taken};
+use crate::pubsub::{self, Kind};
+use crate::slot;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Where classic channels and patterns are subscribed and published.
+const HOME_SLOT: u16 = 0;
+
+/// What a subscribed client holds.
+pub(super) struct Subscribed {
+    feed: Arc<Feed>,
+    /// Its subscriptions, in the order it made them: kind, name as the
+    /// client gave it, and the upstream subscription.
+    subs: Vec<(Kind, Vec<u8>, SubKey)>,
+    /// Acknowledgements waiting for the node: reply slot, what it waits
+    /// for, the bytes.
+    acks: Vec<(u64, Vec<SubKey>, Vec<u8>)>,
+    /// Redis's `CLIENT_PUBSUB`: set by a subscribe, cleared when an
+    /// unsubscribe leaves nothing.
+    mode: bool,
+    /// Counted in `pubsub_subscribers_active`.
+    counted: bool,
+}
+
+impl Subscribed {
+    fn count(&self, kind: Kind) -> usize {
+        self.subs
+            .iter()
+            .filter(|(k, _, _)| match kind {
+                Kind::Shard => *k == Kind::Shard,
+                _ => *k != Kind::Shard,
+            })
+            .count()
+    }
+
+    fn holds(&self, kind: Kind, name: &[u8]) -> Option<usize> {
+        self.subs
+            .iter()
+            .position(|(k, n, _)| *k == kind && n == name)
+    }
+}
+
+impl Session {
+    /// RESP2 subscribed mode: Redis's gate on what may run.
+    pub(super) fn subscribed_mode(&self) -> bool {
+        !self.state.resp3 && self.pubsub.as_ref().is_some_and(|p| p.mode)
+    }
+
+    /// The hub's view of this session's world, for one call.
+    fn with_env<R>(&mut self, now: Instant, f: impl FnOnce(&mut Env<'_>) -> R) -> R {
+        let proxy = self.proxy.clone();
+        let owner = |cluster: usize, slot: u16| {
+            proxy
+                .topology(cluster)?
+                .master_for_slot(slot)
+                .map(str::to_string)
+        };
+        let refresh = |cluster: usize| proxy.request_refresh(cluster, "pub/sub link lost or moved");
+        let masters = |cluster: usize| -> Vec<String> {
+            proxy
+                .topology(cluster)
+                .map(|m| m.shards.iter().map(|s| s.master.clone()).collect())
+                .unwrap_or_default()
+        };
+        let mut env = Env {
+            now,
+            op_timeout: self.proxy.config.settings.op_timeout,
+            owner: &owner,
+            refresh: &refresh,
+            masters: &masters,
+            out: &mut self.batch,
+        };
+        f(&mut env)
+    }
+
+    /// `SUBSCRIBE`, `PSUBSCRIBE`, `SSUBSCRIBE` and their unsubscribes.
+    pub(super) fn subscription(&mut self, name: &str, args: &[&[u8]], now: Instant) {
+        let Some((kind, subscribe)) = Kind::of_command(name) else {
+            return;
+        };
+        let names: Vec<&[u8]> = args.iter().skip(1).copied().collect();
+        // Acknowledgements are pushes: Redis sends them whatever CLIENT
+        // REPLY says.
+        self.silent = false;
+        if subscribe {
+            self.subscribe(kind, &names, now)
+        } else {
+            self.unsubscribe(kind, &names, now)
+        }
+    }
+
+    /// Where `name` of `kind` lives: its upstream key and slot; an error
+    /// reply when it has no route.
+    fn place(&self, kind: Kind, name: &[u8]) -> Result<(SubKey, u16), Vec<u8>> {
+        let hashtags = self.proxy.config.settings.enable_hashtagging;
+        let (cluster, node_name) = match kind {
+            Kind::Shard => {
+                let r = self
+                    .proxy
+                    .route(name)
+                    .ok_or_else(|| codec::error("ERR no route for this shard channel"))?;
+                (r.cluster, name.get(r.strip..).unwrap_or_default())
+            }
+            _ => (
+                self.proxy
+                    .default_cluster()
+                    .ok_or_else(|| codec::error("ERR no route for pub/sub"))?,
+                name,
+            ),
+        };
+        // Classic channels and patterns all live on one node, the owner of
+        // slot 0, where PUBLISH goes too: a publisher's messages then reach
+        // a client in the order published, whichever channel or pattern
+        // they match (Redis Cluster broadcasts them to every node anyway).
+        let slot = match kind {
+            Kind::Shard => slot::key_slot(node_name, hashtags),
+            _ => HOME_SLOT,
+        };
+        let key = SubKey {
+            kind,
+            cluster,
+            name: node_name.to_vec(),
+            user: self.user.clone(),
+        };
+        Ok((key, slot))
+    }
+
+    fn subscribe(&mut self, kind: Kind, names: &[&[u8]], now: Instant) {
+        let mut placed = Vec::with_capacity(names.len());
+        for n in names {
+            match self.place(kind, n) {
+                Ok(p) => placed.push(p),
+                Err(e) => return self.reply_now(e),
+            }
+        }
+        if kind == Kind::Shard {
+            let first = placed.first().map(|(k, s)| (k.cluster, *s));
+            if placed.iter().any(|(k, s)| Some((k.cluster, *s)) != first) {
+                return self.reply_now(codec::error(
+                    "CROSSSLOT Keys in request don't hash to the same slot",
+                ));
+            }
+        }
+        let resp3 = self.state.resp3;
+        let limit = self.proxy.config.settings.pubsub_output_limit;
+        if self.pubsub.is_none() {
+            let feed = Feed::new(self.client.clone(), resp3, limit);
+            self.pubsub = Some(Box::new(Subscribed {
+                feed,
+                subs: Vec::new(),
+                acks: Vec::new(),
+                mode: false,
+                counted: false,
+            }));
+        }
+        let hub = self.hub.clone();
+        let id = self.state.id;
+        let mut out = Vec::new();
+        let mut wait = Vec::new();
+        for ((key, slot), visible) in placed.into_iter().zip(names) {
+            let Some(ps) = self.pubsub.as_mut() else {
+                return;
+            };
+            if ps.holds(kind, visible).is_none() {
+                ps.subs.push((kind, visible.to_vec(), key.clone()));
+                self.proxy.pubsub.add(kind, visible);
+                let feed = ps.feed.clone();
+                self.with_env(now, |env| {
+                    hub.subscribe(id, &feed, key.clone(), visible, slot, env)
+                });
+            }
+            if !hub.ready(&key) {
+                wait.push(key);
+            }
+            let Some(ps) = self.pubsub.as_ref() else {
+                return;
+            };
+            pubsub::ack(
+                &mut out,
+                resp3,
+                kind.subscribe_word(),
+                Some(visible),
+                ps.count(kind),
+            );
+        }
+        let stats = &self.proxy.stats;
+        if let Some(ps) = self.pubsub.as_mut() {
+            ps.mode = true;
+            ps.feed.set_resp3(resp3);
+            if !ps.counted {
+                ps.counted = true;
+                stats.gauge_add(stats.pubsub_subscribers_active, 1);
+            }
+        }
+        let seq = self.push_slot();
+        if wait.is_empty() {
+            self.fill(seq, out);
+        } else if let Some(ps) = self.pubsub.as_mut() {
+            ps.acks.push((seq, wait, out));
+        }
+    }
+
+    fn unsubscribe(&mut self, kind: Kind, names: &[&[u8]], now: Instant) {
+        let resp3 = self.state.resp3;
+        let word = kind.unsubscribe_word();
+        let mut out = Vec::new();
+        let Some(ps) = self.pubsub.as_mut() else {
+            // Subscribed to nothing, ever.
+            if names.is_empty() {
+                pubsub::ack(&mut out, resp3, word, None, 0);
+            }
+            for n in names {
+                pubsub::ack(&mut out, resp3, word, Some(n), 0);
+            }
+            return self.reply_now(out);
+        };
+        let targets: Vec<Vec<u8>> = if names.is_empty() {
+            ps.subs
+                .iter()
+                .filter(|(k, _, _)| *k == kind)
+                .map(|(_, n, _)| n.clone())
+                .collect()
+        } else {
+            names.iter().map(|n| n.to_vec()).collect()
+        };
+        let mut dropped = Vec::new();
+        for n in &targets {
+            if let Some(i) = ps.holds(kind, n) {
+                let (_, _, key) = ps.subs.remove(i);
+                dropped.push(key);
+                self.proxy.pubsub.remove(kind, n);
+            }
+            pubsub::ack(&mut out, resp3, word, Some(n), ps.count(kind));
+        }
+        if targets.is_empty() {
+            pubsub::ack(&mut out, resp3, word, None, ps.count(kind));
+        }
+        if ps.subs.is_empty() {
+            ps.mode = false;
+        }
+        let hub = self.hub.clone();
+        let id = self.state.id;
+        for key in dropped {
+            self.with_env(now, |env| hub.unsubscribe(id, &key, env));
+        }
+        self.reply_now(out);
+    }
+
+    /// The session was woken: read the worker's links (any subscribed
+    /// session may; one does the work for all), then release the
+    /// acknowledgements whose subscriptions the nodes confirmed.
+    pub(super) fn pubsub_scheduled(&mut self) {
+        if self.pubsub.is_none() {
+            return;
+        }
+        let hub = self.hub.clone();
+        let now = self.clock.now();
+        self.with_env(now, |env| hub.pump(env));
+        let Some(ps) = self.pubsub.as_mut() else {
+            return;
+        };
+        let mut ready = Vec::new();
+        ps.acks.retain_mut(|(seq, keys, bytes)| {
+            keys.retain(|k| !hub.ready(k));
+            if keys.is_empty() {
+                ready.push((*seq, std::mem::take(bytes)));
+                false
+            } else {
+                true
+            }
+        });
+        for (seq, bytes) in ready {
+            self.fill(seq, bytes);
+        }
+    }
+
+    /// Write the messages waiting, once no reply is pending (a message
+    /// never cuts into a reply); close a client too far behind.
+    pub(super) fn drain_pubsub(&mut self, conn: &mut dyn Downstream) {
+        let Some(ps) = self.pubsub.as_ref() else {
+            return;
+        };
+        if self.closed {
+            return;
+        }
+        // Messages from now on in the protocol the client speaks now
+        // (`HELLO` may have changed it).
+        ps.feed.set_resp3(self.state.resp3);
+        // Above Envoy's write watermark messages wait in the feed, which
+        // counts them against the budget.
+        let behind = ps.feed.overflowed();
+        if !behind && (!self.replies.is_empty() || self.write_blocked) {
+            return;
+        }
+        match ps.feed.take() {
+            Taken::Bytes(b) if !b.is_empty() => {
+                let stats = &self.proxy.stats;
+                stats.add(stats.downstream_cx_tx_bytes_total, b.len() as u64);
+                conn.write(&b)
+            }
+            Taken::Bytes(_) => {}
+            Taken::Overflow => {
+                let stats = &self.proxy.stats;
+                stats.inc(stats.pubsub_slow_disconnects);
+                crate::log!(
+                    crate::envoy::Level::Info,
+                    "redis_cluster: client {} closed: more than pubsub_output_limit ({} bytes) of messages behind",
+                    self.state.id,
+                    self.proxy.config.settings.pubsub_output_limit
+                );
+                self.closed = true;
+                self.client.detach();
+                self.end_pubsub();
+                conn.close(false);
+            }
+        }
+    }
+
+    /// `RESET`, or the client is gone: every subscription dropped.
+    pub(super) fn end_pubsub(&mut self) {
+        let Some(ps) = self.pubsub.take() else {
+            return;
+        };
+        for (kind, name, _) in &ps.subs {
+            self.proxy.pubsub.remove(*kind, name);
+        }
+        if ps.counted {
+            let stats = &self.proxy.stats;
+            stats.gauge_sub(stats.pubsub_subscribers_active, 1);
+        }
+        let hub = self.hub.clone();
+        let id = self.state.id;
+        let now = self.clock.now();
+        self.with_env(now, |env| hub.leave(id, env));
+        // Unsubscribes go now: nothing else may ever submit for this
+        // session again.
+        if !self.batch.is_empty() {
+            if let Some(u) = self.upstream.as_ref() {
+                u.submit(&mut self.batch);
+            }
+        }
+        // Acknowledgements still waiting: their slots are answered by the
+        // reset or dropped with the connection.
+        for (seq, _, bytes) in ps.acks {
+            self.fill(seq, bytes);
+        }
+    }
+
+    /// `PUBLISH` and `SPUBLISH`, to the owner of the channel's slot (where
+    /// this proxy's upstream subscriptions to it are); the node's count of
+    /// receivers becomes the proxy's clients plus the node's other
+    /// subscribers.
+    pub(super) fn publish(
+        &mut self,
+        name: &str,
+        args: &[&[u8]],
+        now: Instant,
+    ) -> Result<(), Vec<u8>> {
+        let kind = if name == "spublish" {
+            Kind::Shard
+        } else {
+            Kind::Channel
+        };
+        let (channel, message) = match args {
+            [_, c, m] => (*c, *m),
+            _ => return Err(codec::error(&crate::command::arity_error(name))),
+        };
+        let (key, slot) = self.place(kind, channel)?;
+        let map = self.proxy.topology(key.cluster);
+        let owner = map.as_ref().and_then(|m| m.master_for_slot(slot));
+        let same_node =
+            |s: u16| owner.is_some() && map.as_ref().and_then(|m| m.master_for_slot(s)) == owner;
+        let counts = self
+            .proxy
+            .pubsub
+            .receivers(kind, channel, &key.name, same_node);
+        let data = codec::command(&[args[0], &key.name, message]);
+        let seq = self.push_slot();
+        self.published.insert(seq, counts);
+        let target = crate::upstream::Target::Slot { slot, read: false };
+        let deadline = self.deadline_from(now);
+        let req = crate::upstream::Request::new(
+            self.client.clone(),
+            seq,
+            crate::upstream::WHOLE,
+            key.cluster,
+            target,
+            data,
+            deadline,
+        );
+        self.batch.push(req);
+        Ok(())
+    }
+
+    /// The reply to command `seq`, a `PUBLISH`'s count made the proxy's.
+    pub(super) fn receivers(&mut self, seq: u64, reply: Vec<u8>) -> Vec<u8> {
+        if self.published.is_empty() {
+            return reply;
+        }
+        match (self.published.remove(&seq), codec::integer_value(&reply)) {
+            (Some((clients, links)), Some(n)) => {
+                let others = (n.max(0) as usize).saturating_sub(links);
+                codec::integer((clients + others) as i64)
+            }
+            _ => reply,
+        }
+    }
+
+    /// `PUBSUB CHANNELS|NUMSUB|NUMPAT|SHARDCHANNELS|SHARDNUMSUB`, for the
+    /// proxy's own subscribers (every worker).
+    pub(super) fn pubsub_introspection(&self, args: &[&[u8]]) -> Vec<u8> {
+        let sub =
+            String::from_utf8_lossy(args.get(1).copied().unwrap_or_default()).to_ascii_lowercase();
+        let reg = &self.proxy.pubsub;
+        let list = |names: Vec<Vec<u8>>| {
+            let mut out = format!("*{}\r\n", names.len()).into_bytes();
+            for n in names {
+                out.extend(codec::bulk(&n));
+            }
+            out
+        };
+        let numsub = |kind: Kind| {
+            let mut out = format!("*{}\r\n", (args.len() - 2) * 2).into_bytes();
+            for n in &args[2..] {
+                out.extend(codec::bulk(n));
+                out.extend(codec::integer(reg.count(kind, n) as i64));
+            }
+            out
+        };
+        match (sub.as_str(), args.len()) {
+            ("channels", 2 | 3) => list(reg.names(Kind::Channel, args.get(2).copied())),
+            ("shardchannels", 2 | 3) => list(reg.names(Kind::Shard, args.get(2).copied())),
+            ("numsub", _) => numsub(Kind::Channel),
+            ("shardnumsub", _) => numsub(Kind::Shard),
+            ("numpat", 2) => codec::integer(reg.patterns() as i64),
+            ("help", 2) => {
+                let lines: &[&[u8]] = &[
+                    b"PUBSUB <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+                    b"CHANNELS [<pattern>]",
+                    b"    Return the currently active channels matching a <pattern> (default: '*').",
+                    b"NUMPAT",
+                    b"    Return number of subscriptions to patterns.",
+                    b"NUMSUB [<channel> ...]",
+                    b"    Return the number of subscribers for the specified channels, excluding",
+                    b"    pattern subscriptions(default: no channels).",
+                    b"SHARDCHANNELS [<pattern>]",
+                    b"    Return the currently active shard level channels matching a <pattern> (default: '*').",
+                    b"SHARDNUMSUB [<shardchannel> ...]",
+                    b"    Return the number of subscribers for the specified shard level channel(s)",
+                    b"HELP",
+                    b"    Prints this help.",
+                ];
+                let mut out = format!("*{}\r\n", lines.len()).into_bytes();
+                for l in lines {
+                    out.extend(codec::simple(&String::from_utf8_lossy(l)));
+                }
+                out
+            }
+            _ => codec::error(&format!(
+                "ERR unknown subcommand or wrong number of arguments for '{}'. Try PUBSUB HELP.",
+                String::from_utf8_lossy(args.get(1).copied().unwrap_or_default())
+            )),
+        }
+    }
+}

@@ -1,0 +1,780 @@
+//! Pub/Sub through the proxy (real Envoy, real Redis Cluster): replies and
+//! messages byte for byte as a standalone Redis in RESP2 and RESP3, one
+//! upstream subscription per worker shared by many clients, messages
+//! published on a node or through the proxy, CROSSSLOT for shard channels,
+//! `PUBSUB` counting the proxy's clients, subscribers surviving a master's
+//! `kill -9` and a live reshard of a shard channel's slot, and a slow
+//! subscriber disconnected while a fast one keeps receiving.
+//!
+//! MODULE-DEPENDENT: needs target/debug/libenvoy_redis_cluster.so (cargo build).
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+const STAT: &str = "dynamicmodulescustom.redis.redis.";
+
+/// One step of a conversation run against both servers.
+enum Step {
+    /// Send the command, compare this many frames.
+    Cmd(Vec<&'static str>, usize),
+    /// Send the command, read one frame each, compare nothing (`HELLO`
+    /// shows the connection id).
+    Quiet(Vec<&'static str>),
+    /// PUBLISH from another connection (of the same server), then compare
+    /// this many frames on the subscriber.
+    Publish(&'static str, &'static str, usize),
+}
+
+fn script(resp3: bool) -> Vec<Step> {
+    use Step::*;
+    let mut s = vec![
+        Cmd(vec!["UNSUBSCRIBE"], 1),
+        Cmd(vec!["PUNSUBSCRIBE"], 1),
+        Cmd(vec!["SUNSUBSCRIBE"], 1),
+        Cmd(vec!["UNSUBSCRIBE", "never"], 1),
+        Cmd(vec!["SUBSCRIBE", "a", "b", "a"], 3),
+        Cmd(vec!["PSUBSCRIBE", "p*"], 1),
+        Publish("a", "hello", 1),
+        Publish("pq", "pattern", 1),
+        Cmd(vec!["PING"], 1),
+        Cmd(vec!["PING", "hi"], 1),
+        Cmd(vec!["GET", "k"], 1),
+        Cmd(vec!["SSUBSCRIBE", "{s}1", "{s}2"], 2),
+        Publish("b", "", 1),
+        Cmd(vec!["UNSUBSCRIBE", "a", "zz"], 2),
+        Cmd(vec!["UNSUBSCRIBE"], 1),
+        Cmd(vec!["SUNSUBSCRIBE", "{s}2"], 1),
+        Cmd(vec!["PUNSUBSCRIBE"], 1),
+        Cmd(vec!["PING"], 1),
+        Cmd(vec!["SUNSUBSCRIBE"], 1),
+        Cmd(vec!["PING"], 1),
+        Cmd(vec!["SUBSCRIBE", "c"], 1),
+        Cmd(vec!["RESET"], 1),
+        Cmd(vec!["PING"], 1),
+    ];
+    if resp3 {
+        // RESET went back to RESP2: the rest in RESP2 again.
+        s.insert(0, Quiet(vec!["HELLO", "3"]));
+    }
+    s
+}
+
+fn run(
+    steps: &[Step],
+    proxy: (&mut RawClient, &mut RawClient),
+    reference: (&mut RawClient, &mut RawClient),
+) {
+    let (p, pp) = proxy;
+    let (r, rp) = reference;
+    for step in steps {
+        let (what, n) = match step {
+            Step::Cmd(cmd, n) => {
+                p.send_cmd(cmd);
+                r.send_cmd(cmd);
+                (show_cmd(cmd), *n)
+            }
+            Step::Quiet(cmd) => {
+                p.send_cmd(cmd);
+                r.send_cmd(cmd);
+                let _ = (p.read_reply_bytes(), r.read_reply_bytes());
+                continue;
+            }
+            Step::Publish(ch, msg, n) => {
+                pp.cmd(&["PUBLISH", ch, msg]);
+                rp.cmd(&["PUBLISH", ch, msg]);
+                (format!("message {msg:?} on {ch}"), *n)
+            }
+        };
+        for i in 0..n {
+            let (a, b) = (p.read_reply_bytes(), r.read_reply_bytes());
+            assert_eq!(
+                show_resp(&a),
+                show_resp(&b),
+                "{what} (frame {i}): proxy (left) vs standalone Redis (right)"
+            );
+        }
+    }
+}
+
+#[test]
+fn replies_and_messages_match_redis_byte_for_byte_in_resp2_and_resp3() {
+    let cluster = Cluster::start(3, 0);
+    let envoy = Envoy::start(module_config(&cluster, json!({})));
+    let reference = StandaloneRedis::start();
+    for resp3 in [false, true] {
+        let (mut p, mut pp) = (envoy.raw_client(), envoy.raw_client());
+        let (mut r, mut rp) = (reference.raw_client(), reference.raw_client());
+        run(&script(resp3), (&mut p, &mut pp), (&mut r, &mut rp));
+    }
+    // RESP3: ordinary commands keep working while subscribed, messages
+    // come between the replies.
+    let (mut p, mut pp) = (envoy.raw_client(), envoy.raw_client());
+    let (mut r, mut rp) = (reference.raw_client(), reference.raw_client());
+    use Step::*;
+    let steps = vec![
+        Quiet(vec!["HELLO", "3"]),
+        Cmd(vec!["SUBSCRIBE", "news"], 1),
+        Cmd(vec!["SET", "k", "v"], 1),
+        Publish("news", "one", 1),
+        Cmd(vec!["GET", "k"], 1),
+        Cmd(vec!["PING"], 1),
+        Cmd(vec!["DEL", "k"], 1),
+    ];
+    run(&steps, (&mut p, &mut pp), (&mut r, &mut rp));
+}
+
+/// `PUBSUB NUMSUB` of `channel` on a node.
+fn node_numsub(port: u16, channel: &str) -> i64 {
+    let mut c = RawClient::connect(port);
+    match c.cmd(&["PUBSUB", "NUMSUB", channel]) {
+        Resp::Array(v) => match v.get(1) {
+            Some(Resp::Int(n)) => *n,
+            other => panic!("NUMSUB: {other:?}"),
+        },
+        other => panic!("NUMSUB: {other:?}"),
+    }
+}
+
+/// Read one message frame: `(kind, channel, payload)`.
+fn message_of(c: &mut RawClient) -> (String, String, String) {
+    match c.read_reply() {
+        Resp::Array(v) if v.len() == 3 => {
+            let t: Vec<String> = v.iter().map(|x| x.text().unwrap_or_default()).collect();
+            (t[0].clone(), t[1].clone(), t[2].clone())
+        }
+        other => panic!("not a message: {other:?}"),
+    }
+}
+
+/// Many clients on one channel share one upstream subscription per Envoy
+/// worker (the harness runs 2), on the channel's slot owner; a message
+/// published on any node, or through the proxy, reaches every one of
+/// them; `PUBSUB` counts the proxy's clients; the last one out ends the
+/// upstream subscription.
+#[test]
+fn clients_share_one_upstream_subscription_per_worker() {
+    let cluster = Cluster::start(3, 0);
+    let envoy = Envoy::start(module_config(&cluster, json!({})));
+    // Classic channels live on the owner of slot 0.
+    let owner = cluster.node_for_slot(0);
+    let other = *cluster
+        .master_ports()
+        .iter()
+        .find(|&&p| p != owner)
+        .expect("another master");
+    let mut subs: Vec<RawClient> = (0..20)
+        .map(|_| {
+            let mut c = envoy.raw_client();
+            c.send_cmd(&["SUBSCRIBE", "shared"]);
+            assert_eq!(
+                c.read_reply(),
+                Resp::Array(vec![
+                    Resp::bulk("subscribe"),
+                    Resp::bulk("shared"),
+                    Resp::Int(1)
+                ])
+            );
+            c
+        })
+        .collect();
+    let upstream = node_numsub(owner, "shared");
+    assert!(
+        (1..=2).contains(&upstream),
+        "20 clients, 2 workers: {upstream} upstream subscriptions"
+    );
+    for p in cluster.master_ports() {
+        if p != owner {
+            assert_eq!(node_numsub(p, "shared"), 0, "only on slot 0's owner");
+        }
+    }
+    let mut admin = envoy.raw_client();
+    assert_eq!(
+        admin.cmd(&["PUBSUB", "NUMSUB", "shared", "none"]),
+        Resp::Array(vec![
+            Resp::bulk("shared"),
+            Resp::Int(20),
+            Resp::bulk("none"),
+            Resp::Int(0)
+        ])
+    );
+    assert_eq!(
+        admin.cmd(&["PUBSUB", "CHANNELS", "sh*"]),
+        Resp::Array(vec![Resp::bulk("shared")])
+    );
+    // Published on a node that holds no subscription (the cluster bus
+    // carries it), then through the proxy.
+    RawClient::connect(other).cmd(&["PUBLISH", "shared", "from-node"]);
+    for c in subs.iter_mut() {
+        assert_eq!(
+            message_of(c),
+            ("message".into(), "shared".into(), "from-node".into())
+        );
+    }
+    admin.cmd(&["PUBLISH", "shared", "from-proxy"]);
+    for c in subs.iter_mut() {
+        assert_eq!(
+            message_of(c),
+            ("message".into(), "shared".into(), "from-proxy".into())
+        );
+    }
+    let stat = |n: &str| envoy.stat(&format!("{STAT}{n}"));
+    assert_eq!(stat("pubsub_subscribers_active"), Some(20));
+    assert_eq!(
+        stat("cluster.main.pubsub_upstream_subscriptions"),
+        Some(upstream as u64)
+    );
+    assert!(stat("cluster.main.pubsub_messages_fanned_out") >= Some(40));
+    // Half leave: still subscribed upstream for the rest; all leave: gone.
+    subs.truncate(10);
+    admin.cmd(&["PUBLISH", "shared", "still"]);
+    for c in subs.iter_mut() {
+        assert_eq!(message_of(c).2, "still");
+    }
+    subs.clear();
+    assert!(
+        wait_until(Duration::from_secs(5), || node_numsub(owner, "shared") == 0),
+        "the last client out ends the upstream subscription"
+    );
+    assert!(wait_until(Duration::from_secs(5), || {
+        stat("pubsub_subscribers_active") == Some(0)
+    }));
+}
+
+/// `SSUBSCRIBE` across slots is refused with Redis Cluster's words; shard
+/// channels are subscribed on the slot's owner, `SPUBLISH` reaches them.
+#[test]
+fn shard_channels_live_on_their_slot_owner() {
+    let cluster = Cluster::start(3, 0);
+    let envoy = Envoy::start(module_config(&cluster, json!({})));
+    let mut c = envoy.raw_client();
+    assert_eq!(
+        c.cmd(&["SSUBSCRIBE", "a", "b"]),
+        Resp::Error("CROSSSLOT Keys in request don't hash to the same slot".into())
+    );
+    c.send_cmd(&["SSUBSCRIBE", "{s}x", "{s}y"]);
+    for (ch, n) in [("{s}x", 1), ("{s}y", 2)] {
+        assert_eq!(
+            c.read_reply(),
+            Resp::Array(vec![Resp::bulk("ssubscribe"), Resp::bulk(ch), Resp::Int(n)])
+        );
+    }
+    let owner = cluster.node_for_key(b"{s}x");
+    let mut node = RawClient::connect(owner);
+    assert_eq!(
+        node.cmd(&["PUBSUB", "SHARDNUMSUB", "{s}x"]),
+        Resp::Array(vec![Resp::bulk("{s}x"), Resp::Int(1)])
+    );
+    let mut publisher = envoy.raw_client();
+    assert_eq!(
+        publisher.cmd(&["SPUBLISH", "{s}y", "hi"]),
+        Resp::Int(1),
+        "SPUBLISH goes to the owner, where the proxy's subscription is"
+    );
+    assert_eq!(
+        message_of(&mut c),
+        ("smessage".into(), "{s}y".into(), "hi".into())
+    );
+    assert_eq!(
+        publisher.cmd(&["PUBSUB", "SHARDCHANNELS"]),
+        Resp::Array(vec![Resp::bulk("{s}x"), Resp::bulk("{s}y")])
+    );
+}
+
+/// A prefix route's `remove_prefix` applies to shard channel names like
+/// keys: subscribed on the route's cluster without the prefix, shown to
+/// the client with it.
+#[test]
+fn shard_channels_follow_prefix_routes() {
+    let cluster = Cluster::start(3, 0);
+    let mut config = module_config(&cluster, json!({}));
+    config["prefix_routes"]["routes"] =
+        json!([{ "prefix": "app:", "cluster": "main", "remove_prefix": true }]);
+    let envoy = Envoy::start(config);
+    let mut c = envoy.raw_client();
+    c.send_cmd(&["SSUBSCRIBE", "app:{t}ch"]);
+    assert_eq!(
+        c.read_reply(),
+        Resp::Array(vec![
+            Resp::bulk("ssubscribe"),
+            Resp::bulk("app:{t}ch"),
+            Resp::Int(1)
+        ])
+    );
+    let owner = cluster.node_for_key(b"{t}ch");
+    let mut node = RawClient::connect(owner);
+    assert_eq!(
+        node.cmd(&["PUBSUB", "SHARDNUMSUB", "{t}ch"]),
+        Resp::Array(vec![Resp::bulk("{t}ch"), Resp::Int(1)])
+    );
+    node.cmd(&["SPUBLISH", "{t}ch", "on-node"]);
+    assert_eq!(
+        message_of(&mut c),
+        ("smessage".into(), "app:{t}ch".into(), "on-node".into())
+    );
+    let mut publisher = envoy.raw_client();
+    publisher.cmd(&["SPUBLISH", "app:{t}ch", "via-proxy"]);
+    assert_eq!(message_of(&mut c).2, "via-proxy");
+}
+
+fn role(port: u16) -> Option<String> {
+    let mut c = RawClient::try_connect(port, Duration::from_millis(300)).ok()?;
+    c.set_timeout(Duration::from_millis(500));
+    c.send(&encode_cmd(&["ROLE"])).ok()?;
+    match c.try_read_reply().ok()? {
+        Resp::Array(v) => v.first().and_then(Resp::text),
+        _ => None,
+    }
+}
+
+/// The master port of replica `port`.
+fn master_of(port: u16) -> Option<i64> {
+    let mut c = RawClient::try_connect(port, Duration::from_millis(300)).ok()?;
+    match c.cmd(&["ROLE"]) {
+        Resp::Array(v) if v.first().and_then(Resp::text).as_deref() == Some("slave") => {
+            match v.get(2) {
+                Some(Resp::Int(p)) => Some(*p),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// Publishes `<n>` on `channel` every 10 ms (to `port`, with `cmd`) until
+/// `stop`; errors while nodes change are ignored.
+fn publisher(
+    port: u16,
+    cmd: &'static str,
+    channel: &'static str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let mut n = 0u64;
+        let mut c: Option<RawClient> = None;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            if c.is_none() {
+                c = RawClient::try_connect(port, Duration::from_millis(200)).ok();
+                if let Some(c) = c.as_mut() {
+                    c.set_timeout(Duration::from_secs(2));
+                }
+            }
+            if let Some(conn) = c.as_mut() {
+                n += 1;
+                let sent = conn.send(&encode_cmd(&[cmd, channel, &n.to_string()]));
+                if sent.is_err() || conn.try_read_reply().is_err() {
+                    c = None;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        n
+    })
+}
+
+/// Reads messages until `until`, returning when each arrived; every frame
+/// must be a message (no unsubscribe, no error reaches the client).
+fn receive(c: &mut RawClient, until: Instant, kind: &str) -> Vec<Instant> {
+    let mut at = Vec::new();
+    c.set_timeout(Duration::from_millis(100));
+    while Instant::now() < until {
+        match c.try_read_reply() {
+            Ok(Resp::Array(v)) => {
+                let word = v.first().and_then(Resp::text).unwrap_or_default();
+                assert_eq!(word, kind, "only messages reach the subscriber: {v:?}");
+                at.push(Instant::now());
+            }
+            Ok(other) => panic!("subscriber got {other:?}"),
+            Err(_) => {}
+        }
+    }
+    at
+}
+
+/// The longest silence between messages received.
+fn longest_gap(at: &[Instant]) -> Duration {
+    at.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default()
+}
+
+/// `kill -9` of the master holding a channel's and a shard channel's
+/// upstream subscriptions: once a replica is promoted, the proxy subscribes
+/// again there; the subscribers see no unsubscribe and no error, and keep
+/// receiving. Prints the longest gap (for the README).
+#[test]
+fn subscribers_keep_receiving_across_a_master_kill() {
+    let mut cluster = Cluster::start(3, 1);
+    let envoy = Envoy::start(module_config(&cluster, json!({ "op_timeout": "2s" })));
+    // The master holding the classic channels (slot 0's owner) and a
+    // shard channel of one of its slots.
+    let master = cluster.node_for_slot(0);
+    let sh: &'static str = (0..)
+        .map(|i| format!("{{fo{i}}}sh"))
+        .find(|c| cluster.node_for_key(c.as_bytes()) == master)
+        .map(|c| &*Box::leak(c.into_boxed_str()))
+        .expect("a shard channel on the master");
+    let other = *cluster
+        .master_ports()
+        .iter()
+        .find(|&&p| p != master)
+        .expect("another master");
+    let replica = cluster
+        .ports()
+        .into_iter()
+        .find(|&p| p != master && master_of(p) == Some(i64::from(master)))
+        .expect("replica of the shard");
+    let mut chan = envoy.raw_client();
+    chan.cmd(&["SUBSCRIBE", "{fo}ch"]);
+    let mut shard = envoy.raw_client();
+    shard.cmd(&["SSUBSCRIBE", sh]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Classic messages from a master that survives; shard messages through
+    // the proxy (to whichever node owns the slot).
+    let p1 = publisher(other, "PUBLISH", "{fo}ch", stop.clone());
+    let p2 = publisher(envoy.port(), "SPUBLISH", sh, stop.clone());
+    let before = receive(
+        &mut chan,
+        Instant::now() + Duration::from_millis(500),
+        "message",
+    );
+    assert!(!before.is_empty(), "receiving before the kill");
+    cluster.kill_node(master);
+    let killed = Instant::now();
+    let reader = std::thread::spawn(move || {
+        let end = Instant::now() + Duration::from_secs(20);
+        (receive(&mut chan, end, "message"), chan)
+    });
+    let shard_reader = std::thread::spawn(move || {
+        let end = Instant::now() + Duration::from_secs(20);
+        (receive(&mut shard, end, "smessage"), shard)
+    });
+    // When the replica took over, as seen from outside (polled every 20 ms).
+    let mut promoted = None;
+    while killed.elapsed() < Duration::from_secs(19) {
+        if role(replica).as_deref() == Some("master") {
+            promoted = Some(Instant::now());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let promoted = promoted.expect("replica promoted within 19 s");
+    let (shard_at, _shard) = shard_reader.join().expect("shard reader");
+    let (chan_at, _chan) = reader.join().expect("reader");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = (p1.join(), p2.join());
+    assert_eq!(role(replica).as_deref(), Some("master"), "replica promoted");
+    for (what, at) in [("channel", &chan_at), ("shard channel", &shard_at)] {
+        let after = at
+            .iter()
+            .filter(|t| **t > killed + Duration::from_secs(12))
+            .count();
+        assert!(after > 50, "{what}: {after} messages in the last 8 s");
+        let first = at
+            .iter()
+            .find(|t| **t > promoted)
+            .map(|t| *t - promoted)
+            .expect("a message after the promotion");
+        eprintln!(
+            "{what}: longest gap {:?} (kill -9 to promotion included); promotion seen {:?} after the kill, first message {first:?} after it",
+            longest_gap(at),
+            promoted - killed
+        );
+        assert!(
+            first < Duration::from_secs(2),
+            "{what}: first message {first:?} after the promotion"
+        );
+    }
+    let resubscribes = envoy.stat(&format!("{STAT}cluster.main.pubsub_resubscribes"));
+    assert!(resubscribes >= Some(2), "resubscribes: {resubscribes:?}");
+}
+
+/// Move `slot` (and its keys) from master `from` to master `to`, as
+/// `redis-cli --cluster reshard` does.
+fn move_slot(cluster: &Cluster, slot: u16, from: u16, to: u16) {
+    let (from_id, to_id) = (cluster.node_id(from), cluster.node_id(to));
+    let slot = slot.to_string();
+    let mut src = RawClient::connect(from);
+    let mut dst = RawClient::connect(to);
+    let importing = dst.cmd(&["CLUSTER", "SETSLOT", &slot, "IMPORTING", &from_id]);
+    assert_eq!(importing, Resp::ok());
+    let migrating = src.cmd(&["CLUSTER", "SETSLOT", &slot, "MIGRATING", &to_id]);
+    assert_eq!(migrating, Resp::ok());
+    loop {
+        let Resp::Array(keys) = src.cmd(&["CLUSTER", "GETKEYSINSLOT", &slot, "100"]) else {
+            panic!("GETKEYSINSLOT")
+        };
+        if keys.is_empty() {
+            break;
+        }
+        let mut cmd: Vec<String> = ["MIGRATE", "127.0.0.1", &to.to_string(), "", "0", "5000"]
+            .map(String::from)
+            .to_vec();
+        cmd.push("KEYS".into());
+        cmd.extend(keys.iter().filter_map(Resp::text));
+        assert_eq!(src.cmd(&cmd), Resp::ok(), "MIGRATE");
+    }
+    for p in [to, from] {
+        let r = RawClient::connect(p).cmd(&["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]);
+        assert_eq!(r, Resp::ok(), "SETSLOT NODE on {p}");
+    }
+    for p in cluster.master_ports() {
+        if p != from && p != to {
+            let r = RawClient::connect(p).cmd(&["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]);
+            assert_eq!(r, Resp::ok(), "SETSLOT NODE on {p}");
+        }
+    }
+}
+
+/// A shard channel's slot moves to another master while subscribers are
+/// attached: the old owner ends the proxy's subscription (`sunsubscribe`),
+/// the proxy subscribes on the new owner; the clients see only messages.
+#[test]
+fn subscribers_keep_receiving_across_a_reshard_of_their_slot() {
+    let cluster = Cluster::start(3, 0);
+    let envoy = Envoy::start(module_config(&cluster, json!({})));
+    let slot = cluster.keyslot(b"{rs}sh");
+    let from = cluster.node_for_key(b"{rs}sh");
+    let to = *cluster
+        .master_ports()
+        .iter()
+        .find(|&&p| p != from)
+        .expect("another master");
+    let mut subs: Vec<RawClient> = (0..3)
+        .map(|_| {
+            let mut c = envoy.raw_client();
+            c.cmd(&["SSUBSCRIBE", "{rs}sh"]);
+            c
+        })
+        .collect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let p = publisher(envoy.port(), "SPUBLISH", "{rs}sh", stop.clone());
+    let before = receive(
+        &mut subs[0],
+        Instant::now() + Duration::from_millis(300),
+        "smessage",
+    );
+    assert!(!before.is_empty(), "receiving before the move");
+    let moved = Instant::now();
+    move_slot(&cluster, slot, from, to);
+    let readers: Vec<_> = subs
+        .into_iter()
+        .map(|mut c| {
+            std::thread::spawn(move || {
+                let at = receive(&mut c, Instant::now() + Duration::from_secs(6), "smessage");
+                (at, c)
+            })
+        })
+        .collect();
+    let (got, _clients): (Vec<Vec<Instant>>, Vec<RawClient>) = readers
+        .into_iter()
+        .map(|r| r.join().expect("reader"))
+        .unzip();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = p.join();
+    let mut node = RawClient::connect(to);
+    let Resp::Array(v) = node.cmd(&["PUBSUB", "SHARDNUMSUB", "{rs}sh"]) else {
+        panic!("SHARDNUMSUB")
+    };
+    let n = match v.get(1) {
+        Some(Resp::Int(n)) => *n,
+        other => panic!("SHARDNUMSUB: {other:?}"),
+    };
+    assert!((1..=2).contains(&n), "subscribed on the new owner: {n}");
+    let old = RawClient::connect(from).cmd(&["PUBSUB", "SHARDNUMSUB", "{rs}sh"]);
+    assert_eq!(old, Resp::Array(vec![Resp::bulk("{rs}sh"), Resp::Int(0)]));
+    for at in &got {
+        let late = at
+            .iter()
+            .filter(|t| **t > moved + Duration::from_secs(3))
+            .count();
+        assert!(late > 100, "{late} messages in the last 3 s");
+        eprintln!("reshard: longest gap {:?}", longest_gap(at));
+    }
+}
+
+/// Keyspace notifications are each node's own: a keyspace pattern (or a
+/// pattern that may match one, like `*`) and a keyevent channel are
+/// subscribed on every master, so the client sees the whole cluster's
+/// events, each once; ordinary messages on such a pattern come once too.
+#[test]
+fn keyspace_notifications_cover_every_master() {
+    let cluster = Cluster::start(3, 0);
+    for p in cluster.master_ports() {
+        let r = RawClient::connect(p).cmd(&["CONFIG", "SET", "notify-keyspace-events", "KEA"]);
+        assert_eq!(r, Resp::ok());
+    }
+    let envoy = Envoy::start(module_config(&cluster, json!({})));
+    let mut space = envoy.raw_client();
+    space.cmd(&["PSUBSCRIBE", "__keyspace@0__:*"]);
+    let mut event = envoy.raw_client();
+    event.cmd(&["SUBSCRIBE", "__keyevent@0__:set"]);
+    let mut all = envoy.raw_client();
+    all.cmd(&["PSUBSCRIBE", "*"]);
+    for p in cluster.master_ports() {
+        let mut node = RawClient::connect(p);
+        let Resp::Int(n) = node.cmd(&["PUBSUB", "NUMPAT"]) else {
+            panic!("NUMPAT")
+        };
+        assert!(
+            (2..=4).contains(&n),
+            "two patterns on every master {p}: {n}"
+        );
+    }
+    // One key on each master.
+    let mut keys: Vec<String> = Vec::new();
+    for port in cluster.master_ports() {
+        let k = (0..)
+            .map(|i| format!("ks{i}"))
+            .find(|k| cluster.node_for_key(k.as_bytes()) == port)
+            .expect("a key");
+        keys.push(k);
+    }
+    let mut c = envoy.raw_client();
+    for k in &keys {
+        assert_eq!(c.cmd(&["SET", k, "v"]), Resp::ok());
+    }
+    let mut seen_space: Vec<String> = (0..3)
+        .map(|_| match space.read_reply() {
+            Resp::Array(v) => v[2].text().unwrap_or_default(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    seen_space.sort();
+    let mut want: Vec<String> = keys.iter().map(|k| format!("__keyspace@0__:{k}")).collect();
+    want.sort();
+    assert_eq!(seen_space, want);
+    let mut seen_event: Vec<String> = (0..3)
+        .map(|_| match event.read_reply() {
+            Resp::Array(v) => v[2].text().unwrap_or_default(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    seen_event.sort();
+    let mut want_keys = keys.clone();
+    want_keys.sort();
+    assert_eq!(seen_event, want_keys);
+    // `*` got 6 notifications (keyspace and keyevent per SET); then an
+    // ordinary message comes exactly once.
+    for _ in 0..6 {
+        assert!(matches!(all.read_reply(), Resp::Array(_)));
+    }
+    c.cmd(&["PUBLISH", "plain", "once"]);
+    let Resp::Array(v) = all.read_reply() else {
+        panic!("message")
+    };
+    assert_eq!(v[2].text().as_deref(), Some("plain"));
+    all.set_timeout(Duration::from_millis(300));
+    assert!(all.try_read_reply().is_err(), "no duplicate of the message");
+}
+
+/// A subscriber that does not read falls `pubsub_output_limit` behind and
+/// is disconnected and counted; a fast subscriber on the same channel
+/// (and worker) gets every message.
+#[test]
+fn a_slow_subscriber_is_disconnected_and_a_fast_one_keeps_receiving() {
+    let cluster = Cluster::start(3, 0);
+    let envoy = Envoy::start(module_config(
+        &cluster,
+        json!({ "pubsub_output_limit": 4194304 }),
+    ));
+    let mut slow = envoy.raw_client();
+    slow.cmd(&["SUBSCRIBE", "firehose"]);
+    let mut fast = envoy.raw_client();
+    fast.cmd(&["SUBSCRIBE", "firehose"]);
+    const N: usize = 3000;
+    let reader = std::thread::spawn(move || {
+        fast.set_timeout(Duration::from_secs(20));
+        let mut n = 0;
+        while n < N {
+            match fast.read_reply() {
+                Resp::Array(v) if v.len() == 3 => n += 1,
+                other => panic!("fast subscriber got {other:?}"),
+            }
+        }
+        n
+    });
+    let payload = "x".repeat(16 * 1024);
+    let mut p = envoy.raw_client();
+    for _ in 0..N {
+        p.cmd(&["PUBLISH", "firehose", &payload]);
+    }
+    assert_eq!(
+        reader.join().expect("fast reader"),
+        N,
+        "the fast one got everything"
+    );
+    let stat = format!("{STAT}pubsub_slow_disconnects");
+    assert!(
+        wait_until(Duration::from_secs(5), || envoy.stat(&stat) == Some(1)),
+        "slow subscriber counted: {:?}",
+        envoy.stat(&stat)
+    );
+    // The slow client's connection is closed: after what was written, EOF.
+    slow.set_timeout(Duration::from_secs(5));
+    let mut frames = 0;
+    let closed = loop {
+        match slow.try_read_reply() {
+            Ok(_) => frames += 1,
+            Err(e) => break e,
+        }
+    };
+    assert!(frames < N, "the slow client was cut off ({frames} frames)");
+    assert_ne!(
+        closed.kind(),
+        std::io::ErrorKind::WouldBlock,
+        "closed, not idle: {closed}"
+    );
+    assert_ne!(
+        closed.kind(),
+        std::io::ErrorKind::TimedOut,
+        "closed, not idle: {closed}"
+    );
+}
+
+/// `redis-cli subscribe` through the proxy prints the acknowledgement and
+/// the messages as it does against Redis (published through the proxy and
+/// on a node).
+#[test]
+fn redis_cli_subscribe_prints_messages() {
+    use std::io::Read;
+    let cluster = Cluster::start(3, 0);
+    let envoy = Envoy::start(module_config(&cluster, json!({})));
+    let mut child = std::process::Command::new("redis-cli")
+        .args(["-p", &envoy.port().to_string(), "subscribe", "cli"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run redis-cli");
+    let mut admin = envoy.raw_client();
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            admin.cmd(&["PUBSUB", "NUMSUB", "cli"])
+                == Resp::Array(vec![Resp::bulk("cli"), Resp::Int(1)])
+        }),
+        "redis-cli subscribed"
+    );
+    assert_eq!(admin.cmd(&["PUBLISH", "cli", "via-proxy"]), Resp::Int(1));
+    let node = cluster.master_ports()[1];
+    RawClient::connect(node).cmd(&["PUBLISH", "cli", "on-node"]);
+    let want = "subscribe\ncli\n1\nmessage\ncli\nvia-proxy\nmessage\ncli\non-node\n";
+    let mut out = Vec::new();
+    let mut stdout = child.stdout.take().expect("stdout");
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 256];
+        while out.len() < want.len() {
+            match stdout.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+        out
+    });
+    let printed = wait_until(Duration::from_secs(5), || reader.is_finished());
+    // Our own child, by PID (also when it printed too little).
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(printed, "redis-cli printed the messages");
+    let out = reader.join().expect("reader");
+    assert_eq!(String::from_utf8_lossy(&out), want);
+}
