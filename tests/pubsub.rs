@@ -489,46 +489,6 @@ fn subscribers_keep_receiving_across_a_master_kill() {
     assert!(resubscribes >= Some(2), "resubscribes: {resubscribes:?}");
 }
 
-/// Move `slot` (and its keys) from master `from` to master `to`, as
-/// `redis-cli --cluster reshard` does.
-fn move_slot(cluster: &Cluster, slot: u16, from: u16, to: u16) {
-    let (from_id, to_id) = (cluster.node_id(from), cluster.node_id(to));
-    let slot = slot.to_string();
-    let mut src = RawClient::connect(from);
-    let mut dst = RawClient::connect(to);
-    let importing = dst.cmd(&["CLUSTER", "SETSLOT", &slot, "IMPORTING", &from_id]);
-    assert_eq!(importing, Resp::ok());
-    let migrating = src.cmd(&["CLUSTER", "SETSLOT", &slot, "MIGRATING", &to_id]);
-    assert_eq!(migrating, Resp::ok());
-    loop {
-        let Resp::Array(keys) = src.cmd(&["CLUSTER", "GETKEYSINSLOT", &slot, "100"]) else {
-            panic!("GETKEYSINSLOT")
-        };
-        if keys.is_empty() {
-            break;
-        }
-        let mut cmd: Vec<String> = ["MIGRATE", "127.0.0.1", &to.to_string(), "", "0", "5000"]
-            .map(String::from)
-            .to_vec();
-        cmd.push("KEYS".into());
-        cmd.extend(keys.iter().filter_map(Resp::text));
-        assert_eq!(src.cmd(&cmd), Resp::ok(), "MIGRATE");
-    }
-    for p in [to, from] {
-        let r = RawClient::connect(p).cmd(&["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]);
-        assert_eq!(r, Resp::ok(), "SETSLOT NODE on {p}");
-    }
-    for p in cluster.master_ports() {
-        if p != from && p != to {
-            let r = RawClient::connect(p).cmd(&["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]);
-            assert_eq!(r, Resp::ok(), "SETSLOT NODE on {p}");
-        }
-    }
-}
-
-/// A shard channel's slot moves to another master while subscribers are
-/// attached: the old owner ends the proxy's subscription (`sunsubscribe`),
-/// the proxy subscribes on the new owner; the clients see only messages.
 #[test]
 fn subscribers_keep_receiving_across_a_reshard_of_their_slot() {
     let cluster = Cluster::start(3, 0);
@@ -556,7 +516,7 @@ fn subscribers_keep_receiving_across_a_reshard_of_their_slot() {
     );
     assert!(!before.is_empty(), "receiving before the move");
     let moved = Instant::now();
-    move_slot(&cluster, slot, from, to);
+    cluster.move_slot(slot, from, to);
     let readers: Vec<_> = subs
         .into_iter()
         .map(|mut c| {
@@ -777,4 +737,49 @@ fn redis_cli_subscribe_prints_messages() {
     assert!(printed, "redis-cli printed the messages");
     let out = reader.join().expect("reader");
     assert_eq!(String::from_utf8_lossy(&out), want);
+}
+
+/// A channel's last subscriber leaves and a new client subscribes to it
+/// again: the upstream subscription is dropped and made again, and the new
+/// client gets its acknowledgement and the messages (the link's frames
+/// that arrived while no session was subscribed must not be lost).
+#[test]
+fn a_channel_subscribed_again_after_its_last_subscriber_left_works() {
+    let cluster = Cluster::start(3, 0);
+    let envoy = Envoy::start(module_config(&cluster, json!({})));
+    for round in 0..5 {
+        let mut a = envoy.raw_client();
+        let Resp::Array(ack) = a.cmd(&["SUBSCRIBE", "again"]) else {
+            panic!("round {round}: ack")
+        };
+        assert_eq!(ack[2], Resp::Int(1), "round {round}");
+        drop(a);
+        std::thread::sleep(Duration::from_millis(100 * (round % 2)));
+        let mut b = envoy.raw_client();
+        b.set_timeout(Duration::from_secs(3));
+        assert_eq!(
+            b.cmd(&["SUBSCRIBE", "again"]),
+            Resp::Array(vec![
+                Resp::bulk("subscribe"),
+                Resp::bulk("again"),
+                Resp::Int(1)
+            ]),
+            "round {round}"
+        );
+        let mut p = envoy.raw_client();
+        assert_eq!(
+            p.cmd(&["PUBLISH", "again", "m"]),
+            Resp::Int(1),
+            "round {round}"
+        );
+        assert_eq!(
+            b.read_reply(),
+            Resp::Array(vec![
+                Resp::bulk("message"),
+                Resp::bulk("again"),
+                Resp::bulk("m")
+            ]),
+            "round {round}"
+        );
+    }
 }
