@@ -324,7 +324,14 @@ fn subscriptions_run_as_the_clients_user() {
         vec![Resp::bulk("subscribe"), Resp::bulk("news1"), Resp::Int(1)]
     );
     c.set_timeout(Duration::from_secs(5));
-    let _ = c.cmd(&["SUBSCRIBE", "secret"]);
+    assert_eq!(
+        c.cmd(&["SUBSCRIBE", "secret"]),
+        Resp::Error(
+            "NOPERM this user has no permissions to access one of the channels used as arguments"
+                .into()
+        ),
+        "refused as Redis refuses it"
+    );
 
     // On the nodes: a subscriber connection of carol's, besides the default's.
     let carol_links = cluster

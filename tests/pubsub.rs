@@ -126,6 +126,69 @@ fn replies_and_messages_match_redis_byte_for_byte_in_resp2_and_resp3() {
     run(&steps, (&mut p, &mut pp), (&mut r, &mut rp));
 }
 
+/// A client authenticated as a cluster user that subscribes to a channel
+/// its ACL forbids (`&` rules) gets Redis's `-NOPERM` instead of an
+/// acknowledgement, for the whole command, and keeps its counts and mode:
+/// byte for byte as a standalone Redis with the same user, RESP2 and RESP3.
+#[test]
+fn a_forbidden_channel_is_refused_like_redis() {
+    let cluster = Cluster::start(3, 0);
+    let cfg = module_config(&cluster, json!({ "allow_admin_commands": true }));
+    let envoy = Envoy::start(cfg);
+    let reference = StandaloneRedis::start();
+    let setuser = [
+        "ACL",
+        "SETUSER",
+        "carol",
+        "on",
+        ">pw",
+        "resetchannels",
+        "&news*",
+        "+@all",
+    ];
+    assert_eq!(envoy.raw_client().cmd(&setuser), Resp::ok());
+    assert_eq!(reference.raw_client().cmd(&setuser), Resp::ok());
+    use Step::*;
+    for resp3 in [false, true] {
+        let mut steps = vec![
+            Cmd(vec!["AUTH", "carol", "pw"], 1),
+            Cmd(vec!["SUBSCRIBE", "secret"], 1),
+            // Not in subscribed mode: a plain PONG in RESP2.
+            Cmd(vec!["PING"], 1),
+            Cmd(vec!["SUBSCRIBE", "news1"], 1),
+            Cmd(vec!["SUBSCRIBE", "secret"], 1),
+            Cmd(vec!["PSUBSCRIBE", "s*"], 1),
+            Cmd(vec!["SSUBSCRIBE", "{s}secret"], 1),
+            // One forbidden name refuses the whole command.
+            Cmd(vec!["SUBSCRIBE", "news2", "secret"], 1),
+            Cmd(vec!["SUBSCRIBE", "news2"], 1),
+            Cmd(vec!["PSUBSCRIBE", "news*"], 1),
+            Publish("secret", "hidden", 0),
+            Publish("news2", "seen", 2),
+            Cmd(vec!["PING"], 1),
+            Cmd(vec!["UNSUBSCRIBE", "news1", "news2"], 2),
+            Cmd(vec!["PUNSUBSCRIBE", "news*"], 1),
+            Cmd(vec!["PING"], 1),
+        ];
+        if resp3 {
+            steps.insert(0, Quiet(vec!["HELLO", "3"]));
+        }
+        let (mut p, mut pp) = (envoy.raw_client(), envoy.raw_client());
+        let (mut r, mut rp) = (reference.raw_client(), reference.raw_client());
+        run(&steps, (&mut p, &mut pp), (&mut r, &mut rp));
+        // No subscription kept for the refused names, here or upstream.
+        let mut admin = envoy.raw_client();
+        assert_eq!(
+            admin.cmd(&["PUBSUB", "NUMSUB", "secret"]),
+            Resp::Array(vec![Resp::bulk("secret"), Resp::Int(0)])
+        );
+        assert_eq!(admin.cmd(&["PUBSUB", "NUMPAT"]), Resp::Int(0));
+        for port in cluster.master_ports() {
+            assert_eq!(node_numsub(port, "secret"), 0, "on node {port}");
+        }
+    }
+}
+
 /// `PUBSUB NUMSUB` of `channel` on a node.
 fn node_numsub(port: u16, channel: &str) -> i64 {
     let mut c = RawClient::connect(port);

@@ -23,7 +23,7 @@ use crate::codec;
 use crate::stats::Stats;
 use crate::upstream::{ClientShared, Credentials, Delivery, Notify, Part, Request, Target};
 use parking_lot::Mutex;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -88,6 +88,20 @@ struct Sub {
     /// Acknowledgements may go: every link confirmed once, or a link
     /// failed (it is subscribed again in the background).
     ready: bool,
+    /// A node refused it (`NOPERM`: the user's ACL channel rules): its
+    /// clients answer with this error instead of an acknowledgement and
+    /// drop it; it is never sent again.
+    refused: Option<Vec<u8>>,
+}
+
+/// Where a client's acknowledgement of a subscription stands.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AckState {
+    /// The node has not confirmed it yet.
+    Waiting,
+    Ready,
+    /// Refused with this error reply (as the node wrote it).
+    Refused(Vec<u8>),
 }
 
 struct Link {
@@ -98,6 +112,9 @@ struct Link {
     /// A request went out on it: later ones must follow it on the same
     /// connection, never open another.
     opened: bool,
+    /// Subscribes sent on it and not answered yet, in order: the node
+    /// answers each (confirmation or error) in the order sent.
+    unanswered: VecDeque<SubKey>,
 }
 
 /// The subscribed sessions of the worker (client id, mailbox).
@@ -175,6 +192,7 @@ impl Hub {
             slot,
             everywhere,
             ready: false,
+            refused: None,
         };
         inner.subs.insert(key.clone(), sub);
         self.place(&mut inner, &key, None, None, env);
@@ -205,7 +223,18 @@ impl Hub {
 
     /// Acknowledgements for `key` may go.
     pub fn ready(&self, key: &SubKey) -> bool {
-        self.inner.lock().subs.get(key).is_none_or(|s| s.ready)
+        self.ack_state(key) == AckState::Ready
+    }
+
+    /// Where acknowledgements for `key` stand.
+    pub fn ack_state(&self, key: &SubKey) -> AckState {
+        match self.inner.lock().subs.get(key) {
+            Some(Sub {
+                refused: Some(e), ..
+            }) => AckState::Refused(e.clone()),
+            Some(s) if !s.ready => AckState::Waiting,
+            _ => AckState::Ready,
+        }
     }
 
     /// Upstream subscriptions now (for tests).
@@ -260,6 +289,11 @@ impl Hub {
                     name: name.to_vec(),
                     user: user.clone(),
                 };
+                if let Some(link) = inner.links.get_mut(&pin) {
+                    if let Some(i) = link.unanswered.iter().position(|k| *k == key) {
+                        link.unanswered.remove(i);
+                    }
+                }
                 if let Some(s) = inner.subs.get_mut(&key).filter(|s| s.links.contains(&pin)) {
                     if !s.confirmed.contains(&pin) {
                         s.confirmed.push(pin);
@@ -308,16 +342,26 @@ impl Hub {
             NodeEvent::Message(m) => self.fan_out(inner, pin, cluster, user, &m),
             NodeEvent::Error(e) if e.starts_with(b"NOPERM") => {
                 // The client's user may not subscribe to it (its ACL
-                // channel rules). Subscribing again would be refused again:
-                // the link stays, what it has not confirmed is released
-                // (acknowledged, no messages: the node sends none).
+                // channel rules): the answer to the oldest subscribe
+                // unanswered on this link. Its clients get the error, as
+                // Redis would have answered them; subscribing again would
+                // be refused again.
                 crate::log!(
-                    crate::envoy::Level::Warn,
+                    crate::envoy::Level::Debug,
                     "redis_cluster: pubsub: a node refused a subscription: {}",
                     String::from_utf8_lossy(e)
                 );
-                for s in inner.subs.values_mut() {
-                    if s.links.contains(&pin) && !s.confirmed.contains(&pin) && !s.ready {
+                let Some(key) = inner
+                    .links
+                    .get_mut(&pin)
+                    .and_then(|l| l.unanswered.pop_front())
+                else {
+                    return true;
+                };
+                let reply = frame.to_vec();
+                if let Some(s) = inner.subs.get_mut(&key) {
+                    if s.refused.is_none() {
+                        s.refused = Some(reply);
                         s.ready = true;
                         for (id, _) in &s.clients {
                             if let Some(f) = inner.feeds.get(id) {
@@ -346,6 +390,9 @@ impl Hub {
                         .filter(|(_, s)| s.links.contains(&pin) && !s.confirmed.contains(&pin))
                         .map(|(k, _)| k.clone())
                         .collect();
+                    if let Some(link) = inner.links.get_mut(&pin) {
+                        link.unanswered.retain(|k| !keys.contains(k));
+                    }
                     let contacted = inner.links.get(&pin).and_then(|l| l.addr.clone());
                     let to = crate::topology::parse_redirect(e, contacted.as_deref().unwrap_or(""))
                         .filter(|r| matches!(r, crate::topology::Redirect::Moved { .. }))
@@ -456,6 +503,9 @@ impl Hub {
         let Some(s) = inner.subs.get(key) else {
             return;
         };
+        if s.refused.is_some() {
+            return;
+        }
         let (slot, everywhere) = (s.slot, s.everywhere);
         let word = key.kind.subscribe_word();
         if !everywhere {
@@ -565,6 +615,7 @@ impl Hub {
                 user: key.user.clone(),
                 mailbox,
                 opened: false,
+                unanswered: VecDeque::new(),
             },
         );
         pin
@@ -609,6 +660,9 @@ impl Hub {
             req = req.continues_pin();
         }
         link.opened = true;
+        if word == key.kind.subscribe_word() {
+            link.unanswered.push_back(key.clone());
+        }
         if let Some(at) = at {
             req = req.not_before(at);
         }
@@ -696,6 +750,33 @@ mod tests {
         assert_eq!(out.len(), 1);
         assert_eq!(words(&out[0]), "*2 $11 unsubscribe $2 ch ");
         assert_eq!(hub.upstream_count(), 0);
+    }
+
+    #[test]
+    fn a_refusal_answers_the_oldest_unanswered_subscribe() {
+        let hub = Hub::new(Arc::new(Stats::disabled(1)), Arc::default());
+        let feed = Feed::new(ClientShared::new(Box::new(Quiet)), false, 1 << 20);
+        let mut out = Vec::new();
+        with_env(&mut out, |env| {
+            hub.subscribe(1, &feed, key(b"no"), b"no", 0, env);
+            hub.subscribe(1, &feed, key(b"yes"), b"yes", 0, env);
+        });
+        assert_eq!(out.len(), 2, "one SUBSCRIBE each, on one link");
+        let link = out[0].client.clone();
+        let noperm = b"-NOPERM this user has no permissions\r\n".to_vec();
+        link.deliver(0, Part::Whole, noperm.clone());
+        link.deliver(
+            0,
+            Part::Whole,
+            b"*3\r\n$9\r\nsubscribe\r\n$3\r\nyes\r\n:1\r\n".to_vec(),
+        );
+        out.clear();
+        with_env(&mut out, |env| hub.pump(env));
+        assert_eq!(hub.ack_state(&key(b"no")), AckState::Refused(noperm));
+        assert_eq!(hub.ack_state(&key(b"yes")), AckState::Ready);
+        assert!(out.is_empty(), "a refused one is not sent again");
+        with_env(&mut out, |env| hub.unsubscribe(1, &key(b"no"), env));
+        assert_eq!(hub.upstream_count(), 1, "the refused one is gone");
     }
 
     #[test]

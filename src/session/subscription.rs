@@ -13,7 +13,7 @@
 
 use super::{Downstream, Session};
 use crate::codec;
-use crate::pubsub::hub::{Env, Feed, SubKey, Taken};
+use crate::pubsub::hub::{AckState, Env, Feed, SubKey, Taken};
 use crate::pubsub::{self, Kind};
 use crate::slot;
 use std::sync::Arc;
@@ -28,14 +28,25 @@ pub(super) struct Subscribed {
     /// Its subscriptions, in the order it made them: kind, name as the
     /// client gave it, and the upstream subscription.
     subs: Vec<(Kind, Vec<u8>, SubKey)>,
-    /// Acknowledgements waiting for the node: reply slot, what it waits
-    /// for, the bytes.
-    acks: Vec<(u64, Vec<SubKey>, Vec<u8>)>,
+    /// Acknowledgements waiting for the node.
+    acks: Vec<PendingAck>,
     /// Redis's `CLIENT_PUBSUB`: set by a subscribe, cleared when an
     /// unsubscribe leaves nothing.
     mode: bool,
     /// Counted in `pubsub_subscribers_active`.
     counted: bool,
+}
+
+/// A subscribe's acknowledgement waiting for the nodes.
+struct PendingAck {
+    seq: u64,
+    /// The upstream subscriptions it waits for.
+    wait: Vec<SubKey>,
+    bytes: Vec<u8>,
+    /// What the command added (kind, name as given, upstream key): all
+    /// dropped again when a node refuses one of its names, as Redis
+    /// refuses the whole command.
+    added: Vec<(Kind, Vec<u8>, SubKey)>,
 }
 
 impl Subscribed {
@@ -173,12 +184,14 @@ impl Session {
         let id = self.state.id;
         let mut out = Vec::new();
         let mut wait = Vec::new();
+        let mut added = Vec::new();
         for ((key, slot), visible) in placed.into_iter().zip(names) {
             let Some(ps) = self.pubsub.as_mut() else {
                 return;
             };
             if ps.holds(kind, visible).is_none() {
                 ps.subs.push((kind, visible.to_vec(), key.clone()));
+                added.push((kind, visible.to_vec(), key.clone()));
                 self.proxy.pubsub.add(kind, visible);
                 let feed = ps.feed.clone();
                 self.with_env(now, |env| {
@@ -212,7 +225,15 @@ impl Session {
         if wait.is_empty() {
             self.fill(seq, out);
         } else if let Some(ps) = self.pubsub.as_mut() {
-            ps.acks.push((seq, wait, out));
+            ps.acks.push(PendingAck {
+                seq,
+                wait,
+                bytes: out,
+                added,
+            });
+            // A subscription refused before this command joined it wakes
+            // no one again.
+            self.release_acks(now);
         }
     }
 
@@ -272,20 +293,56 @@ impl Session {
         let hub = self.hub.clone();
         let now = self.clock.now();
         self.with_env(now, |env| hub.pump(env));
+        self.release_acks(now);
+    }
+
+    /// Answer the subscribes whose subscriptions the nodes confirmed, or
+    /// refused: a refused one's reply is the node's error, and what the
+    /// command added is dropped (the client's counts as before it).
+    fn release_acks(&mut self, now: Instant) {
+        let hub = self.hub.clone();
         let Some(ps) = self.pubsub.as_mut() else {
             return;
         };
-        let mut ready = Vec::new();
-        ps.acks.retain_mut(|(seq, keys, bytes)| {
-            keys.retain(|k| !hub.ready(k));
-            if keys.is_empty() {
-                ready.push((*seq, std::mem::take(bytes)));
+        let mut done = Vec::new();
+        let mut refused = Vec::new();
+        // Every state is read before anything is dropped: a later command
+        // waiting for the same refused subscription is refused too.
+        ps.acks.retain_mut(|a| {
+            let mut error = None;
+            a.wait.retain(|k| match hub.ack_state(k) {
+                AckState::Waiting => true,
+                AckState::Ready => false,
+                AckState::Refused(e) => {
+                    error.get_or_insert(e);
+                    false
+                }
+            });
+            if let Some(e) = error {
+                refused.extend(std::mem::take(&mut a.added));
+                done.push((a.seq, e));
+                false
+            } else if a.wait.is_empty() {
+                done.push((a.seq, std::mem::take(&mut a.bytes)));
                 false
             } else {
                 true
             }
         });
-        for (seq, bytes) in ready {
+        for (kind, name, _) in &refused {
+            if let Some(i) = ps.holds(*kind, name) {
+                ps.subs.remove(i);
+                self.proxy.pubsub.remove(*kind, name);
+            }
+        }
+        if ps.subs.is_empty() {
+            ps.mode = false;
+        }
+        let id = self.state.id;
+        for (_, _, key) in refused {
+            self.with_env(now, |env| hub.unsubscribe(id, &key, env));
+        }
+        for (seq, bytes) in done {
             self.fill(seq, bytes);
         }
     }
@@ -357,8 +414,8 @@ impl Session {
         }
         // Acknowledgements still waiting: their slots are answered by the
         // reset or dropped with the connection.
-        for (seq, _, bytes) in ps.acks {
-            self.fill(seq, bytes);
+        for a in ps.acks {
+            self.fill(a.seq, a.bytes);
         }
     }
 
