@@ -66,6 +66,12 @@ pub struct ClientView {
     pub qbuf: usize,
     /// In `MONITOR` mode (flag `O`).
     pub monitor: bool,
+    /// Subscriptions: channels, patterns, shard channels (`sub`, `psub`,
+    /// `ssub`).
+    pub subscriptions: [usize; 3],
+    /// Redis's `CLIENT_PUBSUB` (flag `P`): subscribed, until an
+    /// unsubscribe leaves nothing.
+    pub pubsub: bool,
 }
 
 /// How the registry runs a client's session from any thread (a pause
@@ -125,6 +131,8 @@ impl ClientEntry {
                 multi: None,
                 qbuf: 0,
                 monitor: false,
+                subscriptions: [0; 3],
+                pubsub: false,
             }),
         })
     }
@@ -163,6 +171,25 @@ impl ClientEntry {
     }
 }
 
+/// A proxy client's `TYPE` for `CLIENT LIST` and `CLIENT KILL` (never a
+/// replica or master).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientType {
+    Normal,
+    /// Subscribed (flag `P`).
+    PubSub,
+}
+
+impl ClientView {
+    pub fn client_type(&self) -> ClientType {
+        if self.pubsub {
+            ClientType::PubSub
+        } else {
+            ClientType::Normal
+        }
+    }
+}
+
 /// Which clients a `CLIENT KILL` selects (every given filter must match).
 #[derive(Debug, Default, PartialEq)]
 pub struct KillFilter {
@@ -170,8 +197,10 @@ pub struct KillFilter {
     pub addr: Option<String>,
     pub laddr: Option<String>,
     pub user: Option<String>,
-    /// `TYPE master|replica|pubsub`: none of the proxy's clients.
+    /// `TYPE master|replica`: none of the proxy's clients.
     pub no_match: bool,
+    /// `TYPE normal|pubsub`.
+    pub client_type: Option<ClientType>,
     /// Spare the client that asks (`SKIPME yes`, the default).
     pub skip_me: bool,
 }
@@ -180,6 +209,7 @@ impl KillFilter {
     fn matches(&self, me: u64, e: &ClientEntry, v: &ClientView) -> bool {
         !(self.no_match || self.skip_me && e.id == me)
             && self.id.is_none_or(|id| id == e.id)
+            && self.client_type.is_none_or(|t| t == v.client_type())
             && self.addr.as_ref().is_none_or(|a| *a == v.addr)
             && self.laddr.as_ref().is_none_or(|a| *a == v.laddr)
             && self.user.as_ref().is_none_or(|u| *u == v.user)
@@ -469,6 +499,9 @@ pub fn list_line(e: &ClientEntry, v: &ClientView, now: Instant, me: Option<&Curr
     if v.monitor {
         flags.push('O');
     }
+    if v.pubsub {
+        flags.push('P');
+    }
     if v.multi.is_some() {
         flags.push('x');
     }
@@ -477,11 +510,14 @@ pub fn list_line(e: &ClientEntry, v: &ClientView, now: Instant, me: Option<&Curr
     }
     let (qbuf, argv_mem) = me.map_or((v.qbuf, 0), |c| (c.qbuf, c.argv_mem));
     format!(
-        "id={} addr={} laddr={} fd=-1 name={} age={age} idle={idle} flags={flags} db=0 sub=0 psub=0 ssub=0 multi={} qbuf={qbuf} qbuf-free=0 argv-mem={argv_mem} multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem={} events=r cmd={} user={} redir=-1 resp={}",
+        "id={} addr={} laddr={} fd=-1 name={} age={age} idle={idle} flags={flags} db=0 sub={} psub={} ssub={} multi={} qbuf={qbuf} qbuf-free=0 argv-mem={argv_mem} multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem={} events=r cmd={} user={} redir=-1 resp={}",
         e.id,
         v.addr,
         v.laddr,
         v.name,
+        v.subscriptions[0],
+        v.subscriptions[1],
+        v.subscriptions[2],
         v.multi.map_or(-1, i64::from),
         qbuf + argv_mem,
         v.cmd,

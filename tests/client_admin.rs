@@ -2,7 +2,8 @@
 //! run against a standalone Redis 7 and through Envoy with the module, and
 //! the observations compared: which commands a pause holds, when they run,
 //! INFO's `blocked_clients`/`connected_clients`, `CLIENT LIST` fields, and
-//! `CLIENT KILL`'s selection, replies and errors.
+//! `CLIENT KILL`'s selection, replies and errors, and a subscribed
+//! client's counts, flag and type.
 
 mod common;
 
@@ -510,4 +511,106 @@ fn monitor_logs_like_redis_with_the_nodes_script_commands() {
         });
         assert!(gone, "a MONITOR left open on {port}");
     }
+}
+
+/// The `CLIENT LIST` fields of the client named `name`, as seen by `me`.
+fn line_of(me: &mut RawClient, name: &str) -> Vec<(String, String)> {
+    let list = me.cmd(&["CLIENT", "LIST"]).text().unwrap();
+    let line = list
+        .lines()
+        .find(|l| l.contains(&format!(" name={name} ")))
+        .unwrap_or_else(|| panic!("{name} is not listed:\n{list}"));
+    fields(line)
+}
+
+/// Named clients of a `CLIENT LIST TYPE t`, sorted.
+fn names_of_type(me: &mut RawClient, t: &str) -> Vec<String> {
+    let list = me.cmd(&["CLIENT", "LIST", "TYPE", t]).text().unwrap();
+    let mut names: Vec<String> = list
+        .lines()
+        .map(fields)
+        .map(|f| field(&f, "name").to_string())
+        .filter(|n| !n.is_empty())
+        .collect();
+    names.sort();
+    names
+}
+
+/// A subscribed client in `CLIENT LIST`/`CLIENT INFO`: what must match
+/// Redis exactly.
+fn subscribed_scenario(port: u16) -> Vec<String> {
+    let mut log = Vec::new();
+    let mut me = client(port);
+    me.cmd(&["CLIENT", "SETNAME", "me"]);
+    let mut s = client(port);
+    s.cmd(&["CLIENT", "SETNAME", "s"]);
+    s.send_cmd(&["SUBSCRIBE", "a", "b"]);
+    s.send_cmd(&["PSUBSCRIBE", "p*"]);
+    s.send_cmd(&["SSUBSCRIBE", "{x}1"]);
+    s.read_replies(4);
+    let mut show = |me: &mut RawClient, what: &str| {
+        let f = line_of(me, "s");
+        let shown: Vec<String> = ["flags", "sub", "psub", "ssub", "cmd"]
+            .iter()
+            .map(|n| format!("{n}={}", field(&f, n)))
+            .collect();
+        log.push(format!("{what}: {}", shown.join(" ")));
+    };
+    show(&mut me, "subscribed");
+    s.send_cmd(&["UNSUBSCRIBE", "a"]);
+    s.read_replies(1);
+    show(&mut me, "one channel left");
+    s.send_cmd(&["UNSUBSCRIBE"]);
+    s.send_cmd(&["PUNSUBSCRIBE"]);
+    s.read_replies(2);
+    show(&mut me, "a shard channel left");
+    s.send_cmd(&["SUNSUBSCRIBE"]);
+    s.read_replies(1);
+    show(&mut me, "none left");
+    // RESP3: subscribed and still running commands; its own CLIENT INFO.
+    let mut r3 = client(port);
+    r3.cmd(&["HELLO", "3", "SETNAME", "r3"]);
+    r3.send_cmd(&["SUBSCRIBE", "c"]);
+    r3.read_replies(1);
+    let info = match r3.cmd(&["CLIENT", "INFO"]) {
+        Resp::Bulk(b) => String::from_utf8_lossy(&b).into_owned(),
+        other => panic!("CLIENT INFO: {other:?}"),
+    };
+    let f = fields(info.trim_end());
+    for n in ["flags", "sub", "psub", "ssub", "resp"] {
+        log.push(format!("r3 own {n}={}", field(&f, n)));
+    }
+    s.send_cmd(&["SSUBSCRIBE", "{x}2"]);
+    s.read_replies(1);
+    log.push(format!(
+        "TYPE pubsub: {:?}",
+        names_of_type(&mut me, "pubsub")
+    ));
+    log.push(format!(
+        "TYPE normal: {:?}",
+        names_of_type(&mut me, "normal")
+    ));
+    log.push(format!(
+        "KILL TYPE pubsub: {:?}",
+        me.cmd(&["CLIENT", "KILL", "TYPE", "pubsub"])
+    ));
+    log.push(format!("killed subscriber: {}", reply_or_held(&mut s)));
+    log
+}
+
+#[test]
+fn client_list_shows_subscriptions_like_redis() {
+    let cluster = Cluster::start(3, 0);
+    let envoy = Envoy::start(module_config(&cluster, json!({})));
+    let redis = StandaloneRedis::start();
+    let want = subscribed_scenario(redis.port());
+    assert_eq!(
+        want[0], "subscribed: flags=P sub=2 psub=1 ssub=1 cmd=ssubscribe",
+        "the reference"
+    );
+    let got = subscribed_scenario(envoy.port());
+    for (w, g) in want.iter().zip(&got) {
+        assert_eq!(g, w, "through the proxy vs Redis");
+    }
+    assert_eq!(got.len(), want.len());
 }

@@ -5,7 +5,7 @@
 //! never listed nor killed.
 
 use super::Session;
-use crate::clients::{self, Current, KillFilter, PauseMode, UnblockMode};
+use crate::clients::{self, ClientType, Current, KillFilter, PauseMode, UnblockMode};
 use crate::codec;
 use std::time::{Duration, Instant};
 
@@ -52,13 +52,14 @@ fn positive_id(a: &[u8], msg: &str) -> Result<u64, Vec<u8>> {
         .ok_or_else(|| codec::error(&format!("ERR {msg}")))
 }
 
-/// `TYPE normal|replica|slave|master|pubsub`: whether the proxy's clients
-/// (all `normal`) match.
-fn type_matches(t: &[u8]) -> Result<bool, Vec<u8>> {
+/// `TYPE normal|replica|slave|master|pubsub`: the type of the proxy's
+/// clients it selects (`None`: none, they are never replicas or masters).
+fn parse_type(t: &[u8]) -> Result<Option<ClientType>, Vec<u8>> {
     let t = String::from_utf8_lossy(t);
     match t.to_ascii_lowercase().as_str() {
-        "normal" => Ok(true),
-        "replica" | "slave" | "master" | "pubsub" => Ok(false),
+        "normal" => Ok(Some(ClientType::Normal)),
+        "pubsub" => Ok(Some(ClientType::PubSub)),
+        "replica" | "slave" | "master" => Ok(None),
         _ => Err(codec::error(&format!("ERR Unknown client type '{t}'"))),
     }
 }
@@ -206,9 +207,11 @@ impl Session {
     ) -> Result<Vec<u8>, Vec<u8>> {
         let opt = |i: usize, w: &[u8]| args.get(i).is_some_and(|a| a.eq_ignore_ascii_case(w));
         let mut ids: Option<Vec<i64>> = None;
+        let mut only = None;
         if args.len() == 4 && opt(2, b"type") {
-            if !type_matches(args[3])? {
-                return Ok(self.verbatim(""));
+            match parse_type(args[3])? {
+                None => return Ok(self.verbatim("")),
+                t => only = t,
             }
         } else if args.len() > 3 && opt(2, b"id") {
             let parsed: Option<Vec<i64>> = args[3..]
@@ -231,6 +234,9 @@ impl Session {
         };
         let mut text = String::new();
         for e in listed {
+            if only.is_some_and(|t| e.view().client_type() != t) {
+                continue;
+            }
             let line = if e.id == self.state.id {
                 self.own_line(frame, args, now)
             } else {
@@ -260,7 +266,10 @@ impl Session {
                 let text = || String::from_utf8_lossy(val).into_owned();
                 match String::from_utf8_lossy(opt).to_ascii_lowercase().as_str() {
                     "id" => f.id = Some(positive_id(val, "client-id should be greater than 0")?),
-                    "type" => f.no_match |= !type_matches(val)?,
+                    "type" => match parse_type(val)? {
+                        None => f.no_match = true,
+                        t => f.client_type = t,
+                    },
                     "addr" => f.addr = Some(text()),
                     "laddr" => f.laddr = Some(text()),
                     "user" => {
@@ -380,9 +389,10 @@ mod tests {
             .starts_with(b"-ERR timeout is negative"));
         assert!(parse_pause(&[b"CLIENT", b"PAUSE", b"x"]).is_err());
         assert!(parse_pause(&[b"CLIENT", b"PAUSE", b"1", b"some"]).is_err());
-        assert_eq!(type_matches(b"NORMAL"), Ok(true));
-        assert_eq!(type_matches(b"pubsub"), Ok(false));
-        assert!(type_matches(b"x").is_err());
+        assert_eq!(parse_type(b"NORMAL"), Ok(Some(ClientType::Normal)));
+        assert_eq!(parse_type(b"pubsub"), Ok(Some(ClientType::PubSub)));
+        assert_eq!(parse_type(b"master"), Ok(None));
+        assert!(parse_type(b"x").is_err());
         assert!(positive_id(b"0", "m").is_err());
         assert_eq!(positive_id(b"7", "m"), Ok(7));
     }

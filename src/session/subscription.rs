@@ -68,6 +68,24 @@ impl Subscribed {
 }
 
 impl Session {
+    /// Show this client's subscriptions in `CLIENT LIST` / `CLIENT INFO`.
+    fn show_subscriptions(&self) {
+        let (counts, mode) = match self.pubsub.as_ref() {
+            Some(ps) => {
+                let n = |kind: Kind| ps.subs.iter().filter(|(k, _, _)| *k == kind).count();
+                (
+                    [n(Kind::Channel), n(Kind::Pattern), n(Kind::Shard)],
+                    ps.mode,
+                )
+            }
+            None => ([0; 3], false),
+        };
+        self.entry.update(|v| {
+            v.subscriptions = counts;
+            v.pubsub = mode;
+        });
+    }
+
     /// RESP2 subscribed mode: Redis's gate on what may run.
     pub(super) fn subscribed_mode(&self) -> bool {
         !self.state.resp3 && self.pubsub.as_ref().is_some_and(|p| p.mode)
@@ -221,6 +239,7 @@ impl Session {
                 stats.gauge_add(stats.pubsub_subscribers_active, 1);
             }
         }
+        self.show_subscriptions();
         let seq = self.push_slot();
         if wait.is_empty() {
             self.fill(seq, out);
@@ -280,6 +299,7 @@ impl Session {
         for key in dropped {
             self.with_env(now, |env| hub.unsubscribe(id, &key, env));
         }
+        self.show_subscriptions();
         self.reply_now(out);
     }
 
@@ -335,12 +355,15 @@ impl Session {
                 self.proxy.pubsub.remove(*kind, name);
             }
         }
-        if ps.subs.is_empty() {
+        if !refused.is_empty() && ps.subs.is_empty() {
             ps.mode = false;
         }
         let id = self.state.id;
-        for (_, _, key) in refused {
-            self.with_env(now, |env| hub.unsubscribe(id, &key, env));
+        if !refused.is_empty() {
+            for (_, _, key) in refused {
+                self.with_env(now, |env| hub.unsubscribe(id, &key, env));
+            }
+            self.show_subscriptions();
         }
         for (seq, bytes) in done {
             self.fill(seq, bytes);
@@ -394,6 +417,7 @@ impl Session {
         let Some(ps) = self.pubsub.take() else {
             return;
         };
+        self.show_subscriptions();
         for (kind, name, _) in &ps.subs {
             self.proxy.pubsub.remove(*kind, name);
         }
