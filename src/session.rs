@@ -45,6 +45,7 @@ mod ordering;
 mod pause;
 mod plan;
 mod ports;
+mod publish;
 mod replies;
 mod route;
 mod subscription;
@@ -154,6 +155,9 @@ pub struct Session {
     /// `PUBLISH`es on their way, by reply slot: the proxy's receivers and
     /// the node's receivers that are the proxy's own subscriptions.
     published: HashMap<u64, (usize, usize)>,
+    /// `EXEC`s on their way with `PUBLISH`es inside, by reply slot: each
+    /// one's index in the reply and counts as in `published`.
+    exec_published: HashMap<u64, publish::ExecPublishes>,
 }
 
 impl Session {
@@ -235,6 +239,7 @@ impl Session {
             hub: proxy.hub_for(0),
             pubsub: None,
             published: HashMap::new(),
+            exec_published: HashMap::new(),
         }
     }
 
@@ -602,7 +607,8 @@ impl Session {
             }
             Part::Queued => self.fill(seq, transaction::node_reply(part, reply)),
             Part::Exec => {
-                self.fill(seq, transaction::node_reply(part, reply));
+                let reply = self.exec_receivers(seq, transaction::node_reply(part, reply));
+                self.fill(seq, reply);
                 self.exec_answered(self.clock.now());
             }
             Part::Discard => {}

@@ -189,6 +189,63 @@ fn a_forbidden_channel_is_refused_like_redis() {
     }
 }
 
+/// `PUBLISH`/`SPUBLISH` inside `MULTI`: `EXEC`'s reply counts the
+/// proxy's receiving clients as one Redis counts its subscribers (as
+/// outside MULTI), byte for byte as a standalone Redis, whether the
+/// transaction runs on the node holding the proxy's subscriptions or not.
+#[test]
+fn publish_inside_multi_counts_receivers_like_redis() {
+    let cluster = Cluster::start(3, 0);
+    let envoy = Envoy::start(module_config(&cluster, json!({})));
+    let reference = StandaloneRedis::start();
+    // Keys on every master, so transactions run on each of them.
+    let keys: Vec<String> = by_owner(&cluster, &keys("t", 60))
+        .into_values()
+        .map(|ks| format!("{{{}}}", ks[0]))
+        .collect();
+    assert_eq!(keys.len(), 3, "a key on each master");
+    let subscribe = |port: u16, cmd: Vec<String>| {
+        let mut c = RawClient::connect(port);
+        let n = cmd.len() - 1;
+        c.send_cmd(&cmd);
+        c.read_replies(n);
+        c
+    };
+    let mut held = Vec::new();
+    for port in [envoy.port(), reference.port()] {
+        for _ in 0..2 {
+            held.push(subscribe(port, vec!["SUBSCRIBE".into(), "m".into()]));
+        }
+        held.push(subscribe(port, vec!["PSUBSCRIBE".into(), "m*".into()]));
+        for k in &keys {
+            held.push(subscribe(port, vec!["SSUBSCRIBE".into(), format!("{k}:s")]));
+        }
+    }
+    let (mut p, mut r) = (envoy.raw_client(), reference.raw_client());
+    let mut txns: Vec<Vec<Vec<String>>> = vec![vec![
+        vec!["MULTI".into()],
+        vec!["PUBLISH".into(), "m".into(), "keyless".into()],
+        vec!["PUBLISH".into(), "nobody".into(), "x".into()],
+        vec!["EXEC".into()],
+    ]];
+    for k in &keys {
+        txns.push(vec![
+            vec!["MULTI".into()],
+            vec!["SET".into(), k.clone(), "1".into()],
+            vec!["PUBLISH".into(), "m".into(), k.clone()],
+            vec!["SPUBLISH".into(), format!("{k}:s"), "s".into()],
+            vec!["PUBLISH".into(), "mx".into(), "p".into()],
+            vec!["EXEC".into()],
+        ]);
+    }
+    for txn in &txns {
+        for cmd in txn {
+            let (a, b) = (p.cmd(cmd), r.cmd(cmd));
+            assert_eq!(a, b, "{cmd:?}: proxy (left) vs standalone Redis (right)");
+        }
+    }
+}
+
 /// `PUBSUB NUMSUB` of `channel` on a node.
 fn node_numsub(port: u16, channel: &str) -> i64 {
     let mut c = RawClient::connect(port);

@@ -136,7 +136,7 @@ impl Session {
 
     /// Where `name` of `kind` lives: its upstream key and slot; an error
     /// reply when it has no route.
-    fn place(&self, kind: Kind, name: &[u8]) -> Result<(SubKey, u16), Vec<u8>> {
+    pub(super) fn place(&self, kind: Kind, name: &[u8]) -> Result<(SubKey, u16), Vec<u8>> {
         let hashtags = self.proxy.config.settings.enable_hashtagging;
         let (cluster, node_name) = match kind {
             Kind::Shard => {
@@ -440,123 +440,6 @@ impl Session {
         // reset or dropped with the connection.
         for a in ps.acks {
             self.fill(a.seq, a.bytes);
-        }
-    }
-
-    /// `PUBLISH` and `SPUBLISH`, to the owner of the channel's slot (where
-    /// this proxy's upstream subscriptions to it are); the node's count of
-    /// receivers becomes the proxy's clients plus the node's other
-    /// subscribers.
-    pub(super) fn publish(
-        &mut self,
-        name: &str,
-        args: &[&[u8]],
-        now: Instant,
-    ) -> Result<(), Vec<u8>> {
-        let kind = if name == "spublish" {
-            Kind::Shard
-        } else {
-            Kind::Channel
-        };
-        let (channel, message) = match args {
-            [_, c, m] => (*c, *m),
-            _ => return Err(codec::error(&crate::command::arity_error(name))),
-        };
-        let (key, slot) = self.place(kind, channel)?;
-        let map = self.proxy.topology(key.cluster);
-        let owner = map.as_ref().and_then(|m| m.master_for_slot(slot));
-        let same_node =
-            |s: u16| owner.is_some() && map.as_ref().and_then(|m| m.master_for_slot(s)) == owner;
-        let counts = self
-            .proxy
-            .pubsub
-            .receivers(kind, channel, &key.name, same_node);
-        let data = codec::command(&[args[0], &key.name, message]);
-        let seq = self.push_slot();
-        self.published.insert(seq, counts);
-        let target = crate::upstream::Target::Slot { slot, read: false };
-        let deadline = self.deadline_from(now);
-        let req = crate::upstream::Request::new(
-            self.client.clone(),
-            seq,
-            crate::upstream::WHOLE,
-            key.cluster,
-            target,
-            data,
-            deadline,
-        );
-        self.batch.push(req);
-        Ok(())
-    }
-
-    /// The reply to command `seq`, a `PUBLISH`'s count made the proxy's.
-    pub(super) fn receivers(&mut self, seq: u64, reply: Vec<u8>) -> Vec<u8> {
-        if self.published.is_empty() {
-            return reply;
-        }
-        match (self.published.remove(&seq), codec::integer_value(&reply)) {
-            (Some((clients, links)), Some(n)) => {
-                let others = (n.max(0) as usize).saturating_sub(links);
-                codec::integer((clients + others) as i64)
-            }
-            _ => reply,
-        }
-    }
-
-    /// `PUBSUB CHANNELS|NUMSUB|NUMPAT|SHARDCHANNELS|SHARDNUMSUB`, for the
-    /// proxy's own subscribers (every worker).
-    pub(super) fn pubsub_introspection(&self, args: &[&[u8]]) -> Vec<u8> {
-        let sub =
-            String::from_utf8_lossy(args.get(1).copied().unwrap_or_default()).to_ascii_lowercase();
-        let reg = &self.proxy.pubsub;
-        let list = |names: Vec<Vec<u8>>| {
-            let mut out = format!("*{}\r\n", names.len()).into_bytes();
-            for n in names {
-                out.extend(codec::bulk(&n));
-            }
-            out
-        };
-        let numsub = |kind: Kind| {
-            let mut out = format!("*{}\r\n", (args.len() - 2) * 2).into_bytes();
-            for n in &args[2..] {
-                out.extend(codec::bulk(n));
-                out.extend(codec::integer(reg.count(kind, n) as i64));
-            }
-            out
-        };
-        match (sub.as_str(), args.len()) {
-            ("channels", 2 | 3) => list(reg.names(Kind::Channel, args.get(2).copied())),
-            ("shardchannels", 2 | 3) => list(reg.names(Kind::Shard, args.get(2).copied())),
-            ("numsub", _) => numsub(Kind::Channel),
-            ("shardnumsub", _) => numsub(Kind::Shard),
-            ("numpat", 2) => codec::integer(reg.patterns() as i64),
-            ("help", 2) => {
-                let lines: &[&[u8]] = &[
-                    b"PUBSUB <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
-                    b"CHANNELS [<pattern>]",
-                    b"    Return the currently active channels matching a <pattern> (default: '*').",
-                    b"NUMPAT",
-                    b"    Return number of subscriptions to patterns.",
-                    b"NUMSUB [<channel> ...]",
-                    b"    Return the number of subscribers for the specified channels, excluding",
-                    b"    pattern subscriptions(default: no channels).",
-                    b"SHARDCHANNELS [<pattern>]",
-                    b"    Return the currently active shard level channels matching a <pattern> (default: '*').",
-                    b"SHARDNUMSUB [<shardchannel> ...]",
-                    b"    Return the number of subscribers for the specified shard level channel(s)",
-                    b"HELP",
-                    b"    Prints this help.",
-                ];
-                let mut out = format!("*{}\r\n", lines.len()).into_bytes();
-                for l in lines {
-                    out.extend(codec::simple(&String::from_utf8_lossy(l)));
-                }
-                out
-            }
-            _ => codec::error(&format!(
-                "ERR unknown subcommand or wrong number of arguments for '{}'. Try PUBSUB HELP.",
-                String::from_utf8_lossy(args.get(1).copied().unwrap_or_default())
-            )),
         }
     }
 }

@@ -78,6 +78,9 @@ pub(super) struct Txn {
     held_replies: u32,
     /// Commands queued since `MULTI` (held or sent).
     count: u32,
+    /// `PUBLISH`es queued, by index: `EXEC`'s reply gets the proxy's
+    /// counts of receivers.
+    publishes: Vec<(u32, super::publish::QueuedPublish)>,
 }
 
 /// Bytes for a transaction's connection and how to send them.
@@ -128,6 +131,7 @@ impl Txn {
             held: Vec::new(),
             held_replies: 0,
             count: 0,
+            publishes: Vec::new(),
         }
     }
 
@@ -294,8 +298,9 @@ impl Session {
                         self.reply_now(b"*0\r\n".to_vec());
                     }
                     ExecPlan::Send(out) => {
-                        self.txn = None;
+                        let publishes = self.txn.take().map(|t| t.publishes).unwrap_or_default();
                         let seq = self.push_slot();
+                        self.exec_publishes(seq, publishes, out.cluster, out.slot);
                         self.send_pinned(seq, Part::Exec, out, true, now);
                         // Later commands travel on shared connections and
                         // could overtake EXEC on its own connection: hold
@@ -388,6 +393,10 @@ impl Session {
                 )))
             }
         };
+        if let Some(p) = self.queued_publish(cmd.name, args) {
+            let t = self.txn_mut();
+            t.publishes.push((t.count, p));
+        }
         match self.txn_mut().queue(&data) {
             Some(out) => {
                 let seq = self.push_slot();
