@@ -26,6 +26,8 @@ enum Step {
     /// PUBLISH from another connection (of the same server), then compare
     /// this many frames on the subscriber.
     Publish(&'static str, &'static str, usize),
+    /// Send the commands in one write, compare this many frames.
+    Pipeline(Vec<Vec<&'static str>>, usize),
 }
 
 fn script(resp3: bool) -> Vec<Step> {
@@ -81,6 +83,12 @@ fn run(
                 r.send_cmd(cmd);
                 let _ = (p.read_reply_bytes(), r.read_reply_bytes());
                 continue;
+            }
+            Step::Pipeline(cmds, n) => {
+                let bytes: Vec<u8> = cmds.iter().flat_map(|c| encode_cmd(c)).collect();
+                p.send(&bytes).expect("send to the proxy");
+                r.send(&bytes).expect("send to Redis");
+                (format!("pipeline {cmds:?}"), *n)
             }
             Step::Publish(ch, msg, n) => {
                 pp.cmd(&["PUBLISH", ch, msg]);
@@ -169,6 +177,18 @@ fn a_forbidden_channel_is_refused_like_redis() {
             Cmd(vec!["UNSUBSCRIBE", "news1", "news2"], 2),
             Cmd(vec!["PUNSUBSCRIBE", "news*"], 1),
             Cmd(vec!["PING"], 1),
+            // Acknowledgements pipelined behind a refusal count without
+            // the refused name.
+            Pipeline(
+                vec![
+                    vec!["SUBSCRIBE", "secret"],
+                    vec!["SUBSCRIBE", "news3"],
+                    vec!["UNSUBSCRIBE", "news3"],
+                    vec!["PSUBSCRIBE", "news*"],
+                    vec!["PUNSUBSCRIBE"],
+                ],
+                5,
+            ),
         ];
         if resp3 {
             steps.insert(0, Quiet(vec!["HELLO", "3"]));

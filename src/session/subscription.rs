@@ -37,16 +37,46 @@ pub(super) struct Subscribed {
     counted: bool,
 }
 
-/// A subscribe's acknowledgement waiting for the nodes.
+/// A (un)subscribe's acknowledgements waiting for the nodes, or behind
+/// one that waits (a refusal before it changes its counts).
 struct PendingAck {
     seq: u64,
     /// The upstream subscriptions it waits for.
     wait: Vec<SubKey>,
-    bytes: Vec<u8>,
+    kind: Kind,
+    subscribe: bool,
+    resp3: bool,
+    /// Each name (`None`: an unsubscribe-all's nil) and the client's count
+    /// after it, when the command ran.
+    items: Vec<(Option<Vec<u8>>, usize)>,
+    /// Names counted in `items` that an earlier command's refusal dropped.
+    discount: usize,
     /// What the command added (kind, name as given, upstream key): all
     /// dropped again when a node refuses one of its names, as Redis
     /// refuses the whole command.
     added: Vec<(Kind, Vec<u8>, SubKey)>,
+}
+
+impl PendingAck {
+    fn bytes(&self) -> Vec<u8> {
+        let word = if self.subscribe {
+            self.kind.subscribe_word()
+        } else {
+            self.kind.unsubscribe_word()
+        };
+        let mut out = Vec::new();
+        for (name, count) in &self.items {
+            let n = count.saturating_sub(self.discount);
+            pubsub::ack(&mut out, self.resp3, word, name.as_deref(), n);
+        }
+        out
+    }
+}
+
+/// Subscriptions counted together in acknowledgements: shard channels,
+/// or channels and patterns.
+fn class(kind: Kind) -> usize {
+    usize::from(kind == Kind::Shard)
 }
 
 impl Subscribed {
@@ -200,7 +230,7 @@ impl Session {
         }
         let hub = self.hub.clone();
         let id = self.state.id;
-        let mut out = Vec::new();
+        let mut items = Vec::new();
         let mut wait = Vec::new();
         let mut added = Vec::new();
         for ((key, slot), visible) in placed.into_iter().zip(names) {
@@ -222,13 +252,7 @@ impl Session {
             let Some(ps) = self.pubsub.as_ref() else {
                 return;
             };
-            pubsub::ack(
-                &mut out,
-                resp3,
-                kind.subscribe_word(),
-                Some(visible),
-                ps.count(kind),
-            );
+            items.push((Some(visible.to_vec()), ps.count(kind)));
         }
         let stats = &self.proxy.stats;
         if let Some(ps) = self.pubsub.as_mut() {
@@ -240,20 +264,32 @@ impl Session {
             }
         }
         self.show_subscriptions();
-        let seq = self.push_slot();
-        if wait.is_empty() {
-            self.fill(seq, out);
-        } else if let Some(ps) = self.pubsub.as_mut() {
-            ps.acks.push(PendingAck {
-                seq,
-                wait,
-                bytes: out,
-                added,
-            });
-            // A subscription refused before this command joined it wakes
-            // no one again.
-            self.release_acks(now);
+        let ack = PendingAck {
+            seq: self.push_slot(),
+            wait,
+            kind,
+            subscribe: true,
+            resp3,
+            items,
+            discount: 0,
+            added,
+        };
+        self.acknowledge(ack, now);
+    }
+
+    /// Send `ack` now, or keep it until the nodes answer (and those
+    /// before it are sent).
+    fn acknowledge(&mut self, ack: PendingAck, now: Instant) {
+        let Some(ps) = self.pubsub.as_mut() else {
+            return;
+        };
+        if ack.wait.is_empty() && ps.acks.is_empty() {
+            return self.fill(ack.seq, ack.bytes());
         }
+        ps.acks.push(ack);
+        // A subscription refused before this command joined it wakes no
+        // one again.
+        self.release_acks(now);
     }
 
     fn unsubscribe(&mut self, kind: Kind, names: &[&[u8]], now: Instant) {
@@ -280,16 +316,17 @@ impl Session {
             names.iter().map(|n| n.to_vec()).collect()
         };
         let mut dropped = Vec::new();
+        let mut items = Vec::new();
         for n in &targets {
             if let Some(i) = ps.holds(kind, n) {
                 let (_, _, key) = ps.subs.remove(i);
                 dropped.push(key);
                 self.proxy.pubsub.remove(kind, n);
             }
-            pubsub::ack(&mut out, resp3, word, Some(n), ps.count(kind));
+            items.push((Some(n.clone()), ps.count(kind)));
         }
         if targets.is_empty() {
-            pubsub::ack(&mut out, resp3, word, None, ps.count(kind));
+            items.push((None, ps.count(kind)));
         }
         if ps.subs.is_empty() {
             ps.mode = false;
@@ -300,7 +337,17 @@ impl Session {
             self.with_env(now, |env| hub.unsubscribe(id, &key, env));
         }
         self.show_subscriptions();
-        self.reply_now(out);
+        let ack = PendingAck {
+            seq: self.push_slot(),
+            wait: Vec::new(),
+            kind,
+            subscribe: false,
+            resp3,
+            items,
+            discount: 0,
+            added: Vec::new(),
+        };
+        self.acknowledge(ack, now);
     }
 
     /// The session was woken: read the worker's links (any subscribed
@@ -326,9 +373,15 @@ impl Session {
         };
         let mut done = Vec::new();
         let mut refused = Vec::new();
+        // Names a refusal drops, by class: counted in every later ack.
+        let mut dropping = [0usize; 2];
+        // An earlier ack still waits: later ones wait behind it.
+        let mut behind = false;
+        let Subscribed { acks, subs, .. } = &mut **ps;
         // Every state is read before anything is dropped: a later command
         // waiting for the same refused subscription is refused too.
-        ps.acks.retain_mut(|a| {
+        acks.retain_mut(|a| {
+            a.discount += dropping[class(a.kind)];
             let mut error = None;
             a.wait.retain(|k| match hub.ack_state(k) {
                 AckState::Waiting => true,
@@ -339,13 +392,19 @@ impl Session {
                 }
             });
             if let Some(e) = error {
+                for (k, n, _) in &a.added {
+                    if subs.iter().any(|(k2, n2, _)| k2 == k && n2 == n) {
+                        dropping[class(*k)] += 1;
+                    }
+                }
                 refused.extend(std::mem::take(&mut a.added));
                 done.push((a.seq, e));
                 false
-            } else if a.wait.is_empty() {
-                done.push((a.seq, std::mem::take(&mut a.bytes)));
+            } else if a.wait.is_empty() && !behind {
+                done.push((a.seq, a.bytes()));
                 false
             } else {
+                behind = true;
                 true
             }
         });
@@ -439,7 +498,7 @@ impl Session {
         // Acknowledgements still waiting: their slots are answered by the
         // reset or dropped with the connection.
         for a in ps.acks {
-            self.fill(a.seq, a.bytes);
+            self.fill(a.seq, a.bytes());
         }
     }
 }
