@@ -255,7 +255,9 @@ impl Session {
             items.push((Some(visible.to_vec()), ps.count(kind)));
         }
         let stats = &self.proxy.stats;
+        let mut entering = false;
         if let Some(ps) = self.pubsub.as_mut() {
+            entering = !resp3 && !ps.mode;
             ps.mode = true;
             ps.feed.set_resp3(resp3);
             if !ps.counted {
@@ -274,7 +276,18 @@ impl Session {
             discount: 0,
             added,
         };
+        let seq = ack.seq;
         self.acknowledge(ack, now);
+        // A RESP2 client entering subscribed mode: what it sends next is
+        // read once the nodes answered, so that a refusal (not subscribed
+        // after all) leaves its later commands ungated, as in Redis.
+        let waiting = self
+            .pubsub
+            .as_ref()
+            .is_some_and(|ps| ps.acks.iter().any(|a| a.seq == seq));
+        if entering && waiting {
+            self.barrier = Some(seq);
+        }
     }
 
     /// Send `ack` now, or keep it until the nodes answer (and those
