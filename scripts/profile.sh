@@ -135,7 +135,8 @@ wait "$bench" 2>/dev/null || true
 hz="$(getconf CLK_TCK)"
 report() { # SORT LINES
     perf report -i "$OUT/perf.data" --no-children -g none --stdio --sort "$1" >"$OUT/by-$1.txt" 2>/dev/null || true
-    grep -E '^ +[0-9]' "$OUT/by-$1.txt" | head -"$2" | sed -E 's/ +- +- *$//' || true
+    # sed, not head: reading all of grep's output spares it a SIGPIPE.
+    grep -E '^ +[0-9]' "$OUT/by-$1.txt" | sed -E -n "1,$2{s/ +- +- *$//;s/ +$//;p}" || true
 }
 {
     what="module $(git -C "$repo" rev-parse --short HEAD)"
