@@ -1,4 +1,4 @@
-# Helpers shared by scripts/bench.sh and scripts/bench-pubsub.sh; sourced, not run.
+# Helpers shared by scripts/bench.sh, scripts/bench-pubsub.sh and scripts/profile.sh; sourced, not run.
 #
 # The sourcing script sets `here` and `repo` and, before the cluster/Envoy
 # helpers run, CLUSTER_DIR_BENCH and CLUSTER_PORT; BENCH_NAME prefixes the log.
@@ -37,6 +37,53 @@ module_config() { # PORT ADMIN SEED...
     sed -e "s/port_value: 9901 }/port_value: $admin }/" \
         -e "s/port_value: 7000 }/port_value: $port }/" \
         -e "s/^\( *seeds: \)\[.*\]/\1$seeds/" "$src"
+}
+
+# Envoy's built-in Redis proxy (redis_proxy + envoy.clusters.redis), settings
+# matching envoy-config/standalone/envoy.yaml, the seeds as its endpoints.
+builtin_config() { # PORT ADMIN SEED...
+    local port="$1" admin="$2" seed
+    shift 2
+    cat <<YAML
+admin:
+  address:
+    socket_address: { address: 127.0.0.1, port_value: $admin }
+static_resources:
+  listeners:
+    - name: redis_listener
+      address:
+        socket_address: { address: 127.0.0.1, port_value: $port }
+      filter_chains:
+        - filters:
+            - name: envoy.filters.network.redis_proxy
+              typed_config:
+                "@type": type.googleapis.com/envoy.extensions.filters.network.redis_proxy.v3.RedisProxy
+                stat_prefix: redis
+                settings:
+                  op_timeout: 5s
+                  enable_redirection: true
+                  enable_hashtagging: true
+                  read_policy: MASTER
+                prefix_routes:
+                  catch_all_route: { cluster: main }
+  clusters:
+    - name: main
+      connect_timeout: 1s
+      lb_policy: CLUSTER_PROVIDED
+      cluster_type:
+        name: envoy.clusters.redis
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.clusters.redis.v3.RedisClusterConfig
+          cluster_refresh_rate: 5s
+          cluster_refresh_timeout: 3s
+      load_assignment:
+        cluster_name: main
+        endpoints:
+          - lb_endpoints:
+YAML
+    for seed in "$@"; do
+        echo "              - endpoint: { address: { socket_address: { address: ${seed%:*}, port_value: ${seed##*:} } } }"
+    done
 }
 
 # --- cleanup: only what this script started, by PID --------------------------

@@ -172,7 +172,7 @@ port_of() { # TARGET CONCURRENCY -> listener port
 }
 admin_of() { echo $(($(port_of "$1" "$2") + 10)); }
 
-# log, die, alive, port_busy, cpu_ticks, rss_kb, module_config, run_child and
+# log, die, alive, port_busy, cpu_ticks, rss_kb, module_config, builtin_config, run_child and
 # the cleanup on exit (only what this script started, by PID).
 BENCH_NAME=bench
 # shellcheck source=scripts/bench-lib.sh
@@ -273,49 +273,6 @@ log "preloaded: $got keys"
 # --- Envoy configs -------------------------------------------------------------------
 SEEDS=("127.0.0.1:$CLUSTER_PORT" "127.0.0.1:$((CLUSTER_PORT + 1))" "127.0.0.1:$((CLUSTER_PORT + 2))")
 
-builtin_config() { # PORT ADMIN
-    cat <<YAML
-# Envoy's built-in Redis proxy, settings matching envoy-config/standalone/envoy.yaml.
-admin:
-  address:
-    socket_address: { address: 127.0.0.1, port_value: $2 }
-static_resources:
-  listeners:
-    - name: redis_listener
-      address:
-        socket_address: { address: 127.0.0.1, port_value: $1 }
-      filter_chains:
-        - filters:
-            - name: envoy.filters.network.redis_proxy
-              typed_config:
-                "@type": type.googleapis.com/envoy.extensions.filters.network.redis_proxy.v3.RedisProxy
-                stat_prefix: redis
-                settings:
-                  op_timeout: 5s
-                  enable_redirection: true
-                  enable_hashtagging: true
-                  read_policy: MASTER
-                prefix_routes:
-                  catch_all_route: { cluster: main }
-  clusters:
-    - name: main
-      connect_timeout: 1s
-      lb_policy: CLUSTER_PROVIDED
-      cluster_type:
-        name: envoy.clusters.redis
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.clusters.redis.v3.RedisClusterConfig
-          cluster_refresh_rate: 5s
-          cluster_refresh_timeout: 3s
-      load_assignment:
-        cluster_name: main
-        endpoints:
-          - lb_endpoints:
-              - endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: $CLUSTER_PORT } } }
-              - endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: $((CLUSTER_PORT + 1)) } } }
-              - endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: $((CLUSTER_PORT + 2)) } } }
-YAML
-}
 
 start_envoy() { # TARGET CONCURRENCY
     local t="$1" c="$2" port admin cfg logf pid n v dir="$MODULE_DIR"
@@ -323,7 +280,7 @@ start_envoy() { # TARGET CONCURRENCY
     admin="$(admin_of "$t" "$c")"
     cfg="$RUN/envoy-$t-c$c.yaml"
     logf="$RUN/envoy-$t-c$c.log"
-    if [ "$t" = B ]; then builtin_config "$port" "$admin" >"$cfg"; else module_config "$port" "$admin" "${SEEDS[@]}" >"$cfg"; fi
+    if [ "$t" = B ]; then builtin_config "$port" "$admin" "${SEEDS[@]}" >"$cfg"; else module_config "$port" "$admin" "${SEEDS[@]}" >"$cfg"; fi
     if [ "$t" = D ]; then dir="$MODULE_D_DIR"; fi
     ENVOY_DYNAMIC_MODULES_SEARCH_PATH="$dir" \
         "$ENVOY_BIN" -c "$cfg" --disable-hot-restart --concurrency "$c" -l warning \

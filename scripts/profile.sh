@@ -41,8 +41,9 @@ while [ $# -gt 0 ]; do
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
 done
-log() { echo "[profile $(date +%H:%M:%S)] $*" >&2; }
-die() { log "$*"; exit 1; }
+BENCH_NAME=profile
+# shellcheck source=scripts/bench-lib.sh
+source "$here/bench-lib.sh"
 command -v perf >/dev/null || die "perf is not installed (apt-get install linux-perf)"
 command -v redis-benchmark >/dev/null || die "redis-benchmark missing: run scripts/install.sh"
 
@@ -63,47 +64,11 @@ trap cleanup EXIT
 log "cluster on $((PORT + 1))-$((PORT + 6))"
 bash "$here/cluster.sh" start "${CLUSTER[@]}" >/dev/null
 
+SEEDS=("127.0.0.1:$((PORT + 1))" "127.0.0.1:$((PORT + 2))" "127.0.0.1:$((PORT + 3))")
 if [ "$BUILTIN" = 1 ]; then
-    # Envoy's built-in proxy, settings as envoy-config/standalone/envoy.yaml.
-    cat >"$OUT/envoy.yaml" <<YAML
-admin:
-  address: { socket_address: { address: 127.0.0.1, port_value: $((PORT + 90)) } }
-static_resources:
-  listeners:
-    - name: redis_listener
-      address: { socket_address: { address: 127.0.0.1, port_value: $PORT } }
-      filter_chains:
-        - filters:
-            - name: envoy.filters.network.redis_proxy
-              typed_config:
-                "@type": type.googleapis.com/envoy.extensions.filters.network.redis_proxy.v3.RedisProxy
-                stat_prefix: redis
-                settings: { op_timeout: 5s, enable_redirection: true, enable_hashtagging: true, read_policy: MASTER }
-                prefix_routes: { catch_all_route: { cluster: main } }
-  clusters:
-    - name: main
-      connect_timeout: 1s
-      lb_policy: CLUSTER_PROVIDED
-      cluster_type:
-        name: envoy.clusters.redis
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.clusters.redis.v3.RedisClusterConfig
-          cluster_refresh_rate: 5s
-          cluster_refresh_timeout: 3s
-      load_assignment:
-        cluster_name: main
-        endpoints:
-          - lb_endpoints:
-              - endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: $((PORT + 1)) } } }
-              - endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: $((PORT + 2)) } } }
-              - endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: $((PORT + 3)) } } }
-YAML
+    builtin_config "$PORT" $((PORT + 90)) "${SEEDS[@]}" >"$OUT/envoy.yaml"
 else
-    # The standalone example config with this run's ports.
-    sed -e "s/port_value: 9901/port_value: $((PORT + 90))/" \
-        -e "s/port_value: 7000/port_value: $PORT/" \
-        -e "s/127.0.0.1:7001/127.0.0.1:$((PORT + 1))/; s/127.0.0.1:7002/127.0.0.1:$((PORT + 2))/; s/127.0.0.1:7003/127.0.0.1:$((PORT + 3))/" \
-        "$repo/envoy-config/standalone/envoy.yaml" >"$OUT/envoy.yaml"
+    module_config "$PORT" $((PORT + 90)) "${SEEDS[@]}" >"$OUT/envoy.yaml"
 fi
 ENVOY_RUN_DIR="$ENVOY_DIR" ENVOY_LOG_LEVEL=warning \
     bash "$here/run-envoy.sh" start "$OUT/envoy.yaml" -- --concurrency "$CONCURRENCY" >/dev/null

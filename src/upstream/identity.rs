@@ -50,21 +50,9 @@ impl UpstreamIo {
     /// and answer what waits on it with the node's `error` (none of it was
     /// written: see [`super::pipeline::Pipeline::hold_here`]).
     pub(super) fn refuse_conn(&mut self, idx: usize, error: &[u8]) {
-        let Some(mut conn) = self.conns.get_mut(idx).and_then(|c| c.take()) else {
+        let Some(mut conn) = self.take_conn(idx) else {
             return;
         };
-        let _ = self.registry.deregister(&mut conn.stream);
-        match conn.pin {
-            Some(pin) => {
-                self.pinned.remove(&pin);
-            }
-            None => {
-                self.shared.remove(&conn.addr, &conn.purpose());
-            }
-        }
-        self.blocking_closed(&conn, idx);
-        self.forget_conn(idx, conn.owner.as_ref());
-        self.free.push(idx);
         log!(
             Level::Debug,
             "redis_cluster: node {} refused AUTH as a client's user",

@@ -204,33 +204,11 @@ impl UpstreamIo {
         }
     }
 
-    /// Close a transaction's dedicated connection (its WATCHes die with it).
-    pub(super) fn close_pinned(&mut self, idx: usize) {
-        let Some(mut conn) = self.conns.get_mut(idx).and_then(|c| c.take()) else {
-            return;
-        };
-        let _ = self.registry.deregister(&mut conn.stream);
-        if let Some(pin) = conn.pin {
-            self.pinned.remove(&pin);
-        }
-        self.blocking_closed(&conn, idx);
-        self.forget_conn(idx, conn.owner.as_ref());
-        self.free.push(idx);
-        for u in conn.pipe.unanswered() {
-            u.req
-                .respond(codec::error("ERR transaction connection released"));
-        }
-    }
-
-    /// Drop a broken connection. Commands that never reached the node whole,
-    /// and reads, are safe to send again: they wait for a fresh topology.
-    /// Writes that reached the node may have run: they are resent only when
-    /// `retry_unanswered_writes` is on (at-least-once), else their clients
-    /// get an error. Transactions are never resent.
-    pub(super) fn fail_conn(&mut self, idx: usize, why: &str) {
-        let Some(mut conn) = self.conns.get_mut(idx).and_then(|c| c.take()) else {
-            return;
-        };
+    /// Take connection `idx` out of every table that knows it (poller,
+    /// pins or the shared pool, blocking pool, clock, its client), leaving
+    /// its slot free; the caller decides what its owed replies become.
+    pub(super) fn take_conn(&mut self, idx: usize) -> Option<super::Conn> {
+        let mut conn = self.conns.get_mut(idx).and_then(|c| c.take())?;
         let _ = self.registry.deregister(&mut conn.stream);
         match conn.pin {
             Some(pin) => {
@@ -243,6 +221,29 @@ impl UpstreamIo {
         self.blocking_closed(&conn, idx);
         self.forget_conn(idx, conn.owner.as_ref());
         self.free.push(idx);
+        Some(conn)
+    }
+
+    /// Close a transaction's dedicated connection (its WATCHes die with it).
+    pub(super) fn close_pinned(&mut self, idx: usize) {
+        let Some(mut conn) = self.take_conn(idx) else {
+            return;
+        };
+        for u in conn.pipe.unanswered() {
+            u.req
+                .respond(codec::error("ERR transaction connection released"));
+        }
+    }
+
+    /// Drop a broken connection. Commands that never reached the node whole,
+    /// and reads, are safe to send again: they wait for a fresh topology.
+    /// Writes that reached the node may have run: they are resent only when
+    /// `retry_unanswered_writes` is on (at-least-once), else their clients
+    /// get an error. Transactions are never resent.
+    pub(super) fn fail_conn(&mut self, idx: usize, why: &str) {
+        let Some(mut conn) = self.take_conn(idx) else {
+            return;
+        };
         let now = Instant::now();
         self.mark_down(conn.cluster, &conn.addr, now);
         self.stats
