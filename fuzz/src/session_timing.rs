@@ -105,9 +105,16 @@ impl Run {
                     ),
                 }
             }
+            // A request held back until later (a subscription sent again
+            // after a lost link) has op_timeout from then.
+            let start = r
+                .earliest()
+                .map_or(self.clock.now(), |t| t.max(self.clock.now()));
             assert!(
-                r.deadline <= self.clock.now() + self.op_timeout,
-                "a request's deadline is later than op_timeout from now"
+                r.deadline <= start + self.op_timeout,
+                "a request's deadline is later than op_timeout from when it may go: {:?} {:?}",
+                String::from_utf8_lossy(&r.data),
+                r.deadline.saturating_duration_since(self.clock.now())
             );
             if !r.is_mirror() {
                 self.pending.push(r);

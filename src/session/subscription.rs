@@ -201,6 +201,11 @@ impl Session {
     }
 
     fn subscribe(&mut self, kind: Kind, names: &[&[u8]], now: Instant) {
+        if self.upstream.is_none() {
+            // Config validation mode: no nodes, no links; answered like
+            // every command sent upstream then.
+            return self.reply_now(codec::error("ERR proxy is not running (validation mode)"));
+        }
         let mut placed = Vec::with_capacity(names.len());
         for n in names {
             match self.place(kind, n) {

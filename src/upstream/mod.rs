@@ -251,6 +251,12 @@ impl Request {
         self
     }
 
+    /// The instant it may be dispatched from, if later than now; its
+    /// deadline counts from then.
+    pub fn earliest(&self) -> Option<Instant> {
+        self.retry_at
+    }
+
     /// A blocking command's facts, to change before it is sent.
     pub fn blocking_mut(&mut self) -> Option<&mut Blocking> {
         self.blocking.as_deref_mut()
