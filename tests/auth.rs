@@ -349,6 +349,19 @@ fn subscriptions_run_as_the_clients_user() {
         .sum::<usize>();
     assert_eq!(carol_links, 1, "one subscriber link of carol's");
 
+    // Publishing runs as carol too: her channel rules hold for PUBLISH.
+    let mut carol_pub = RawClient::connect(envoy.port());
+    assert_eq!(carol_pub.cmd(&["AUTH", "carol", "pw"]), Resp::ok());
+    let r = carol_pub.cmd(&["PUBLISH", "secret", "from-carol"]);
+    assert!(
+        matches!(&r, Resp::Error(e) if e.starts_with("NOPERM")),
+        "PUBLISH to a channel carol may not use: {r:?}"
+    );
+    assert!(matches!(
+        carol_pub.cmd(&["PUBLISH", "news2", "x"]),
+        Resp::Int(_)
+    ));
+
     let mut publisher = RawClient::connect(envoy.port());
     for ch in ["secret", "news1"] {
         assert!(matches!(publisher.cmd(&["PUBLISH", ch, "m"]), Resp::Int(_)));

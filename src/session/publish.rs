@@ -77,7 +77,10 @@ impl Session {
             target,
             data,
             deadline,
-        );
+        )
+        // As the client's user: the node applies its channel rules.
+        .resp3(self.state.resp3)
+        .user(self.user.clone());
         self.batch.push(req);
         Ok(())
     }
