@@ -122,6 +122,10 @@ pub struct Session {
     closed: bool,
     write_blocked: bool,
     read_disabled: bool,
+    /// This hook fanned Pub/Sub messages out (see `pubsub::pace`).
+    pubsub_fanned: bool,
+    /// The connection's output watermark was lowered for Pub/Sub.
+    pubsub_watermark: bool,
     rng: u64,
     /// The script body this client last sent, remembered in the cache's
     /// generation `last_script_gen` (a flush since means remember again;
@@ -224,6 +228,8 @@ impl Session {
             closed: false,
             write_blocked: false,
             read_disabled: false,
+            pubsub_fanned: false,
+            pubsub_watermark: false,
             rng: seed(),
             last_script: Vec::new(),
             last_script_gen: None,
@@ -536,9 +542,14 @@ impl Session {
                 if want_disabled { "paused" } else { "resumed" }
             );
             conn.read_disable(want_disabled);
+            if want_disabled {
+                // Reading paused cancels a resumption asked through it.
+                self.hub.hand_off(self.state.id);
+            }
         }
         // `CLIENT UNBLOCK` from other clients asks the registry.
         self.entry.set_blocked(self.blocked_upstream());
+        self.settle_pubsub_pace(conn);
     }
 
     /// EXEC's reply is in: commands after it may go.

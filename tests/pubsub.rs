@@ -924,3 +924,89 @@ fn a_channel_subscribed_again_after_its_last_subscriber_left_works() {
         );
     }
 }
+
+/// A busy channel's subscribers receive while it is busy. Envoy writes a
+/// connection's output only in the next turn of its event loop; fanning a
+/// message out to 2,000 subscribers takes longer than the gap between two
+/// messages, so a proxy that fans out again whenever the next message
+/// arrives never ends the turn, and its subscribers get nothing until the
+/// publisher stops (then everything at once, after Envoy buffered it all).
+/// The proxy fans out once per turn, the next messages together.
+#[test]
+fn subscribers_of_a_busy_channel_receive_while_it_is_busy() {
+    const SUBSCRIBERS: usize = 2000;
+    const MESSAGES: usize = 2000;
+    const GAP: Duration = Duration::from_millis(2);
+    let cluster = Cluster::start(3, 0);
+    let envoy = Envoy::start(module_config(&cluster, json!({})));
+    // Classic channels live on the owner of slot 0; publishing there puts
+    // each message on the proxy's subscriber link as it is published.
+    let owner = cluster.node_for_slot(0);
+    // These never read: the proxy holds their messages (well within
+    // pubsub_output_limit) and keeps fanning out to them.
+    let mut idle: Vec<RawClient> = (0..SUBSCRIBERS - 1)
+        .map(|_| {
+            let mut c = envoy.raw_client();
+            c.send_cmd(&["SUBSCRIBE", "busy"]);
+            c
+        })
+        .collect();
+    for c in &mut idle {
+        let ack = c.read_reply();
+        assert!(
+            matches!(&ack, Resp::Array(v) if v.len() == 3),
+            "subscribe acknowledged: {ack:?}"
+        );
+    }
+    let mut reader = envoy.raw_client();
+    reader.cmd(&["SUBSCRIBE", "busy"]);
+    reader.set_timeout(Duration::from_secs(60));
+    let start = Instant::now();
+    let publisher = std::thread::spawn(move || {
+        let mut p = RawClient::connect(owner);
+        for i in 0..MESSAGES {
+            let due = start + GAP * i as u32;
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            p.send(&encode_cmd(&["PUBLISH", "busy", &i.to_string()]))
+                .expect("publish");
+        }
+        let ended = start.elapsed();
+        for _ in 0..MESSAGES {
+            p.read_reply();
+        }
+        ended
+    });
+    let mut at = Vec::with_capacity(MESSAGES);
+    while at.len() < MESSAGES {
+        match reader.read_reply() {
+            Resp::Array(v) if v.len() == 3 => {
+                assert_eq!(
+                    v[2],
+                    Resp::Bulk(at.len().to_string().into_bytes()),
+                    "messages in order, none lost"
+                );
+                at.push(start.elapsed());
+            }
+            other => panic!("reader got {other:?}"),
+        }
+    }
+    let ended = publisher.join().expect("publisher");
+    let during = at.iter().filter(|t| **t < ended).count();
+    eprintln!(
+        "publishing took {ended:?}; first message after {:?}, {during} of {MESSAGES} received before it ended, last after {:?}",
+        at[0],
+        at[MESSAGES - 1]
+    );
+    assert!(
+        at[0] < Duration::from_secs(1),
+        "the first message arrived after {:?}",
+        at[0]
+    );
+    assert!(
+        during >= MESSAGES / 2,
+        "only {during} of {MESSAGES} messages arrived while the channel was busy ({ended:?})"
+    );
+    drop(idle);
+}

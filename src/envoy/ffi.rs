@@ -59,6 +59,20 @@ extern "C" {
         f: FilterEnvoyPtr,
         len: usize,
     ) -> bool;
+    pub fn envoy_dynamic_module_callback_network_filter_get_buffer_limit(f: FilterEnvoyPtr) -> u32;
+    pub fn envoy_dynamic_module_callback_network_filter_set_buffer_limits(
+        f: FilterEnvoyPtr,
+        limit: u32,
+    );
+    pub fn envoy_dynamic_module_callback_network_filter_get_read_buffer_size(
+        f: FilterEnvoyPtr,
+    ) -> usize;
+    // Returns bool in 1.40 and nothing in older releases: declared without
+    // a result, which is read back through `get_read_buffer_size`.
+    pub fn envoy_dynamic_module_callback_network_filter_append_read_buffer(
+        f: FilterEnvoyPtr,
+        data: ModuleBuffer,
+    );
     pub fn envoy_dynamic_module_callback_network_filter_write(
         f: FilterEnvoyPtr,
         data: ModuleBuffer,

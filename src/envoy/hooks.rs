@@ -4,7 +4,7 @@
 
 use super::ffi::{self, EnvoyBuffer, FilterEnvoyPtr};
 use super::metrics::EnvoyMetrics;
-use super::{logger, EnvoyConnection, EnvoyScheduler};
+use super::{logger, EnvoyConnection, EnvoyScheduler, Resume};
 use crate::config::Config;
 use crate::log;
 use crate::logging::Level;
@@ -174,6 +174,8 @@ struct Filter {
     /// A watermark event Envoy raised re-entrantly (inside our own `write`,
     /// while the session was busy): applied when the outer hook returns.
     pending_watermark: Cell<Option<bool>>,
+    /// The session asked to run from the next turn of the event loop.
+    resume: Resume,
     /// This connection's key in `LIVE` and, as a possible wake anchor, in
     /// the worker's upstream state.
     key: u64,
@@ -233,6 +235,7 @@ pub extern "C" fn envoy_dynamic_module_on_network_filter_new(
             stats,
             poisoned: Cell::new(false),
             pending_watermark: Cell::new(None),
+            resume: Resume::default(),
             key,
             io: io.clone(),
         })) as *const c_void;
@@ -271,6 +274,7 @@ fn with_session(
     }
     let mut conn = EnvoyConnection {
         ptr: filter_envoy_ptr,
+        resume: &filter.resume,
     };
     let Ok(mut session) = filter.session.try_borrow_mut() else {
         return; // re-entered from our own write/close: nothing to do
@@ -358,6 +362,20 @@ pub extern "C" fn envoy_dynamic_module_on_network_filter_read(
     end_stream: bool,
 ) -> i32 {
     with_session(filter_envoy_ptr, filter_ptr, |session, conn| {
+        let (marker, resumed) = conn.take_resume();
+        let mut data_length = data_length;
+        if marker > 0 && data_length > 0 {
+            // Ours, in front of anything the client sent since.
+            let ours = marker.min(data_length);
+            // SAFETY: live filter pointer; `ours` <= buffer length.
+            unsafe {
+                ffi::envoy_dynamic_module_callback_network_filter_drain_read_buffer(
+                    filter_envoy_ptr,
+                    ours,
+                )
+            };
+            data_length -= ours;
+        }
         if data_length > 0 {
             let consumed = read_into_session(filter_envoy_ptr, session, conn);
             if consumed > 0 {
@@ -372,6 +390,9 @@ pub extern "C" fn envoy_dynamic_module_on_network_filter_read(
         }
         if end_stream {
             session.on_end_stream(conn);
+        }
+        if resumed {
+            session.on_resume(conn);
         }
     });
     ffi::DATA_STATUS_STOP_ITERATION

@@ -15,17 +15,94 @@ mod metrics;
 
 use crate::session::{Downstream, Notify};
 use crate::stats::MetricUpdates;
+use std::cell::Cell;
 
 /// Where call sites have always taken the level of `log!` from.
 pub use crate::logging::Level;
 
 /// A handle on the downstream connection, valid only on its worker thread and
 /// only during a hook call (it is created per call, never stored).
-pub struct EnvoyConnection {
+pub struct EnvoyConnection<'a> {
     ptr: ffi::FilterEnvoyPtr,
+    resume: &'a Resume,
 }
 
-impl Downstream for EnvoyConnection {
+/// A session's request to be run again from the next turn of the worker's
+/// event loop ([`Downstream::resume_later`]).
+///
+/// Envoy runs scheduler events in the turn they are committed in, and
+/// writes to sockets only in the next turn; its one way to run a filter in
+/// the next turn is a read event: re-enabling reading on a connection
+/// whose read buffer holds data schedules a read for the next turn
+/// (`ConnectionImpl::readDisable`). So we make sure the buffer holds data
+/// — a marker of ours when it is empty, which `on_read` drains before the
+/// client's bytes — and switch reading off and on.
+#[derive(Default)]
+pub struct Resume {
+    /// Bytes of ours at the front of the read buffer.
+    marker: Cell<usize>,
+    /// The next `on_read` resumes the session.
+    wanted: Cell<bool>,
+}
+
+/// What the marker is: an empty inline line, which Redis (and the codec)
+/// would ignore, should it ever reach the parser.
+const MARKER: &[u8] = b"\r\n";
+
+impl EnvoyConnection<'_> {
+    /// The marker bytes to drain before the read buffer's data, and
+    /// whether this read is the resumption asked for.
+    fn take_resume(&self) -> (usize, bool) {
+        (self.resume.marker.take(), self.resume.wanted.take())
+    }
+}
+
+impl Downstream for EnvoyConnection<'_> {
+    fn limit_output(&mut self, bytes: u32) {
+        // SAFETY: live filter pointer on its worker thread (see `write`).
+        unsafe {
+            let now = ffi::envoy_dynamic_module_callback_network_filter_get_buffer_limit(self.ptr);
+            if now == 0 || now > bytes {
+                ffi::envoy_dynamic_module_callback_network_filter_set_buffer_limits(
+                    self.ptr, bytes,
+                );
+            }
+        }
+    }
+
+    fn resume_later(&mut self) -> bool {
+        if self.resume.wanted.get() {
+            return true;
+        }
+        // SAFETY: live filter pointer on its worker thread (see `write`).
+        let size = unsafe {
+            ffi::envoy_dynamic_module_callback_network_filter_get_read_buffer_size(self.ptr)
+        };
+        if size == 0 {
+            // SAFETY: as above; Envoy copies the bytes.
+            let after = unsafe {
+                ffi::envoy_dynamic_module_callback_network_filter_append_read_buffer(
+                    self.ptr,
+                    ffi::ModuleBuffer::from_slice(MARKER),
+                );
+                ffi::envoy_dynamic_module_callback_network_filter_get_read_buffer_size(self.ptr)
+            };
+            if after != MARKER.len() {
+                return false;
+            }
+            self.resume.marker.set(MARKER.len());
+        }
+        // SAFETY: live filter pointer on its worker thread (see `write`);
+        // reading is enabled (the session checks), so this pair leaves it
+        // enabled, with a read event scheduled for the next turn.
+        unsafe {
+            ffi::envoy_dynamic_module_callback_network_filter_read_disable(self.ptr, true);
+            ffi::envoy_dynamic_module_callback_network_filter_read_disable(self.ptr, false);
+        }
+        self.resume.wanted.set(true);
+        true
+    }
+
     fn write(&mut self, data: &[u8]) {
         if data.is_empty() {
             return;
@@ -71,7 +148,7 @@ impl Downstream for EnvoyConnection {
 
 /// Metric updates through the connection (Envoy's per-filter callbacks, the
 /// only ones Envoy 1.38 has): on its worker, during a hook, like the handle.
-impl MetricUpdates for EnvoyConnection {
+impl MetricUpdates for EnvoyConnection<'_> {
     fn counter_add(&self, id: usize, v: u64) {
         // SAFETY: live filter pointer on its worker thread (see `write`); the
         // id came from a define call on this filter's config.

@@ -18,6 +18,7 @@
 //! delay that lets the topology refresh. Clients see none of it.
 
 pub use super::feed::{Feed, Taken};
+use super::pace::Pace;
 use super::{node_event, Kind, Message, NodeEvent};
 use crate::codec;
 use crate::stats::Stats;
@@ -137,6 +138,7 @@ struct Inner {
     subs: HashMap<SubKey, Sub>,
     links: HashMap<u64, Link>,
     feeds: HashMap<u64, Arc<Feed>>,
+    pace: Pace,
 }
 
 /// One worker's subscriptions.
@@ -158,6 +160,8 @@ impl Hub {
     }
 
     /// Client `id` subscribes to `key` (as `visible`); `slot` places it.
+    /// True when frames waiting for the first subscriber were fanned out
+    /// (see [`Hub::owes_yield`]).
     pub fn subscribe(
         &self,
         id: u64,
@@ -166,20 +170,21 @@ impl Hub {
         visible: &[u8],
         slot: u16,
         env: &mut Env<'_>,
-    ) {
+    ) -> bool {
         let mut inner = self.inner.lock();
+        let mut fanned = false;
         if let std::collections::hash_map::Entry::Vacant(e) = inner.feeds.entry(id) {
             e.insert(feed.clone());
             self.members.lock().push((id, feed.client.clone()));
             // Frames that came while no session was subscribed woke no one
             // (and a mailbox notifies once until read): read them now.
-            self.pump_links(&mut inner, env);
+            fanned = self.pump_links(&mut inner, env);
         }
         if let Some(sub) = inner.subs.get_mut(&key) {
             if !sub.clients.iter().any(|(c, _)| *c == id) {
                 sub.clients.push((id, visible.to_vec()));
             }
-            return;
+            return fanned;
         }
         let cs = self.stats.cluster(key.cluster);
         self.stats.gauge_add(cs.pubsub_upstream_subscriptions, 1);
@@ -196,6 +201,7 @@ impl Hub {
         };
         inner.subs.insert(key.clone(), sub);
         self.place(&mut inner, &key, None, None, env);
+        fanned
     }
 
     /// Client `id` no longer subscribes to `key`; the last one out ends the
@@ -219,6 +225,44 @@ impl Hub {
         }
         inner.feeds.remove(&id);
         self.members.lock().retain(|(c, _)| *c != id);
+        Self::take_over(&mut inner, &self.members, id);
+    }
+
+    /// Client `id`'s session can no longer be run from the next turn (its
+    /// reading is paused): if it held the yield, another session pumps.
+    pub fn hand_off(&self, id: u64) {
+        Self::take_over(&mut self.inner.lock(), &self.members, id);
+    }
+
+    fn take_over(inner: &mut Inner, members: &Members, id: u64) {
+        if inner.pace.left(id) {
+            // It was to run the next fan-out: another subscribed session
+            // does (frames may be waiting in the links meanwhile).
+            LinkNotify(members.clone()).notify();
+        }
+    }
+
+    /// A fan-out ran in this turn of the event loop: the session running
+    /// now must arrange to be run from the next turn ([`Hub::yielding`])
+    /// or give up ([`Hub::give_up`]) before its hook returns.
+    pub fn owes_yield(&self) -> bool {
+        self.inner.lock().pace.owed()
+    }
+
+    /// Client `id`'s session will be run from the next turn.
+    pub fn yielding(&self, id: u64) {
+        self.inner.lock().pace.yielding(id);
+    }
+
+    /// No session could arrange the next turn: fan out whenever asked.
+    pub fn give_up(&self) {
+        self.inner.lock().pace.give_up();
+    }
+
+    /// Client `id`'s session runs in a new turn of the event loop: if it
+    /// held the yield, fan-outs may run again.
+    pub fn resumed(&self, id: u64) {
+        self.inner.lock().pace.resumed(id);
     }
 
     /// Acknowledgements for `key` may go.
@@ -243,15 +287,23 @@ impl Hub {
     }
 
     /// Read every link's frames: fan messages out, take confirmations,
-    /// subscribe again what was lost.
-    pub fn pump(&self, env: &mut Env<'_>) {
+    /// subscribe again what was lost. True when messages were fanned out
+    /// (see [`Hub::owes_yield`]).
+    pub fn pump(&self, env: &mut Env<'_>) -> bool {
         let mut inner = self.inner.lock();
-        self.pump_links(&mut inner, env);
+        self.pump_links(&mut inner, env)
     }
 
-    fn pump_links(&self, inner: &mut Inner, env: &mut Env<'_>) {
+    fn pump_links(&self, inner: &mut Inner, env: &mut Env<'_>) -> bool {
+        if !inner.pace.may_fan_out(env.now) {
+            // The last fan-out's output goes out first (see `pace`): the
+            // frames wait in the links' mailboxes, which notify no one
+            // until taken, and the resumed session takes them.
+            return false;
+        }
         let pins: Vec<u64> = inner.links.keys().copied().collect();
         let mut frames: Vec<Delivery> = Vec::new();
+        let mut handed = 0;
         for pin in pins {
             let Some(link) = inner.links.get(&pin) else {
                 continue;
@@ -266,13 +318,67 @@ impl Hub {
                     String::from_utf8_lossy(&frames[0].reply[..frames[0].reply.len().min(60)])
                 );
             }
-            for d in frames.drain(..) {
-                if !self.on_frame(inner, pin, &d.reply, env) {
-                    break;
-                }
-            }
+            handed += self.on_frames(inner, pin, &frames, env);
+        }
+        if handed > 0 {
+            inner.pace.fanned_out(env.now);
         }
         self.follow_masters(inner, env);
+        handed > 0
+    }
+
+    /// Link `pin`'s frames, in order: consecutive messages of one
+    /// subscription are fanned out as one run. Returns the messages handed
+    /// to clients.
+    fn on_frames(
+        &self,
+        inner: &mut Inner,
+        pin: u64,
+        frames: &[Delivery],
+        env: &mut Env<'_>,
+    ) -> u64 {
+        let Some((cluster, user)) = inner.links.get(&pin).map(|l| (l.cluster, l.user.clone()))
+        else {
+            return 0;
+        };
+        let mut handed = 0;
+        let mut run: Vec<Message<'_>> = Vec::new();
+        let mut run_key: Option<SubKey> = None;
+        for d in frames {
+            if let NodeEvent::Message(m) = node_event(&d.reply) {
+                let key = SubKey {
+                    kind: m.kind,
+                    cluster,
+                    name: m.pattern.unwrap_or(m.channel).to_vec(),
+                    user: user.clone(),
+                };
+                if !Self::passes_on(inner, pin, &key, &m) {
+                    continue;
+                }
+                if run_key.as_ref() != Some(&key) {
+                    handed += self.fan_out(inner, run_key.take(), &mut run);
+                    run_key = Some(key);
+                }
+                run.push(m);
+                continue;
+            }
+            handed += self.fan_out(inner, run_key.take(), &mut run);
+            if !self.on_frame(inner, pin, &d.reply, env) {
+                return handed;
+            }
+        }
+        handed + self.fan_out(inner, run_key, &mut run)
+    }
+
+    /// Whether link `pin` passes message `m` of subscription `key` on to
+    /// the clients.
+    fn passes_on(inner: &Inner, pin: u64, key: &SubKey, m: &Message<'_>) -> bool {
+        let Some(sub) = inner.subs.get(key).filter(|s| s.links.contains(&pin)) else {
+            return false;
+        };
+        // Broadcast messages reach every node: passed on from one link
+        // only; keyspace notifications are each node's own.
+        sub.links.first() == Some(&pin) || super::node_local(m.channel)
     }
 
     /// One frame of link `pin`; false once the link is gone.
@@ -339,7 +445,8 @@ impl Hub {
                 }
             }
             NodeEvent::Unsubscribed(..) | NodeEvent::Other => {}
-            NodeEvent::Message(m) => self.fan_out(inner, pin, cluster, user, &m),
+            // Fanned out by `on_frames`.
+            NodeEvent::Message(_) => {}
             NodeEvent::Error(e) if e.starts_with(b"NOPERM") => {
                 // The client's user may not subscribe to it (its ACL
                 // channel rules): the answer to the oldest subscribe
@@ -431,38 +538,25 @@ impl Hub {
         true
     }
 
-    fn fan_out(
-        &self,
-        inner: &Inner,
-        pin: u64,
-        cluster: usize,
-        user: Option<Arc<Credentials>>,
-        m: &Message<'_>,
-    ) {
-        let name = m.pattern.unwrap_or(m.channel);
-        let key = SubKey {
-            kind: m.kind,
-            cluster,
-            name: name.to_vec(),
-            user,
-        };
-        let Some(sub) = inner.subs.get(&key).filter(|s| s.links.contains(&pin)) else {
-            return;
-        };
-        // Broadcast messages reach every node: passed on from one link
-        // only; keyspace notifications are each node's own.
-        if sub.links.first() != Some(&pin) && !super::node_local(m.channel) {
-            return;
-        }
-        let cs = self.stats.cluster(cluster);
-        for (id, visible) in &sub.clients {
-            let Some(feed) = inner.feeds.get(id) else {
-                continue;
-            };
-            if feed.push(m, visible) {
-                self.stats.inc(cs.pubsub_messages_fanned_out);
+    /// Hand `run` (messages of subscription `key`) to its clients, leaving
+    /// it empty; returns the messages handed over.
+    fn fan_out(&self, inner: &Inner, key: Option<SubKey>, run: &mut Vec<Message<'_>>) -> u64 {
+        let handed = match key.as_ref().and_then(|k| inner.subs.get(k)) {
+            Some(sub) if !run.is_empty() => {
+                let clients = sub
+                    .clients
+                    .iter()
+                    .filter_map(|(id, visible)| Some((&**inner.feeds.get(id)?, &visible[..])));
+                super::fanout::fan_out(run, clients)
             }
+            _ => 0,
+        };
+        if let (Some(k), true) = (key, handed > 0) {
+            let cs = self.stats.cluster(k.cluster);
+            self.stats.add(cs.pubsub_messages_fanned_out, handed);
         }
+        run.clear();
+        handed
     }
 
     /// Subscribe `keys` again off link `lost`: on the node the topology
@@ -737,12 +831,10 @@ mod tests {
         with_env(&mut out, |env| hub.pump(env));
         assert!(hub.ready(&key(b"ch")));
         for f in &feeds {
-            match f.take() {
-                Taken::Bytes(b) => {
-                    assert_eq!(b, b"*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$2\r\nhi\r\n")
-                }
-                Taken::Overflow => panic!("overflow"),
-            }
+            assert_eq!(
+                f.take().concat().as_deref(),
+                Some(&b"*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$2\r\nhi\r\n"[..])
+            );
         }
         with_env(&mut out, |env| hub.unsubscribe(1, &key(b"ch"), env));
         assert!(out.is_empty(), "another client still holds it");
@@ -805,18 +897,9 @@ mod tests {
         );
         let mut more = Vec::new();
         with_env(&mut more, |env| hub.pump(env));
-        match feed.take() {
-            Taken::Bytes(b) => assert_eq!(b, b">3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$2\r\nhi\r\n"),
-            Taken::Overflow => panic!("overflow"),
-        }
-        let small = Feed::new(ClientShared::new(Box::new(Quiet)), false, 10);
-        let m = Message {
-            kind: Kind::Channel,
-            pattern: None,
-            channel: b"ch",
-            payload: b"0123456789",
-        };
-        small.push(&m, b"ch");
-        assert!(small.overflowed() && matches!(small.take(), Taken::Overflow));
+        assert_eq!(
+            feed.take().concat().as_deref(),
+            Some(&b">3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$2\r\nhi\r\n"[..])
+        );
     }
 }

@@ -8,8 +8,10 @@
 //! the clients of an Envoy worker; [`registry`] counts the proxy's clients
 //! for `PUBSUB`.
 
+pub mod fanout;
 pub mod feed;
 pub mod hub;
+pub mod pace;
 pub mod registry;
 
 use crate::codec;

@@ -9,6 +9,15 @@ pub trait Downstream {
     /// Close, flushing pending writes first when `flush`.
     fn close(&mut self, flush: bool);
     fn read_disable(&mut self, disable: bool);
+    /// Have the session run again ([`super::Session::on_resume`]) from the
+    /// next turn of the event loop, after the output written in this turn
+    /// went to the sockets; false when that cannot be arranged.
+    fn resume_later(&mut self) -> bool {
+        false
+    }
+    /// Lower the connection's output buffer watermark to at most `bytes`
+    /// (the watermark events then come at that size).
+    fn limit_output(&mut self, _bytes: u32) {}
     /// Record a histogram value (Envoy requires its worker thread).
     fn record_histogram(&mut self, _id: usize, _value: u64) {}
 }

@@ -19,6 +19,11 @@ use crate::slot;
 use std::sync::Arc;
 use std::time::Instant;
 
+/// The output watermark of a subscriber's connection: at most this many
+/// bytes of messages wait in Envoy for a subscriber (per connection, not
+/// shared), the rest in its feed (shared).
+const PUBSUB_WATERMARK: u32 = 32 * 1024;
+
 /// Where classic channels and patterns are subscribed and published.
 const HOME_SLOT: u16 = 0;
 
@@ -247,9 +252,10 @@ impl Session {
                 added.push((kind, visible.to_vec(), key.clone()));
                 self.proxy.pubsub.add(kind, visible);
                 let feed = ps.feed.clone();
-                self.with_env(now, |env| {
+                let fanned = self.with_env(now, |env| {
                     hub.subscribe(id, &feed, key.clone(), visible, slot, env)
                 });
+                self.pubsub_fanned |= fanned;
             }
             if !hub.ready(&key) {
                 wait.push(key);
@@ -377,8 +383,31 @@ impl Session {
         }
         let hub = self.hub.clone();
         let now = self.clock.now();
-        self.with_env(now, |env| hub.pump(env));
+        self.pubsub_fanned |= self.with_env(now, |env| hub.pump(env));
         self.release_acks(now);
+    }
+
+    /// This hook fanned messages out: be run again from the next turn of
+    /// Envoy's event loop, so that the subscribers' output is written
+    /// before the next fan-out (see `pubsub::pace`); a session that cannot
+    /// (closing, reading paused, no way to ask) gives the turn up.
+    pub(super) fn settle_pubsub_pace(&mut self, conn: &mut dyn Downstream) {
+        if !std::mem::take(&mut self.pubsub_fanned) || !self.hub.owes_yield() {
+            return;
+        }
+        let able = !(self.closed || self.closing || self.end_stream || self.read_disabled);
+        if able && conn.resume_later() {
+            self.hub.yielding(self.state.id);
+        } else {
+            self.hub.give_up();
+        }
+    }
+
+    /// Run from a new turn of the event loop, as [`Self::settle_pubsub_pace`]
+    /// asked: fan-outs may run again.
+    pub fn on_resume(&mut self, conn: &mut dyn Downstream) {
+        self.hub.resumed(self.state.id);
+        self.on_scheduled(conn);
     }
 
     /// Answer the subscribes whose subscriptions the nodes confirmed, or
@@ -459,19 +488,37 @@ impl Session {
         // Messages from now on in the protocol the client speaks now
         // (`HELLO` may have changed it).
         ps.feed.set_resp3(self.state.resp3);
+        if !self.pubsub_watermark {
+            // Messages a subscriber has not read wait in its feed, where
+            // they are shared with the channel's other subscribers, rather
+            // than in Envoy's buffer, where each has its own copy: so
+            // Envoy's buffer stops taking them (its high watermark) early.
+            // It stays lowered after an unsubscribe (replies then pause
+            // reading at this size too, which is harmless).
+            self.pubsub_watermark = true;
+            conn.limit_output(PUBSUB_WATERMARK);
+        }
         // Above Envoy's write watermark messages wait in the feed, which
         // counts them against the budget.
         let behind = ps.feed.overflowed();
         if !behind && (!self.replies.is_empty() || self.write_blocked) {
             return;
         }
-        match ps.feed.take() {
-            Taken::Bytes(b) if !b.is_empty() => {
+        // Past the watermark Envoy stops us (`write_blocked`) until the
+        // subscriber has read half of it: write just past it, so that the
+        // event that lets us go on comes.
+        match ps.feed.take_upto(PUBSUB_WATERMARK as usize + 1) {
+            Taken::Chunks(chunks) => {
                 let stats = &self.proxy.stats;
-                stats.add(stats.downstream_cx_tx_bytes_total, b.len() as u64);
-                conn.write(&b)
+                let n: usize = chunks.iter().map(|c| c.len()).sum();
+                stats.add(stats.downstream_cx_tx_bytes_total, n as u64);
+                match chunks.as_slice() {
+                    [] => {}
+                    [one] => conn.write(one),
+                    // One write into Envoy, not one per chunk.
+                    many => conn.write(&many.concat()),
+                }
             }
-            Taken::Bytes(_) => {}
             Taken::Overflow => {
                 let stats = &self.proxy.stats;
                 stats.inc(stats.pubsub_slow_disconnects);
