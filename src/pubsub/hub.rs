@@ -902,4 +902,64 @@ mod tests {
             Some(&b">3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$2\r\nhi\r\n"[..])
         );
     }
+
+    fn msg(ch: &str, payload: &str) -> Vec<u8> {
+        format!(
+            "*3\r\n$7\r\nmessage\r\n${}\r\n{ch}\r\n${}\r\n{payload}\r\n",
+            ch.len(),
+            payload.len()
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn one_fan_out_per_turn_in_the_nodes_order() {
+        let hub = Hub::new(Arc::new(Stats::disabled(1)), Arc::default());
+        let feed = Feed::new(ClientShared::new(Box::new(Quiet)), false, 1 << 20);
+        let other = Feed::new(ClientShared::new(Box::new(Quiet)), false, 1 << 20);
+        let mut out = Vec::new();
+        with_env(&mut out, |env| {
+            hub.subscribe(1, &feed, key(b"a"), b"a", 0, env);
+            hub.subscribe(1, &feed, key(b"b"), b"b", 0, env);
+            hub.subscribe(2, &other, key(b"a"), b"a", 0, env);
+        });
+        assert_eq!(out.len(), 2, "two upstream subscriptions, one link");
+        let link = out[0].client.clone();
+        for frame in [msg("a", "1"), msg("b", "2"), msg("a", "3")] {
+            link.deliver(0, Part::Whole, frame);
+        }
+        out.clear();
+        assert!(with_env(&mut out, |env| hub.pump(env)), "fanned out");
+        let both = [msg("a", "1"), msg("b", "2"), msg("a", "3")].concat();
+        assert_eq!(feed.take().concat(), Some(both), "interleaved as sent");
+        assert_eq!(
+            other.take().concat(),
+            Some([msg("a", "1"), msg("a", "3")].concat())
+        );
+        // Until a session runs from the next turn, nothing more goes out.
+        assert!(hub.owes_yield());
+        hub.yielding(1);
+        link.deliver(0, Part::Whole, msg("a", "4"));
+        link.deliver(0, Part::Whole, msg("a", "5"));
+        assert!(!with_env(&mut out, |env| hub.pump(env)), "held");
+        assert_eq!(other.take().concat(), Some(Vec::new()));
+        hub.resumed(2);
+        assert!(!with_env(&mut out, |env| hub.pump(env)), "not its yield");
+        hub.resumed(1);
+        assert!(with_env(&mut out, |env| hub.pump(env)));
+        match other.take() {
+            Taken::Chunks(c) => assert_eq!(
+                c.concat(),
+                [msg("a", "4"), msg("a", "5")].concat(),
+                "the held messages as one chunk"
+            ),
+            Taken::Overflow => panic!("overflow"),
+        }
+        // Its session left while holding the yield: another one pumps.
+        hub.yielding(1);
+        with_env(&mut out, |env| hub.leave(1, env));
+        link.deliver(0, Part::Whole, msg("a", "6"));
+        assert!(with_env(&mut out, |env| hub.pump(env)));
+        assert_eq!(other.take().concat(), Some(msg("a", "6")));
+    }
 }
