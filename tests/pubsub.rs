@@ -424,6 +424,59 @@ fn shard_channels_live_on_their_slot_owner() {
     );
 }
 
+/// Shard channels follow the route's read policy like reads: with
+/// `REPLICA` the proxy subscribes on a replica of the slot's shard (which
+/// Redis lets serve `SSUBSCRIBE` for its master's slots, and which gets the
+/// shard's messages), leaving the master to writes.
+#[test]
+fn shard_channels_live_on_a_replica_with_the_replica_read_policy() {
+    let cluster = Cluster::start(3, 1);
+    let envoy = Envoy::start(module_config(&cluster, json!({ "read_policy": "REPLICA" })));
+    let mut c = envoy.raw_client();
+    c.send_cmd(&["SSUBSCRIBE", "{r}x"]);
+    assert_eq!(
+        c.read_reply(),
+        Resp::Array(vec![
+            Resp::bulk("ssubscribe"),
+            Resp::bulk("{r}x"),
+            Resp::Int(1)
+        ])
+    );
+    let slot = cluster.keyslot(b"{r}x");
+    let range = cluster
+        .slot_map()
+        .into_iter()
+        .find(|r| r.start <= slot && slot <= r.end)
+        .expect("the slot is served");
+    let numsub = |port: u16| RawClient::connect(port).cmd(&["PUBSUB", "SHARDNUMSUB", "{r}x"]);
+    assert_eq!(
+        numsub(range.master),
+        Resp::Array(vec![Resp::bulk("{r}x"), Resp::Int(0)]),
+        "not on the master"
+    );
+    assert_eq!(range.replicas.len(), 1);
+    assert_eq!(
+        numsub(range.replicas[0]),
+        Resp::Array(vec![Resp::bulk("{r}x"), Resp::Int(1)]),
+        "on the replica"
+    );
+    let mut publisher = envoy.raw_client();
+    assert_eq!(
+        publisher.cmd(&["SPUBLISH", "{r}x", "through"]),
+        Resp::Int(1),
+        "counts the proxy's subscriber, as one Redis would"
+    );
+    assert_eq!(
+        message_of(&mut c),
+        ("smessage".into(), "{r}x".into(), "through".into())
+    );
+    RawClient::connect(range.master).cmd(&["SPUBLISH", "{r}x", "direct"]);
+    assert_eq!(
+        message_of(&mut c),
+        ("smessage".into(), "{r}x".into(), "direct".into())
+    );
+}
+
 /// A prefix route's `remove_prefix` applies to shard channel names like
 /// keys: subscribed on the route's cluster without the prefix, shown to
 /// the client with it.

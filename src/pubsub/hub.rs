@@ -21,6 +21,7 @@ pub use super::feed::{Feed, Taken};
 use super::pace::Pace;
 use super::{node_event, Kind, Message, NodeEvent};
 use crate::codec;
+use crate::config::ReadPolicy;
 use crate::stats::Stats;
 use crate::upstream::{ClientShared, Credentials, Delivery, Notify, Part, Request, Target};
 use parking_lot::Mutex;
@@ -59,6 +60,16 @@ pub struct SubKey {
     pub user: Option<Arc<Credentials>>,
 }
 
+/// Where a subscription lives: its slot's shard, on the node the read
+/// policy picks there (shard channels: a replica serves `SSUBSCRIBE` for its
+/// master's slots and gets the shard's messages; classic channels and
+/// patterns always live on masters).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Place {
+    pub slot: u16,
+    pub policy: ReadPolicy,
+}
+
 /// What the environment tells the hub: the time, the topology, where
 /// requests go.
 pub struct Env<'a> {
@@ -66,6 +77,8 @@ pub struct Env<'a> {
     pub op_timeout: Duration,
     /// The master owning `slot` of `cluster` now, if known.
     pub owner: &'a dyn Fn(usize, u16) -> Option<String>,
+    /// The node of `slot`'s shard in `cluster` that `policy` picks now.
+    pub reader: &'a dyn Fn(usize, u16, ReadPolicy) -> Option<String>,
     /// Ask `cluster`'s refresher for a new topology.
     pub refresh: &'a dyn Fn(usize),
     /// The masters of `cluster` now.
@@ -84,6 +97,7 @@ struct Sub {
     /// The links whose node confirmed it.
     confirmed: Vec<u64>,
     slot: u16,
+    policy: ReadPolicy,
     /// On every master ([`super::cluster_wide`]).
     everywhere: bool,
     /// Acknowledgements may go: every link confirmed once, or a link
@@ -159,7 +173,7 @@ impl Hub {
         }
     }
 
-    /// Client `id` subscribes to `key` (as `visible`); `slot` places it.
+    /// Client `id` subscribes to `key` (as `visible`), placed at `at`.
     /// True when frames waiting for the first subscriber were fanned out
     /// (see [`Hub::owes_yield`]).
     pub fn subscribe(
@@ -168,9 +182,10 @@ impl Hub {
         feed: &Arc<Feed>,
         key: SubKey,
         visible: &[u8],
-        slot: u16,
+        at: Place,
         env: &mut Env<'_>,
     ) -> bool {
+        let Place { slot, policy } = at;
         let mut inner = self.inner.lock();
         let mut fanned = false;
         if let std::collections::hash_map::Entry::Vacant(e) = inner.feeds.entry(id) {
@@ -188,13 +203,23 @@ impl Hub {
         }
         let cs = self.stats.cluster(key.cluster);
         self.stats.gauge_add(cs.pubsub_upstream_subscriptions, 1);
-        self.registry.add_upstream(key.kind, &key.name, slot);
+        let policy = if key.kind == Kind::Shard {
+            policy
+        } else {
+            ReadPolicy::Master
+        };
+        // The registry corrects PUBLISH counts for the subscriptions the
+        // proxy holds on masters, where publishes go.
+        if policy == ReadPolicy::Master {
+            self.registry.add_upstream(key.kind, &key.name, slot);
+        }
         let everywhere = super::cluster_wide(key.kind, &key.name);
         let sub = Sub {
             clients: vec![(id, visible.to_vec())],
             links: Vec::new(),
             confirmed: Vec::new(),
             slot,
+            policy,
             everywhere,
             ready: false,
             refused: None,
@@ -600,7 +625,7 @@ impl Hub {
         if s.refused.is_some() {
             return;
         }
-        let (slot, everywhere) = (s.slot, s.everywhere);
+        let (slot, everywhere, policy) = (s.slot, s.everywhere, s.policy);
         let word = key.kind.subscribe_word();
         if !everywhere {
             if s.links.is_empty() {
@@ -614,10 +639,26 @@ impl Hub {
                             asking: false,
                         },
                     ),
-                    None => (
-                        (env.owner)(key.cluster, slot),
-                        Target::Slot { slot, read: false },
-                    ),
+                    None => match policy {
+                        ReadPolicy::Master => (
+                            (env.owner)(key.cluster, slot),
+                            Target::Slot { slot, read: false },
+                        ),
+                        _ => match (env.reader)(key.cluster, slot, policy) {
+                            Some(a) => (
+                                Some(a.clone()),
+                                Target::Node {
+                                    addr: a,
+                                    slot,
+                                    asking: false,
+                                },
+                            ),
+                            None => (
+                                (env.owner)(key.cluster, slot),
+                                Target::Slot { slot, read: false },
+                            ),
+                        },
+                    },
                 };
                 let link = self.link_to(inner, key, addr);
                 if let Some(s) = inner.subs.get_mut(key) {
@@ -675,11 +716,13 @@ impl Hub {
         if !sub.clients.is_empty() {
             return;
         }
-        let (links, slot) = (sub.links.clone(), sub.slot);
+        let (links, slot, policy) = (sub.links.clone(), sub.slot, sub.policy);
         inner.subs.remove(key);
         let cs = self.stats.cluster(key.cluster);
         self.stats.gauge_sub(cs.pubsub_upstream_subscriptions, 1);
-        self.registry.remove_upstream(key.kind, &key.name);
+        if policy == ReadPolicy::Master {
+            self.registry.remove_upstream(key.kind, &key.name);
+        }
         // Sent even when nothing else is left on a link (which stays open
         // for the next subscription): with no client left on this worker,
         // nothing would run the upstream walk that closes connections.
@@ -773,6 +816,11 @@ mod tests {
         fn notify(&self) {}
     }
 
+    const HOME: Place = Place {
+        slot: 0,
+        policy: ReadPolicy::Master,
+    };
+
     fn key(name: &[u8]) -> SubKey {
         SubKey {
             kind: Kind::Channel,
@@ -785,12 +833,14 @@ mod tests {
     /// Runs `f` with an environment whose topology has one master.
     fn with_env<R>(out: &mut Vec<Request>, f: impl FnOnce(&mut Env<'_>) -> R) -> R {
         let owner = |_: usize, _: u16| Some("127.0.0.1:7000".to_string());
+        let reader = |_: usize, _: u16, _: ReadPolicy| Some("127.0.0.1:7000".to_string());
         let refresh = |_: usize| {};
         let masters = |_: usize| vec!["127.0.0.1:7000".to_string()];
         let mut env = Env {
             now: Instant::now(),
             op_timeout: Duration::from_secs(1),
             owner: &owner,
+            reader: &reader,
             refresh: &refresh,
             masters: &masters,
             out,
@@ -810,8 +860,8 @@ mod tests {
             .collect();
         let mut out = Vec::new();
         with_env(&mut out, |env| {
-            hub.subscribe(1, &feeds[0], key(b"ch"), b"ch", 0, env);
-            hub.subscribe(2, &feeds[1], key(b"ch"), b"ch", 0, env);
+            hub.subscribe(1, &feeds[0], key(b"ch"), b"ch", HOME, env);
+            hub.subscribe(2, &feeds[1], key(b"ch"), b"ch", HOME, env);
         });
         assert_eq!(out.len(), 1, "one upstream SUBSCRIBE for two clients");
         assert_eq!(words(&out[0]), "*2 $9 subscribe $2 ch ");
@@ -850,8 +900,8 @@ mod tests {
         let feed = Feed::new(ClientShared::new(Box::new(Quiet)), false, 1 << 20);
         let mut out = Vec::new();
         with_env(&mut out, |env| {
-            hub.subscribe(1, &feed, key(b"no"), b"no", 0, env);
-            hub.subscribe(1, &feed, key(b"yes"), b"yes", 0, env);
+            hub.subscribe(1, &feed, key(b"no"), b"no", HOME, env);
+            hub.subscribe(1, &feed, key(b"yes"), b"yes", HOME, env);
         });
         assert_eq!(out.len(), 2, "one SUBSCRIBE each, on one link");
         let link = out[0].client.clone();
@@ -877,7 +927,7 @@ mod tests {
         let feed = Feed::new(ClientShared::new(Box::new(Quiet)), true, 1 << 20);
         let mut out = Vec::new();
         with_env(&mut out, |env| {
-            hub.subscribe(1, &feed, key(b"ch"), b"ch", 0, env)
+            hub.subscribe(1, &feed, key(b"ch"), b"ch", HOME, env)
         });
         let first = out.remove(0);
         first
@@ -919,9 +969,9 @@ mod tests {
         let other = Feed::new(ClientShared::new(Box::new(Quiet)), false, 1 << 20);
         let mut out = Vec::new();
         with_env(&mut out, |env| {
-            hub.subscribe(1, &feed, key(b"a"), b"a", 0, env);
-            hub.subscribe(1, &feed, key(b"b"), b"b", 0, env);
-            hub.subscribe(2, &other, key(b"a"), b"a", 0, env);
+            hub.subscribe(1, &feed, key(b"a"), b"a", HOME, env);
+            hub.subscribe(1, &feed, key(b"b"), b"b", HOME, env);
+            hub.subscribe(2, &other, key(b"a"), b"a", HOME, env);
         });
         assert_eq!(out.len(), 2, "two upstream subscriptions, one link");
         let link = out[0].client.clone();

@@ -58,7 +58,8 @@ impl Session {
             [_, c, m] => (*c, *m),
             _ => return Err(codec::error(&crate::command::arity_error(name))),
         };
-        let (key, slot) = self.place(kind, channel)?;
+        let (key, at) = self.place(kind, channel)?;
+        let slot = at.slot;
         let node = self
             .proxy
             .topology(key.cluster)

@@ -13,11 +13,16 @@
 
 use super::{Downstream, Session};
 use crate::codec;
-use crate::pubsub::hub::{AckState, Env, Feed, SubKey, Taken};
+use crate::config::ReadPolicy;
+use crate::pubsub::hub::{AckState, Env, Feed, Place, SubKey, Taken};
 use crate::pubsub::{self, Kind};
 use crate::slot;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
+
+/// Spreads shard channel subscriptions over a shard's replicas.
+static READER_RR: AtomicUsize = AtomicUsize::new(0);
 
 /// The output watermark of a subscriber's connection: at most this many
 /// bytes of messages wait in Envoy for a subscriber (per connection, not
@@ -129,6 +134,16 @@ impl Session {
     /// The hub's view of this session's world, for one call.
     fn with_env<R>(&mut self, now: Instant, f: impl FnOnce(&mut Env<'_>) -> R) -> R {
         let proxy = self.proxy.clone();
+        let reader = |cluster: usize, slot: u16, policy: ReadPolicy| {
+            let map = proxy.topology(cluster)?;
+            let shard = map.shard_for_slot(slot)?;
+            // Spread over the shard's candidates; a pick that fails is
+            // replaced by the next one.
+            let rr = READER_RR.fetch_add(1, Ordering::Relaxed);
+            crate::routing::pick_node(shard, policy, |_| true, rr)
+                .ok()
+                .map(str::to_string)
+        };
         let owner = |cluster: usize, slot: u16| {
             proxy
                 .topology(cluster)?
@@ -146,6 +161,7 @@ impl Session {
             now,
             op_timeout: self.proxy.config.settings.op_timeout,
             owner: &owner,
+            reader: &reader,
             refresh: &refresh,
             masters: &masters,
             out: &mut self.batch,
@@ -171,21 +187,26 @@ impl Session {
 
     /// Where `name` of `kind` lives: its upstream key and slot; an error
     /// reply when it has no route.
-    pub(super) fn place(&self, kind: Kind, name: &[u8]) -> Result<(SubKey, u16), Vec<u8>> {
+    pub(super) fn place(&self, kind: Kind, name: &[u8]) -> Result<(SubKey, Place), Vec<u8>> {
         let hashtags = self.proxy.config.settings.enable_hashtagging;
-        let (cluster, node_name) = match kind {
+        let (cluster, node_name, policy) = match kind {
             Kind::Shard => {
                 let r = self
                     .proxy
                     .route(name)
                     .ok_or_else(|| codec::error("ERR no route for this shard channel"))?;
-                (r.cluster, name.get(r.strip..).unwrap_or_default())
+                (
+                    r.cluster,
+                    name.get(r.strip..).unwrap_or_default(),
+                    r.read_policy,
+                )
             }
             _ => (
                 self.proxy
                     .default_cluster()
                     .ok_or_else(|| codec::error("ERR no route for pub/sub"))?,
                 name,
+                ReadPolicy::Master,
             ),
         };
         // Classic channels and patterns all live on one node, the owner of
@@ -202,7 +223,7 @@ impl Session {
             name: node_name.to_vec(),
             user: self.user.clone(),
         };
-        Ok((key, slot))
+        Ok((key, Place { slot, policy }))
     }
 
     fn subscribe(&mut self, kind: Kind, names: &[&[u8]], now: Instant) {
@@ -219,8 +240,11 @@ impl Session {
             }
         }
         if kind == Kind::Shard {
-            let first = placed.first().map(|(k, s)| (k.cluster, *s));
-            if placed.iter().any(|(k, s)| Some((k.cluster, *s)) != first) {
+            let first = placed.first().map(|(k, p)| (k.cluster, p.slot));
+            if placed
+                .iter()
+                .any(|(k, p)| Some((k.cluster, p.slot)) != first)
+            {
                 return self.reply_now(codec::error(
                     "CROSSSLOT Keys in request don't hash to the same slot",
                 ));
@@ -243,7 +267,7 @@ impl Session {
         let mut items = Vec::new();
         let mut wait = Vec::new();
         let mut added = Vec::new();
-        for ((key, slot), visible) in placed.into_iter().zip(names) {
+        for ((key, at), visible) in placed.into_iter().zip(names) {
             let Some(ps) = self.pubsub.as_mut() else {
                 return;
             };
@@ -253,7 +277,7 @@ impl Session {
                 self.proxy.pubsub.add(kind, visible);
                 let feed = ps.feed.clone();
                 let fanned = self.with_env(now, |env| {
-                    hub.subscribe(id, &feed, key.clone(), visible, slot, env)
+                    hub.subscribe(id, &feed, key.clone(), visible, at, env)
                 });
                 self.pubsub_fanned |= fanned;
             }
