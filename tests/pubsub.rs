@@ -190,6 +190,17 @@ fn a_forbidden_channel_is_refused_like_redis() {
                 ],
                 6,
             ),
+            // An unsubscribe-all pipelined behind a refusal does not list
+            // the refused name.
+            Pipeline(
+                vec![
+                    vec!["SUBSCRIBE", "news4"],
+                    vec!["SUBSCRIBE", "secret"],
+                    vec!["UNSUBSCRIBE"],
+                    vec!["PING"],
+                ],
+                4,
+            ),
         ];
         if resp3 {
             steps.insert(0, Quiet(vec!["HELLO", "3"]));
@@ -208,6 +219,16 @@ fn a_forbidden_channel_is_refused_like_redis() {
             assert_eq!(node_numsub(port, "secret"), 0, "on node {port}");
         }
     }
+    // A client whose only subscribe was refused is no subscriber.
+    let mut c = envoy.raw_client();
+    assert_eq!(c.cmd(&["AUTH", "carol", "pw"]), Resp::ok());
+    assert!(matches!(c.cmd(&["SUBSCRIBE", "secret"]), Resp::Error(e) if e.starts_with("NOPERM")));
+    let active = format!("{STAT}pubsub_subscribers_active");
+    assert!(
+        wait_until(Duration::from_secs(5), || envoy.stat(&active) == Some(0)),
+        "pubsub_subscribers_active {:?}",
+        envoy.stat(&active)
+    );
 }
 
 /// `PUBLISH`/`SPUBLISH` inside `MULTI`: `EXEC`'s reply counts the

@@ -289,17 +289,11 @@ impl Session {
             };
             items.push((Some(visible.to_vec()), ps.count(kind)));
         }
-        let stats = &self.proxy.stats;
-        let mut entering = false;
         if let Some(ps) = self.pubsub.as_mut() {
-            entering = !resp3 && !ps.mode;
             ps.mode = true;
             ps.feed.set_resp3(resp3);
-            if !ps.counted {
-                ps.counted = true;
-                stats.gauge_add(stats.pubsub_subscribers_active, 1);
-            }
         }
+        self.count_subscriber();
         self.show_subscriptions();
         let ack = PendingAck {
             seq: self.push_slot(),
@@ -313,14 +307,15 @@ impl Session {
         };
         let seq = ack.seq;
         self.acknowledge(ack, now);
-        // A RESP2 client entering subscribed mode: what it sends next is
-        // read once the nodes answered, so that a refusal (not subscribed
-        // after all) leaves its later commands ungated, as in Redis.
+        // What the client sends next is read once the nodes answered: a
+        // refusal (not subscribed after all) then leaves a RESP2 client's
+        // later commands ungated and is not listed by a later
+        // unsubscribe-all, as in Redis.
         let waiting = self
             .pubsub
             .as_ref()
             .is_some_and(|ps| ps.acks.iter().any(|a| a.seq == seq));
-        if entering && waiting {
+        if waiting {
             self.barrier = Some(seq);
         }
     }
@@ -385,6 +380,7 @@ impl Session {
             self.with_env(now, |env| hub.unsubscribe(id, &key, env));
         }
         self.show_subscriptions();
+        self.count_subscriber();
         let ack = PendingAck {
             seq: self.push_slot(),
             wait: Vec::new(),
@@ -396,6 +392,24 @@ impl Session {
             added: Vec::new(),
         };
         self.acknowledge(ack, now);
+    }
+
+    /// `pubsub_subscribers_active` counts the clients subscribed to
+    /// something.
+    fn count_subscriber(&mut self) {
+        let stats = &self.proxy.stats;
+        let Some(ps) = self.pubsub.as_mut() else {
+            return;
+        };
+        let now = !ps.subs.is_empty();
+        if now != ps.counted {
+            ps.counted = now;
+            if now {
+                stats.gauge_add(stats.pubsub_subscribers_active, 1);
+            } else {
+                stats.gauge_sub(stats.pubsub_subscribers_active, 1);
+            }
+        }
     }
 
     /// The session was woken: read the worker's links (any subscribed
@@ -494,6 +508,7 @@ impl Session {
                 self.with_env(now, |env| hub.unsubscribe(id, &key, env));
             }
             self.show_subscriptions();
+            self.count_subscriber();
         }
         for (seq, bytes) in done {
             self.fill(seq, bytes);
