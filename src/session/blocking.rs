@@ -97,18 +97,9 @@ impl Session {
         let seq = self.push_slot();
         let target = Target::Slot { slot, read: false };
         let deadline = self.deadline_from(now);
-        let req = Request::new(
-            self.client.clone(),
-            seq,
-            WHOLE,
-            cluster,
-            target,
-            data,
-            deadline,
-        )
-        .resp3(self.state.resp3)
-        .user(self.user.clone())
-        .blocking(Blocking::new(at, unit, timeout));
+        let req = self
+            .request(seq, WHOLE, (cluster, target), data, deadline)
+            .blocking(Blocking::new(at, unit, timeout));
         self.block = Some(Held {
             seq,
             req: Some(req),

@@ -70,18 +70,14 @@ impl Session {
         self.published.insert(seq, counts);
         let target = crate::upstream::Target::Slot { slot, read: false };
         let deadline = self.deadline_from(now);
-        let req = crate::upstream::Request::new(
-            self.client.clone(),
+        // As the client's user: the node applies its channel rules.
+        let req = self.request(
             seq,
             crate::upstream::WHOLE,
-            key.cluster,
-            target,
+            (key.cluster, target),
             data,
             deadline,
-        )
-        // As the client's user: the node applies its channel rules.
-        .resp3(self.state.resp3)
-        .user(self.user.clone());
+        );
         self.batch.push(req);
         Ok(())
     }

@@ -235,18 +235,9 @@ impl Session {
             if dedicated {
                 let deadline = self.deadline_from(now);
                 let pin = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-                let req = Request::new(
-                    self.client.clone(),
-                    seq,
-                    part,
-                    cluster,
-                    target,
-                    data.clone(),
-                    deadline,
-                )
-                .resp3(self.state.resp3)
-                .user(self.user.clone())
-                .pinned(pin, true, 0);
+                let req = self
+                    .request(seq, part, (cluster, target), data.clone(), deadline)
+                    .pinned(pin, true, 0);
                 self.batch.push(req);
             } else {
                 let d = data.clone();
@@ -417,22 +408,35 @@ impl Session {
                 continue;
             };
             // Fire and forget: the loop drops the reply.
-            let copy = Request::new(
-                self.client.clone(),
+            let copy = self.request(
                 seq,
                 part,
-                mirror_cluster,
-                target.clone(),
+                (mirror_cluster, target.clone()),
                 data.clone(),
                 deadline,
             );
-            self.batch.push(
-                copy.resp3(self.state.resp3)
-                    .user(self.user.clone())
-                    .mirrored(),
-            );
+            self.batch.push(copy.mirrored());
         }
-        let req = Request::new(
+        let req = self
+            .request(seq, part, (cluster, target), data, deadline)
+            .read_policy(policy);
+        self.batch.push(req);
+    }
+
+    /// A request on behalf of this client: its mailbox, its protocol and
+    /// its Redis user. Client commands go upstream only through here, so
+    /// that none runs as another user (the proxy's own requests, such as
+    /// an `AUTH` being checked or a node `MONITOR`, are built apart).
+    pub(super) fn request(
+        &self,
+        seq: u64,
+        part: Part,
+        at: (usize, Target),
+        data: Vec<u8>,
+        deadline: Instant,
+    ) -> Request {
+        let (cluster, target) = at;
+        Request::new(
             self.client.clone(),
             seq,
             part,
@@ -441,10 +445,8 @@ impl Session {
             data,
             deadline,
         )
-        .read_policy(policy)
         .resp3(self.state.resp3)
-        .user(self.user.clone());
-        self.batch.push(req);
+        .user(self.user.clone())
     }
 
     /// xorshift64*: cheap, good enough to sample mirrored commands.

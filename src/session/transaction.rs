@@ -41,7 +41,7 @@
 use super::{key_routes, keys, Session, NEXT_ID};
 use crate::codec;
 use crate::command;
-use crate::upstream::{Part, Request, Target};
+use crate::upstream::{Part, Target};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -458,18 +458,9 @@ impl Session {
             None => Target::AnyMaster,
         };
         let deadline = self.deadline_from(now);
-        let mut req = Request::new(
-            self.client.clone(),
-            seq,
-            part,
-            cluster,
-            target,
-            out.data,
-            deadline,
-        )
-        .resp3(self.state.resp3)
-        .user(self.user.clone())
-        .pinned(out.pin, release, out.swallow);
+        let mut req = self
+            .request(seq, part, (cluster, target), out.data, deadline)
+            .pinned(out.pin, release, out.swallow);
         if !out.opens {
             req = req.continues_pin();
         }
