@@ -247,6 +247,41 @@ fn mirror_config(cluster: &Cluster, mirror_port: u16) -> Json {
     cfg
 }
 
+/// `PUBLISH` and `SPUBLISH` are writes to a route's mirrors too: a
+/// subscriber on the mirror gets them (the catch-all route's mirror for
+/// classic channels, the shard channel's route's mirror for `SPUBLISH`).
+#[test]
+fn publishes_are_mirrored() {
+    let cluster = Cluster::start(3, 0);
+    let mirror = Standalone::start();
+    let envoy = Envoy::start(mirror_config(&cluster, mirror.port));
+    let mut sub = RawClient::connect(mirror.port);
+    sub.cmd(&["SUBSCRIBE", "news"]);
+    let mut ssub = RawClient::connect(mirror.port);
+    ssub.cmd(&["SSUBSCRIBE", "all:{s}ch"]);
+    let mut c = envoy.raw_client();
+    assert_eq!(c.cmd(&["PUBLISH", "news", "hello"]), Resp::Int(0));
+    assert_eq!(c.cmd(&["SPUBLISH", "all:{s}ch", "shard"]), Resp::Int(0));
+    sub.set_timeout(Duration::from_secs(5));
+    ssub.set_timeout(Duration::from_secs(5));
+    assert_eq!(
+        sub.read_reply(),
+        Resp::Array(vec![
+            Resp::bulk("message"),
+            Resp::bulk("news"),
+            Resp::bulk("hello")
+        ])
+    );
+    assert_eq!(
+        ssub.read_reply(),
+        Resp::Array(vec![
+            Resp::bulk("smessage"),
+            Resp::bulk("all:{s}ch"),
+            Resp::bulk("shard")
+        ])
+    );
+}
+
 /// Writes are mirrored, reads only where asked; a slow (stopped) or dead
 /// mirror costs the client nothing, and mirroring resumes when it comes back.
 #[test]

@@ -40,9 +40,9 @@ fn array_elements(reply: &[u8]) -> Option<Vec<&[u8]>> {
 
 impl Session {
     /// `PUBLISH` and `SPUBLISH`, to the owner of the channel's slot (where
-    /// this proxy's upstream subscriptions to it are); the node's count of
-    /// receivers becomes the proxy's clients plus the node's other
-    /// subscribers.
+    /// this proxy's upstream subscriptions to it are), and copies to the
+    /// route's mirrors; the node's count of receivers becomes the proxy's
+    /// clients plus the node's other subscribers.
     pub(super) fn publish(
         &mut self,
         name: &str,
@@ -69,16 +69,25 @@ impl Session {
         let seq = self.push_slot();
         self.published.insert(seq, counts);
         let target = crate::upstream::Target::Slot { slot, read: false };
-        let deadline = self.deadline_from(now);
+        // A route's mirrors get it like any write: the shard channel's
+        // route, or the catch-all for classic channels (which are no keys).
+        let proxy = self.proxy.clone();
+        let route = match kind {
+            Kind::Shard => proxy.route(channel),
+            _ => proxy.route(b""),
+        };
+        let mirrors = route.map(|r| r.mirrors).unwrap_or_default();
         // As the client's user: the node applies its channel rules.
-        let req = self.request(
+        self.send(
             seq,
             crate::upstream::WHOLE,
-            (key.cluster, target),
+            key.cluster,
+            mirrors,
+            target,
+            crate::config::ReadPolicy::Master,
             data,
-            deadline,
+            now,
         );
-        self.batch.push(req);
         Ok(())
     }
 
