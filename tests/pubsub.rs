@@ -1084,3 +1084,57 @@ fn subscribers_of_a_busy_channel_receive_while_it_is_busy() {
     );
     drop(idle);
 }
+
+/// Keyspace notifications after a manual failover: the demoted master
+/// (now a replica, still alive) fires the events of the writes it
+/// replicates, as the new master does; the proxy leaves it, so each write
+/// is seen once.
+#[test]
+fn keyspace_notifications_come_once_after_a_failover() {
+    let cluster = Cluster::start(3, 1);
+    for p in cluster.ports() {
+        let r = RawClient::connect(p).cmd(&["CONFIG", "SET", "notify-keyspace-events", "KA"]);
+        assert_eq!(r, Resp::ok());
+    }
+    let envoy = Envoy::start(module_config(&cluster, json!({})));
+    let mut space = envoy.raw_client();
+    space.cmd(&["PSUBSCRIBE", "__keyspace@0__:kf*"]);
+    let master = cluster.node_for_key(b"kf");
+    let slot = cluster.keyslot(b"kf");
+    let replica = cluster
+        .slot_map()
+        .into_iter()
+        .find(|r| r.start <= slot && slot <= r.end)
+        .and_then(|r| r.replicas.first().copied())
+        .expect("a replica of the shard");
+    assert_eq!(
+        RawClient::connect(replica).cmd(&["CLUSTER", "FAILOVER"]),
+        Resp::ok()
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || cluster.node_for_key(b"kf")
+            == replica),
+        "replica {replica} promoted"
+    );
+    // Writes through the proxy until it follows the new master, then a
+    // moment for the hub to leave the old one.
+    let mut c = envoy.raw_client();
+    for i in 0..20 {
+        assert_eq!(c.cmd(&["SET", &format!("kf{{kf}}{i}"), "v"]), Resp::ok());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    space.set_timeout(Duration::from_millis(300));
+    while space.try_read_reply().is_ok() {}
+    assert_eq!(c.cmd(&["SET", "kf", "once"]), Resp::ok());
+    space.set_timeout(Duration::from_secs(5));
+    match space.read_reply() {
+        Resp::Array(v) => assert_eq!(v[2], Resp::bulk("__keyspace@0__:kf")),
+        other => panic!("{other:?}"),
+    }
+    space.set_timeout(Duration::from_secs(1));
+    match space.try_read_reply() {
+        Err(_) => {}
+        Ok(again) => panic!("the event came twice (old master {master}): {again:?}"),
+    }
+}

@@ -704,7 +704,51 @@ impl Hub {
             .map(|(k, _)| k.clone())
             .collect();
         for key in keys {
+            self.leave_demoted(inner, &key, env);
             self.place(inner, &key, None, None, env);
+        }
+    }
+
+    /// A cluster-wide subscription leaves nodes that are no longer masters
+    /// (a failover demoted them): a replica fires the keyspace events of
+    /// the writes it replicates, which the shard's new master sends too.
+    fn leave_demoted(&self, inner: &mut Inner, key: &SubKey, env: &mut Env<'_>) {
+        let masters = (env.masters)(key.cluster);
+        let Some(s) = inner.subs.get_mut(key) else {
+            return;
+        };
+        // No topology (yet): nothing to compare with.
+        if masters.is_empty() {
+            return;
+        }
+        let links = &inner.links;
+        let demoted: Vec<u64> = s
+            .links
+            .iter()
+            .copied()
+            .filter(|l| {
+                links
+                    .get(l)
+                    .and_then(|l| l.addr.as_ref())
+                    .is_some_and(|a| !masters.contains(a))
+            })
+            .collect();
+        if demoted.is_empty() {
+            return;
+        }
+        s.links.retain(|l| !demoted.contains(l));
+        s.confirmed.retain(|l| !demoted.contains(l));
+        let target = Target::Slot {
+            slot: s.slot,
+            read: false,
+        };
+        let word = key.kind.unsubscribe_word();
+        for link in demoted {
+            crate::log!(
+                crate::envoy::Level::Debug,
+                "redis_cluster: pubsub: link {link} is no longer on a master: leaving it"
+            );
+            self.send(inner, link, word, key, target.clone(), None, env);
         }
     }
 
