@@ -629,8 +629,13 @@ impl Hub {
         let word = key.kind.subscribe_word();
         if !everywhere {
             if s.links.is_empty() {
-                // A node's `MOVED` names the owner before our map does.
-                let (addr, target) = match to {
+                // A node's `MOVED` names the owner before our map does; a
+                // read policy other than MASTER picks a node of the shard.
+                let node = to.or_else(|| match policy {
+                    ReadPolicy::Master => None,
+                    _ => (env.reader)(key.cluster, slot, policy),
+                });
+                let (addr, target) = match node {
                     Some(a) => (
                         Some(a.clone()),
                         Target::Node {
@@ -639,26 +644,10 @@ impl Hub {
                             asking: false,
                         },
                     ),
-                    None => match policy {
-                        ReadPolicy::Master => (
-                            (env.owner)(key.cluster, slot),
-                            Target::Slot { slot, read: false },
-                        ),
-                        _ => match (env.reader)(key.cluster, slot, policy) {
-                            Some(a) => (
-                                Some(a.clone()),
-                                Target::Node {
-                                    addr: a,
-                                    slot,
-                                    asking: false,
-                                },
-                            ),
-                            None => (
-                                (env.owner)(key.cluster, slot),
-                                Target::Slot { slot, read: false },
-                            ),
-                        },
-                    },
+                    None => (
+                        (env.owner)(key.cluster, slot),
+                        Target::Slot { slot, read: false },
+                    ),
                 };
                 let link = self.link_to(inner, key, addr);
                 if let Some(s) = inner.subs.get_mut(key) {

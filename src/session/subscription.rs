@@ -441,7 +441,7 @@ impl Session {
         }
     }
 
-    /// Run from a new turn of the event loop, as [`Self::settle_pubsub_pace`]
+    /// Run from a new turn of the event loop, as `settle_pubsub_pace`
     /// asked: fan-outs may run again.
     pub fn on_resume(&mut self, conn: &mut dyn Downstream) {
         self.hub.resumed(self.state.id);
