@@ -1138,3 +1138,44 @@ fn keyspace_notifications_come_once_after_a_failover() {
         Ok(again) => panic!("the event came twice (old master {master}): {again:?}"),
     }
 }
+
+/// `PUBSUB NUMSUB` counts a client once its subscription is on the node,
+/// as Redis counts a client once it would get a `PUBLISH`: a publisher
+/// that waits for the count (redis-py's `run_in_thread` tests do) then
+/// never publishes into the gap.
+#[test]
+fn numsub_counts_a_subscriber_once_the_node_has_its_subscription() {
+    let cluster = Cluster::start(3, 0);
+    let envoy = Envoy::start(module_config(&cluster, json!({})));
+    let home = cluster.node_for_slot(0);
+    let numsub = || envoy.raw_client().cmd(&["PUBSUB", "NUMSUB", "gap"]);
+    // The node holds the proxy's SUBSCRIBE for a while.
+    assert_eq!(
+        RawClient::connect(home).cmd(&["CLIENT", "PAUSE", "1500", "ALL"]),
+        Resp::ok()
+    );
+    let mut c = envoy.raw_client();
+    c.send_cmd(&["SUBSCRIBE", "gap"]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        numsub(),
+        Resp::Array(vec![Resp::bulk("gap"), Resp::Int(0)]),
+        "counted before the node has the subscription"
+    );
+    c.set_timeout(Duration::from_secs(10));
+    assert_eq!(
+        c.read_reply(),
+        Resp::Array(vec![
+            Resp::bulk("subscribe"),
+            Resp::bulk("gap"),
+            Resp::Int(1)
+        ])
+    );
+    assert_eq!(numsub(), Resp::Array(vec![Resp::bulk("gap"), Resp::Int(1)]));
+    let mut p = envoy.raw_client();
+    assert_eq!(p.cmd(&["PUBLISH", "gap", "m"]), Resp::Int(1));
+    assert_eq!(
+        message_of(&mut c),
+        ("message".into(), "gap".into(), "m".into())
+    );
+}

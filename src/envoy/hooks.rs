@@ -362,7 +362,7 @@ pub extern "C" fn envoy_dynamic_module_on_network_filter_read(
     end_stream: bool,
 ) -> i32 {
     with_session(filter_envoy_ptr, filter_ptr, |session, conn| {
-        let (marker, resumed) = conn.take_resume();
+        let (marker, resumed) = conn.begin_read();
         let mut data_length = data_length;
         if marker > 0 && data_length > 0 {
             // Ours, in front of anything the client sent since.
@@ -375,6 +375,9 @@ pub extern "C" fn envoy_dynamic_module_on_network_filter_read(
                 )
             };
             data_length -= ours;
+        }
+        if resumed {
+            session.on_resume(conn);
         }
         if data_length > 0 {
             let consumed = read_into_session(filter_envoy_ptr, session, conn);
@@ -391,8 +394,8 @@ pub extern "C" fn envoy_dynamic_module_on_network_filter_read(
         if end_stream {
             session.on_end_stream(conn);
         }
-        if resumed {
-            session.on_resume(conn);
+        if !conn.end_read() {
+            session.resume_failed();
         }
     });
     ffi::DATA_STATUS_STOP_ITERATION

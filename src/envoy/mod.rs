@@ -36,13 +36,19 @@ pub struct EnvoyConnection<'a> {
 /// whose read buffer holds data schedules a read for the next turn
 /// (`ConnectionImpl::readDisable`). So we make sure the buffer holds data
 /// — a marker of ours when it is empty, which `on_read` drains before the
-/// client's bytes — and switch reading off and on.
+/// client's bytes — and switch reading off and on. Asked for during
+/// `on_read`, it is arranged once `on_read` has drained what it consumed:
+/// the buffer is not empty then, but will be when the next turn looks.
 #[derive(Default)]
 pub struct Resume {
     /// Bytes of ours at the front of the read buffer.
     marker: Cell<usize>,
     /// The next `on_read` resumes the session.
     wanted: Cell<bool>,
+    /// Inside `on_read`, before it drained the read buffer.
+    reading: Cell<bool>,
+    /// Asked for inside `on_read`: to arrange at its end.
+    deferred: Cell<bool>,
 }
 
 /// What the marker is: an empty inline line, which Redis (and the codec)
@@ -50,27 +56,22 @@ pub struct Resume {
 const MARKER: &[u8] = b"\r\n";
 
 impl EnvoyConnection<'_> {
-    /// The marker bytes to drain before the read buffer's data, and
-    /// whether this read is the resumption asked for.
-    fn take_resume(&self) -> (usize, bool) {
+    /// `on_read` begins: the marker bytes to drain before the read
+    /// buffer's data, and whether this read is the resumption asked for.
+    fn begin_read(&self) -> (usize, bool) {
+        self.resume.reading.set(true);
         (self.resume.marker.take(), self.resume.wanted.take())
     }
-}
 
-impl Downstream for EnvoyConnection<'_> {
-    fn limit_output(&mut self, bytes: u32) {
-        // SAFETY: live filter pointer on its worker thread (see `write`).
-        unsafe {
-            let now = ffi::envoy_dynamic_module_callback_network_filter_get_buffer_limit(self.ptr);
-            if now == 0 || now > bytes {
-                ffi::envoy_dynamic_module_callback_network_filter_set_buffer_limits(
-                    self.ptr, bytes,
-                );
-            }
-        }
+    /// `on_read` drained what it consumed: arrange a resumption asked for
+    /// meanwhile. False when one was asked for and cannot be arranged.
+    fn end_read(&self) -> bool {
+        self.resume.reading.set(false);
+        !self.resume.deferred.take() || self.arm_resume()
     }
 
-    fn resume_later(&mut self) -> bool {
+    /// See [`Resume`].
+    fn arm_resume(&self) -> bool {
         if self.resume.wanted.get() {
             return true;
         }
@@ -101,6 +102,28 @@ impl Downstream for EnvoyConnection<'_> {
         }
         self.resume.wanted.set(true);
         true
+    }
+}
+
+impl Downstream for EnvoyConnection<'_> {
+    fn limit_output(&mut self, bytes: u32) {
+        // SAFETY: live filter pointer on its worker thread (see `write`).
+        unsafe {
+            let now = ffi::envoy_dynamic_module_callback_network_filter_get_buffer_limit(self.ptr);
+            if now == 0 || now > bytes {
+                ffi::envoy_dynamic_module_callback_network_filter_set_buffer_limits(
+                    self.ptr, bytes,
+                );
+            }
+        }
+    }
+
+    fn resume_later(&mut self) -> bool {
+        if self.resume.reading.get() {
+            self.resume.deferred.set(true);
+            return true;
+        }
+        self.arm_resume()
     }
 
     fn write(&mut self, data: &[u8]) {

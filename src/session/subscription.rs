@@ -15,6 +15,7 @@ use super::{Downstream, Session};
 use crate::codec;
 use crate::config::ReadPolicy;
 use crate::pubsub::hub::{AckState, Env, Feed, Place, SubKey, Taken};
+use crate::pubsub::registry::Registry;
 use crate::pubsub::{self, Kind};
 use crate::slot;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -45,6 +46,26 @@ pub(super) struct Subscribed {
     mode: bool,
     /// Counted in `pubsub_subscribers_active`.
     counted: bool,
+    /// Subscriptions not yet counted in the proxy's `PUBSUB` registry:
+    /// their upstream subscription waits for the node. `PUBSUB NUMSUB`
+    /// counts a client once a `PUBLISH` would reach it, as in Redis.
+    unregistered: Vec<(Kind, Vec<u8>)>,
+}
+
+impl Subscribed {
+    /// `name` of `kind` is dropped: out of the registry, if it got there.
+    fn unregister(&mut self, registry: &Registry, kind: Kind, name: &[u8]) {
+        match self
+            .unregistered
+            .iter()
+            .position(|(k, n)| *k == kind && n == name)
+        {
+            Some(i) => {
+                self.unregistered.remove(i);
+            }
+            None => registry.remove(kind, name),
+        }
+    }
 }
 
 /// A (un)subscribe's acknowledgements waiting for the nodes, or behind
@@ -260,6 +281,7 @@ impl Session {
                 acks: Vec::new(),
                 mode: false,
                 counted: false,
+                unregistered: Vec::new(),
             }));
         }
         let hub = self.hub.clone();
@@ -274,12 +296,15 @@ impl Session {
             if ps.holds(kind, visible).is_none() {
                 ps.subs.push((kind, visible.to_vec(), key.clone()));
                 added.push((kind, visible.to_vec(), key.clone()));
-                self.proxy.pubsub.add(kind, visible);
                 let feed = ps.feed.clone();
                 let fanned = self.with_env(now, |env| {
                     hub.subscribe(id, &feed, key.clone(), visible, at, env)
                 });
                 self.pubsub_fanned |= fanned;
+                match self.pubsub.as_mut() {
+                    Some(ps) if !hub.ready(&key) => ps.unregistered.push((kind, visible.to_vec())),
+                    _ => self.proxy.pubsub.add(kind, visible),
+                }
             }
             if !hub.ready(&key) {
                 wait.push(key);
@@ -364,7 +389,7 @@ impl Session {
             if let Some(i) = ps.holds(kind, n) {
                 let (_, _, key) = ps.subs.remove(i);
                 dropped.push(key);
-                self.proxy.pubsub.remove(kind, n);
+                ps.unregister(&self.proxy.pubsub, kind, n);
             }
             items.push((Some(n.clone()), ps.count(kind)));
         }
@@ -441,6 +466,12 @@ impl Session {
         }
     }
 
+    /// The resumption `resume_later` promised cannot be arranged after
+    /// all: another subscribed session takes over.
+    pub fn resume_failed(&mut self) {
+        self.hub.hand_off(self.state.id);
+    }
+
     /// Run from a new turn of the event loop, as `settle_pubsub_pace`
     /// asked: fan-outs may run again.
     pub fn on_resume(&mut self, conn: &mut dyn Downstream) {
@@ -462,7 +493,13 @@ impl Session {
         let mut dropping = [0usize; 2];
         // An earlier ack still waits: later ones wait behind it.
         let mut behind = false;
-        let Subscribed { acks, subs, .. } = &mut **ps;
+        let registry = self.proxy.pubsub.clone();
+        let Subscribed {
+            acks,
+            subs,
+            unregistered,
+            ..
+        } = &mut **ps;
         // Every state is read before anything is dropped: a later command
         // waiting for the same refused subscription is refused too.
         acks.retain_mut(|a| {
@@ -486,6 +523,13 @@ impl Session {
                 done.push((a.seq, e));
                 false
             } else if a.wait.is_empty() && !behind {
+                // Confirmed: counted by `PUBSUB` from now on.
+                for (k, n, _) in &a.added {
+                    if let Some(i) = unregistered.iter().position(|(k2, n2)| k2 == k && n2 == n) {
+                        unregistered.remove(i);
+                        registry.add(*k, n);
+                    }
+                }
                 done.push((a.seq, a.bytes()));
                 false
             } else {
@@ -496,7 +540,7 @@ impl Session {
         for (kind, name, _) in &refused {
             if let Some(i) = ps.holds(*kind, name) {
                 ps.subs.remove(i);
-                self.proxy.pubsub.remove(*kind, name);
+                ps.unregister(&registry, *kind, name);
             }
         }
         if !refused.is_empty() && ps.subs.is_empty() {
@@ -577,12 +621,15 @@ impl Session {
 
     /// `RESET`, or the client is gone: every subscription dropped.
     pub(super) fn end_pubsub(&mut self) {
-        let Some(ps) = self.pubsub.take() else {
+        // Whatever it held, it can run no fan-out any more.
+        self.hub.hand_off(self.state.id);
+        let Some(mut ps) = self.pubsub.take() else {
             return;
         };
         self.show_subscriptions();
-        for (kind, name, _) in &ps.subs {
-            self.proxy.pubsub.remove(*kind, name);
+        let subs = std::mem::take(&mut ps.subs);
+        for (kind, name, _) in &subs {
+            ps.unregister(&self.proxy.pubsub, *kind, name);
         }
         if ps.counted {
             let stats = &self.proxy.stats;
