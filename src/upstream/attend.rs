@@ -44,6 +44,7 @@ impl UpstreamIo {
             o.unwatch(idx);
         }
         self.blocked_until.cancel(idx);
+        self.unblock_recheck.cancel(idx);
     }
 
     /// The connections named since the last tick: close those whose

@@ -283,7 +283,9 @@ impl UpstreamIo {
         }
         if let Some(c) = self.conns[idx].as_mut() {
             c.unblock_sent = false;
+            c.unblock_answer = None;
         }
+        self.unblock_recheck.cancel(idx);
         self.set_owner(idx, &req.client);
         self.blocked_until.set(idx, req.deadline);
         let cs = self.stats.cluster(req.cluster);
@@ -345,11 +347,13 @@ impl UpstreamIo {
 
     /// A client that closed its sending side while blocked, or `CLIENT
     /// UNBLOCK`: unblock blocking connection `idx` on its node (from a
-    /// shared connection). Race-free, unlike closing: either the node had
-    /// already served it and its reply (a popped element) is on the way,
-    /// or it answers the timeout's nil now; either reply reaches the
-    /// client, which then closes. Without the connection's id (the node
-    /// refused it), it is closed; while the id is still to come, the
+    /// shared connection). Either the node had already served it and its
+    /// reply (a popped element) is on the way, or it answers the timeout's
+    /// nil now; either reply reaches the client, which then closes. The
+    /// node may also not have read the blocking command yet (it comes on
+    /// another connection): it then answers `:0` and the unblock is sent
+    /// again ([`Self::recheck_unblocks`]). Without the connection's id (the
+    /// node refused it), it is closed; while the id is still to come, the
     /// unblock waits for it ([`Self::node_id_known`]).
     pub(super) fn unblock_if_asked(&mut self, idx: usize, now: Instant) {
         let Some(c) = self.conns.get_mut(idx).and_then(|c| c.as_mut()) else {
@@ -362,6 +366,13 @@ impl UpstreamIo {
             return;
         };
         c.unblock_sent = true;
+        self.send_unblock(idx, mode, now);
+    }
+
+    fn send_unblock(&mut self, idx: usize, mode: UnblockMode, now: Instant) {
+        let Some(c) = self.conns.get_mut(idx).and_then(|c| c.as_mut()) else {
+            return;
+        };
         let NodeId::Known(id) = c.node_id else {
             return self.close_pinned(idx);
         };
@@ -378,8 +389,10 @@ impl UpstreamIo {
             asking: false,
         };
         let deadline = now + self.settings.op_timeout;
+        let answer = ClientShared::new(Box::new(super::busy::NoWake));
+        c.unblock_answer = Some((mode, answer.clone()));
         let req = Request::new(
-            ClientShared::new(Box::new(super::busy::NoWake)),
+            answer,
             0,
             super::Part::Discard,
             cluster,
@@ -388,8 +401,37 @@ impl UpstreamIo {
             deadline,
         );
         self.dispatch(req, now);
+        self.unblock_recheck.set(idx, now + UNBLOCK_RECHECK);
+    }
+
+    /// Look at the `CLIENT UNBLOCK` answers due: `:0` while the command is
+    /// still unanswered means the node had not read it yet: unblock again.
+    pub(super) fn recheck_unblocks(&mut self, now: Instant) {
+        while let Some(idx) = self.unblock_recheck.pop_due(now) {
+            let Some(c) = self.conns.get_mut(idx).and_then(|c| c.as_mut()) else {
+                continue;
+            };
+            let waiting = c.is_blocking() && c.owner.is_some() && c.pipe.owed() > 0;
+            let Some((mode, answer)) = c.unblock_answer.take().filter(|_| waiting) else {
+                continue;
+            };
+            let mut got = Vec::new();
+            answer.take(&mut got);
+            match got.first().map(|d| d.reply.as_slice()) {
+                None => {
+                    c.unblock_answer = Some((mode, answer));
+                    self.unblock_recheck.set(idx, now + UNBLOCK_RECHECK);
+                }
+                Some(b":0\r\n") => self.send_unblock(idx, mode, now),
+                Some(_) => {}
+            }
+        }
     }
 }
+
+/// How long after a `CLIENT UNBLOCK` its answer is looked at (and the
+/// unblock sent again when the node had not read the command yet).
+const UNBLOCK_RECHECK: Duration = Duration::from_millis(20);
 
 /// Whether a reply to a blocking command means it did not run and must be
 /// sent again (after a topology refresh): the node stopped being a master

@@ -85,6 +85,10 @@ impl<K: Copy + Ord + Hash> DeadlineQueue<K> {
         }
     }
 
+    pub(super) fn is_empty(&self) -> bool {
+        self.by_key.is_empty()
+    }
+
     /// The next key due at or before `now`, removed; `None` when none is.
     pub(super) fn pop_due(&mut self, now: Instant) -> Option<K> {
         let &(at, key) = self.by_time.first()?;

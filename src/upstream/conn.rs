@@ -54,6 +54,7 @@ impl UpstreamIo {
             blocking: false,
             node_id: super::blocking::NodeId::NotAsked,
             unblock_sent: false,
+            unblock_answer: None,
             stream,
             connected: false,
             opened: now,

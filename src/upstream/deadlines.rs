@@ -15,6 +15,7 @@ impl UpstreamIo {
             || !self.active.is_empty()
             || !self.attend.is_empty()
             || !self.desk.is_empty()
+            || !self.unblock_recheck.is_empty()
     }
 
     /// The clock's work: retries, timeouts, busy probes; then write what
@@ -151,6 +152,7 @@ impl UpstreamIo {
             }
         }
         self.expire_blocked(now, &mut stuck);
+        self.recheck_unblocks(now);
         // A transaction whose command timed out is in a state its client
         // cannot know (the node may still queue or run it): close its
         // connection, so the node drops it and later commands of it fail.

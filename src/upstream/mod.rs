@@ -314,6 +314,9 @@ struct Conn {
     /// whether that was sent for the command it holds now.
     node_id: blocking::NodeId,
     unblock_sent: bool,
+    /// The `CLIENT UNBLOCK` sent for the command it holds now: how, and
+    /// where its answer lands (see [`blocking`]'s `recheck_unblocks`).
+    unblock_answer: Option<(crate::clients::UnblockMode, Arc<ClientShared>)>,
     stream: TcpStream,
     connected: bool,
     opened: Instant,
@@ -376,6 +379,9 @@ pub struct UpstreamIo {
     /// Blocking connections by when their command times out (the node's
     /// timeout plus `op_timeout`, [`blocking`]).
     blocked_until: clock::DeadlineQueue<usize>,
+    /// Blocking connections whose `CLIENT UNBLOCK` answer is to be looked
+    /// at (see [`blocking`]).
+    unblock_recheck: clock::DeadlineQueue<usize>,
     /// Where sessions name the connections whose client left or asked to
     /// unblock ([`attend`]).
     desk: Arc<mailbox::Attention>,
@@ -425,6 +431,7 @@ impl UpstreamIo {
             blocking: blocking::BlockingPool::new(),
             active: clock::ConnSet::default(),
             blocked_until: clock::DeadlineQueue::default(),
+            unblock_recheck: clock::DeadlineQueue::default(),
             desk,
             attend: Vec::new(),
         }
