@@ -32,7 +32,7 @@ struct FeedInner {
     over: bool,
 }
 
-/// What [`Feed::take`] found.
+/// What [`Feed::take_upto`] found.
 pub enum Taken {
     /// The messages queued, in order (none: nothing queued).
     Chunks(Vec<Chunk>),
@@ -40,6 +40,7 @@ pub enum Taken {
     Overflow,
 }
 
+#[cfg(test)]
 impl Taken {
     /// Everything taken as one buffer (`None` after an overflow).
     pub fn concat(&self) -> Option<Vec<u8>> {
@@ -94,6 +95,7 @@ impl Feed {
     }
 
     /// Everything queued.
+    #[cfg(test)]
     pub fn take(&self) -> Taken {
         self.take_upto(usize::MAX)
     }
